@@ -1,0 +1,237 @@
+"""Command line: serve, check, render, inventory."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .config import Config, ConfigError, build_config, load_config
+from .files.lint import lint
+from .files.service import FileRequest, fetch
+from .inventory.store import SQLiteStore
+from .macros import expand_macros, normalize_mac
+from .runtime import Runtime, SetupError, build_runtime
+from .server import Server
+
+SAMPLE_MAC = "0080F0000001"
+
+
+def _overrides(**flags: Any) -> dict[str, Any]:
+    """Flags override the file (the brief: --interface, --state-dir, --http-port, ...)."""
+    o: dict[str, Any] = {}
+
+    def put(section: str, key: str, value: Any) -> None:
+        if value is not None and value != ():
+            o.setdefault(section, {})[key] = value
+
+    put("server", "interfaces", list(flags.get("interface") or ()))
+    put("server", "state_dir", flags.get("state_dir"))
+    put("server", "address", flags.get("address"))
+    put("http", "port", flags.get("http_port"))
+    put("log", "format", flags.get("log_format"))
+    put("log", "level", flags.get("log_level"))
+    put("files", "templates", flags.get("templates"))
+    put("files", "variables", flags.get("variables"))
+    return o
+
+
+def _loader(config: str | None, overrides: dict[str, Any]) -> tuple[Config, str | None]:
+    if config:
+        return load_config(config, overrides), config
+    return build_config({}, overrides), None
+
+
+def _fail(msg: str, code: int = 1) -> None:
+    click.echo(msg, err=True)
+    sys.exit(code)
+
+
+config_option = click.option(
+    "--config", "-c", type=click.Path(dir_okay=False), help="YAML configuration file"
+)
+interface_option = click.option(
+    "--interface", "-i", multiple=True, help="phone-facing interface (repeatable)"
+)
+state_option = click.option("--state-dir", help="where the inventory lives (default ./state)")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="preprov")
+def main() -> None:
+    """preprov: the server side of SIP phone pre-provisioning."""
+
+
+@main.command()
+@config_option
+@interface_option
+@state_option
+@click.option("--http-port", type=int, help="port phones fetch files from (default 8080)")
+@click.option("--address", help="IPv4 address put in URLs (default: the interface's)")
+@click.option("--templates", help="template directory (default: the bundled configs/templates)")
+@click.option("--variables", help="per-device variables, CSV or YAML")
+@click.option("--log-format", type=click.Choice(["console", "json"]))
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
+def serve(config: str | None, **flags: Any) -> None:
+    """Run the server. With --interface alone it derives everything from that interface;
+    with neither --interface nor --config it serves on loopback."""
+    overrides = _overrides(**flags)
+
+    def load() -> tuple[Config, str | None]:
+        return _loader(config, overrides)
+
+    try:
+        load()
+    except ConfigError as e:
+        _fail(f"preprov: configuration refused\n{e}", 1)
+    server = Server(load)
+    try:
+        asyncio.run(server.run())
+    except (ConfigError, SetupError) as e:
+        _fail(f"preprov: cannot start\n{e}", 1)
+    except OSError as e:
+        hint = ""
+        if e.errno == 98:
+            hint = " (another process holds that port: choose one with --http-port)"
+        elif e.errno == 13:
+            hint = " (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
+        elif e.errno == 99:
+            hint = " (that address is not on this host)"
+        _fail(f"preprov: cannot listen: {e.strerror}{hint}", 1)
+
+
+def _runtime(config: str | None, overrides: dict[str, Any]) -> Runtime:
+    try:
+        cfg, file = _loader(config, overrides)
+        return build_runtime(cfg, file)
+    except (ConfigError, SetupError) as e:
+        _fail(f"preprov: configuration refused\n{e}", 1)
+        raise  # unreachable
+
+
+def _sample_facts(rt: Runtime, mac: str | None, model: str | None) -> tuple[str, str]:
+    mac = normalize_mac(mac) if mac else next(iter(rt.variables), SAMPLE_MAC)
+    return mac, model or rt.config.models[0]
+
+
+def _path_for(rt: Runtime, mac: str, model: str, fwver: str, name: str) -> str:
+    """A request path that names this template for the sample device."""
+    return expand_macros(name, mac, model, fwver)
+
+
+@main.command()
+@config_option
+@interface_option
+@click.option("--mac", help="sample device MAC (default: the first in the variables file)")
+@click.option("--model", help="sample device model (default: the first configured)")
+def check(config: str | None, interface: tuple[str, ...], mac: str | None, model: str | None) -> None:
+    """Validate the configuration, render every template for a sample device and lint
+    the Panasonic files. Exit 0 when nothing is wrong, 1 otherwise."""
+    rt = _runtime(config, _overrides(interface=interface))
+    mac, model = _sample_facts(rt, mac, model)
+    fwver = rt.config.fwver_sample
+    errors = 0
+    ua = f"Panasonic_{model}/{fwver} ({mac.lower()})"
+    click.echo(f"configuration: {config or '(built-in defaults)'}: valid")
+    click.echo(f"templates: {rt.templates.root} ({len(rt.templates.entries)} files)")
+    for s in rt.templates.skipped:
+        click.echo(f"{s.name}: warning: {s.reason}")
+    for entry in rt.templates.entries:
+        path = _path_for(rt, mac, model, fwver, entry.name)
+        ans = fetch(rt, FileRequest("check", None, "/" + path, user_agent=ua), trusted=True)
+        if ans.status != 200:
+            errors += 1
+            click.echo(f"{entry.name}: error: {ans.body.decode().strip()}")
+            continue
+        if not entry.panasonic:
+            continue
+        for f in lint(ans.body):
+            errors += f.severity == "error"
+            click.echo(f.render(f"{entry.name} (rendered for {mac} {model})"))
+    for rule in rt.config.rules[:-1]:
+        if rule.match.empty:
+            click.echo(f"rules.{rule.name}: warning: matches every device, so later rules never apply")
+    if errors:
+        _fail(f"{errors} error(s)", 1)
+    click.echo("ok")
+
+
+@main.command()
+@config_option
+@interface_option
+@click.option("--mac", required=True, help="the phone's MAC, any notation")
+@click.option("--model", required=True, help="the phone's model, e.g. KX-HDV130")
+@click.option("--fwver", default=None, help="firmware version (default: the configured sample)")
+@click.option("--path", "path", default=None, help="file to render (default: the rule's URL)")
+def render(
+    config: str | None, interface: tuple[str, ...], mac: str, model: str, fwver: str | None,
+    path: str | None,
+) -> None:  # fmt: skip
+    """Print what a phone would receive, and which rule and template produced it."""
+    from .ident import DeviceFacts
+    from .rules import decide, explain
+
+    rt = _runtime(config, _overrides(interface=interface))
+    mac = normalize_mac(mac)
+    fwver = fwver or rt.config.fwver_sample
+    facts = DeviceFacts(mac=mac, model=model, fwver=fwver, vendor="Panasonic")
+    decision = decide(rt.config.rules, facts, rt.placeholders)
+    if path is None:
+        if decision is None:
+            _fail(explain(rt.config.rules, facts), 1)
+            return
+        path = expand_macros(decision.parsed.path, mac, model, fwver)
+    ua = f"Panasonic_{model}/{fwver} ({mac.lower()})"
+    ans = fetch(rt, FileRequest("render", None, path, user_agent=ua), trusted=True)
+    ev = ans.event.fields()
+    click.echo(
+        f"# url={decision.url if decision else '-'} rule={ev.get('rule') or '-'} "
+        f"template={ev.get('template') or '-'} path={path} status={ans.status}",
+        err=True,
+    )
+    if ans.status != 200:
+        _fail(ans.body.decode().strip(), 1)
+    sys.stdout.buffer.write(ans.body)
+
+
+@main.command()
+@state_option
+@click.option("--events", "events_of", help="print the event log of this MAC instead")
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of a table")
+def inventory(state_dir: str | None, events_of: str | None, as_json: bool) -> None:
+    """Show the devices the server has seen, or one device's events."""
+    path = Path(state_dir or "state") / "preprov.db"
+    if not path.exists():
+        _fail(f"no inventory at {path} (start the server first, or pass --state-dir)", 1)
+    store = SQLiteStore(path)
+    try:
+        if events_of:
+            evs = store.events(normalize_mac(events_of), limit=1000)
+            if as_json:
+                click.echo(json.dumps(evs, indent=2))
+            for e in [] if as_json else evs:
+                t = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["ts"]))
+                rest = {k: v for k, v in e.items() if k not in ("id", "ts", "kind", "mac") and v}
+                click.echo(f"{t} {e['kind']:<14} {json.dumps(rest)}")
+            return
+        devs = store.devices()
+        if as_json:
+            click.echo(json.dumps([d.__dict__ for d in devs], indent=2))
+            return
+        click.echo(f"{'MAC':<13} {'MODEL':<12} {'FW':<8} {'IP':<16} {'LAST EVENT':<14} LAST ERROR")
+        for d in devs:
+            click.echo(
+                f"{d.mac:<13} {d.model or '-':<12} {d.fwver or '-':<8} {d.ip or '-':<16} "
+                f"{d.last_event or '-':<14} {d.last_error or ''}"
+            )
+    finally:
+        store.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""The event spine (STYLE.md §4): every protocol step is one typed event.
+
+The log, the inventory and (later) the dashboard and metrics subscribe to the
+one bus, so they can never disagree. Protocol cores return events; the asyncio
+layer emits them here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+
+@dataclass(frozen=True, kw_only=True)
+class Event:
+    kind: ClassVar[str] = "event"
+    level: ClassVar[str] = "info"
+    ts: float = field(default_factory=time.time)
+
+    def fields(self) -> dict[str, Any]:
+        names = _FIELDS.get(type(self))
+        if names is None:
+            names = _FIELDS[type(self)] = tuple(f.name for f in dataclasses.fields(self))
+        return {n: getattr(self, n) for n in names if n != "ts"}
+
+
+_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeviceEvent(Event):
+    """An event about one device; the inventory files it under the MAC."""
+
+    channel: str
+    client: str | None = None  # the peer's address
+    mac: str | None = None
+    model: str | None = None
+    fwver: str | None = None
+    vendor: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class FileServed(DeviceEvent):
+    kind: ClassVar[str] = "file.served"
+    path: str
+    template: str
+    rule: str | None
+    size: int
+    status: int = 200
+
+
+@dataclass(frozen=True, kw_only=True)
+class FileRefused(DeviceEvent):
+    kind: ClassVar[str] = "file.refused"
+    level: ClassVar[str] = "warning"
+    path: str
+    status: int
+    reason: str
+    template: str | None = None
+    rule: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerStarted(Event):
+    kind: ClassVar[str] = "server.started"
+    services: tuple[str, ...]
+    listening: tuple[str, ...]
+    server_address: str | None
+    templates: str
+    state_dir: str
+    config: str | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerStopping(Event):
+    kind: ClassVar[str] = "server.stopping"
+    signal: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConfigReloaded(Event):
+    kind: ClassVar[str] = "config.reloaded"
+    config: str | None
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConfigRejected(Event):
+    kind: ClassVar[str] = "config.rejected"
+    level: ClassVar[str] = "error"
+    config: str | None
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class InternalError(Event):
+    kind: ClassVar[str] = "internal.error"
+    level: ClassVar[str] = "error"
+    where: str
+    reason: str
+
+
+Subscriber = Callable[[Event], None]
+
+
+class DurableSink(Protocol):
+    def __call__(self, event: Event) -> None: ...
+
+    def settled(self) -> Awaitable[None]:
+        """Resolves once every event received so far is stored."""
+        ...
+
+
+class EventBus:
+    def __init__(self) -> None:
+        self._subscribers: list[Subscriber] = []
+        self._durable: list[DurableSink] = []
+        self.errors = 0
+
+    def subscribe(self, fn: Subscriber) -> None:
+        self._subscribers.append(fn)
+
+    def subscribe_durable(self, sink: DurableSink) -> None:
+        self._subscribers.append(sink)
+        self._durable.append(sink)
+
+    def emit(self, event: Event) -> None:
+        for fn in self._subscribers:
+            try:
+                fn(event)
+            except Exception:  # a broken subscriber must not break the protocol
+                self.errors += 1
+
+    async def settled(self) -> None:
+        for sink in self._durable:
+            await sink.settled()

@@ -1,0 +1,179 @@
+"""Answering a request for a configuration file: the part shared by every transport.
+
+A request goes through named stages, and the stage that refuses says why in
+the event (STYLE.md §2): path check, template lookup, device identification,
+inventory, rule, authentication, rendering. HTTP calls this today; TFTP will
+call the same function.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..events import DeviceEvent, FileRefused, FileServed
+from ..ident import DeviceFacts, facts_from_user_agent
+from ..macros import mac_colon
+from ..rules import Decision, decide, explain
+from ..runtime import Runtime
+from .templates import Resolved, TemplateError, UnsafePath, check_request_path
+
+
+@dataclass(frozen=True)
+class FileRequest:
+    channel: str  # "http", "https", "tftp"
+    client: str | None
+    raw_path: str  # as received, still percent-encoded
+    method: str = "GET"
+    user_agent: str | None = None
+    authorization: str | None = None
+
+
+@dataclass(frozen=True)
+class FileAnswer:
+    status: int
+    body: bytes
+    event: DeviceEvent
+    content_type: str = "text/plain"
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+
+def facts_from_path(resolved: Resolved) -> DeviceFacts:
+    m = resolved.macros
+    mac = m.get("MAC") or (m["mac"].upper() if m.get("mac") else None)
+    return DeviceFacts(mac=mac, model=m.get("MODEL"), fwver=m.get("fwver"))
+
+
+def url_dir(url: str) -> str:
+    """The URL up to its last '/': where the files a pre-provisioning file names live."""
+    scheme_end = url.find("://") + 3
+    slash = url.rfind("/")
+    return url + "/" if slash < scheme_end else url[: slash + 1]
+
+
+def template_context(
+    rt: Runtime, facts: DeviceFacts, decision: Decision | None
+) -> dict[str, object]:
+    """What a template sees: built-in variables, then the rule's, then the device's."""
+    ctx: dict[str, object] = {
+        "MAC": facts.mac or "",
+        "mac": (facts.mac or "").lower(),
+        "mac_colon": mac_colon(facts.mac) if facts.mac else "",
+        "MODEL": facts.model or "",
+        "model": facts.model or "",
+        "fwver": facts.fwver or "",
+        "vendor": facts.vendor or "",
+        "server": rt.placeholders["server"],
+        "server6": rt.placeholders.get("server6", ""),
+        "http_port": rt.placeholders["http_port"],
+        "base_url": rt.base_url,
+        "url": decision.url if decision else "",
+        "url_dir": url_dir(decision.url) if decision else rt.base_url + "/",
+        "rule": decision.rule if decision else "",
+    }
+    device_vars = rt.variables.get(facts.mac, {}) if facts.mac else {}
+    merged: dict[str, object] = {}
+    if decision:
+        merged.update(decision.variables)
+    merged.update(device_vars)
+    ctx.update(merged)
+    ctx["vars"] = merged
+    return ctx
+
+
+def fetch(
+    rt: Runtime,
+    req: FileRequest,
+    registered: Callable[[str], bool] = lambda _m: False,
+    trusted: bool = False,
+) -> FileAnswer:
+    """Answer one request. `trusted` skips authentication (for `preprov render`)."""
+    ua_facts = facts_from_user_agent(req.user_agent)
+    path_for_event = req.raw_path.split("?", 1)[0]
+
+    def refuse(
+        status: int,
+        reason: str,
+        facts: DeviceFacts = ua_facts,
+        template: str | None = None,
+        rule: str | None = None,
+        headers: list[tuple[str, str]] | None = None,
+    ) -> FileAnswer:
+        ev = FileRefused(
+            channel=req.channel, client=req.client, mac=facts.mac, model=facts.model,
+            fwver=facts.fwver, vendor=facts.vendor, path=path_for_event, status=status,
+            reason=reason, template=template, rule=rule,
+        )  # fmt: skip
+        return FileAnswer(status, (reason + "\n").encode(), ev, headers=headers or [])
+
+    # 1. path: only names indexed from the template directory are ever served
+    try:
+        rel = check_request_path(req.raw_path)
+    except (UnsafePath, UnicodeDecodeError) as e:
+        return refuse(400, f"refused path {path_for_event[:200]!r}: {e}")
+    if req.method not in ("GET", "HEAD"):
+        return refuse(405, f"method {req.method} not allowed; phones fetch with GET")
+
+    # 2. template lookup
+    resolved = rt.templates.resolve(rel)
+    if resolved is None:
+        return refuse(404, f"no template matches /{rel}")
+    entry = resolved.entry
+
+    # 3. identification: the path names the file, the User-Agent the phone
+    facts = facts_from_path(resolved).merged(ua_facts).with_vendor_from_oui()
+    facts = DeviceFacts(facts.mac, facts.model, facts.fwver, facts.vendor, req.client)
+
+    # 4. inventory
+    if facts.mac and not rt.config.inventory.auto_add:
+        if facts.mac not in rt.variables and not registered(facts.mac):
+            return refuse(
+                404,
+                f"MAC {facts.mac} not in the inventory and auto-add is off",
+                facts,
+                entry.name,
+            )
+
+    # 5. rule
+    decision = decide(rt.config.rules, facts, rt.placeholders)
+    if decision is None:
+        return refuse(403, explain(rt.config.rules, facts), facts, entry.name)
+
+    # 6. authentication, when the rule's URL carries user:password
+    creds = decision.credentials
+    if creds is not None and not trusted:
+        res = rt.auth.check(
+            req.authorization, req.method, req.raw_path, creds[0], creds[1], decision.auth
+        )
+        if not res.ok:
+            challenges = rt.auth.challenges(decision.auth, stale=res.stale)
+            return refuse(
+                401,
+                f"authentication required by rule {decision.rule}: {res.reason}",
+                facts,
+                entry.name,
+                decision.rule,
+                [("WWW-Authenticate", c) for c in challenges],
+            )
+
+    # 7. rendering
+    cache_key = (facts.mac, facts.model, facts.fwver, facts.vendor, decision.rule)
+    try:
+        body = rt.templates.render(entry, template_context(rt, facts, decision), cache_key)
+    except TemplateError as e:
+        return refuse(500, f"template {e}", facts, entry.name, decision.rule)
+    ctype = "text/plain" if entry.panasonic else _content_type(entry.name, entry.raw)
+    ev = FileServed(
+        channel=req.channel, client=req.client, mac=facts.mac, model=facts.model,
+        fwver=facts.fwver, vendor=facts.vendor, path=path_for_event, template=entry.name,
+        rule=decision.rule, size=len(body),
+    )  # fmt: skip
+    return FileAnswer(200, body, ev, ctype)
+
+
+def _content_type(name: str, raw: bool) -> str:
+    guessed, _ = mimetypes.guess_type(name)
+    if guessed:
+        return guessed
+    return "application/octet-stream" if raw else "text/plain"

@@ -1,0 +1,80 @@
+"""Device facts, and extracting them from what a phone sends (STYLE.md §3).
+
+Each channel has an extractor that yields DeviceFacts; facts from several
+sources are merged, and the merged facts decide the rule (rules.py) and name
+the device record (inventory).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+
+from .macros import try_mac
+
+# IEEE OUIs of the vendors preprov knows something about (PROTOCOL.md §7).
+OUI_VENDORS = {
+    "0080F0": "Panasonic",
+    "001565": "Yealink",
+    "805EC0": "Yealink",
+    "249AD8": "Yealink",
+    "000413": "Snom",
+    "0004F2": "Polycom",
+    "64167F": "Polycom",
+    "000B82": "Grandstream",
+    "C074AD": "Grandstream",
+}
+
+# Vendor names that say nothing about the phone (Snom, VTech: PROTOCOL.md §3).
+MEANINGLESS_VENDORS = {"", "oem", "unknown"}
+
+
+@dataclass(frozen=True)
+class DeviceFacts:
+    mac: str | None = None  # 12 upper-case hex digits
+    model: str | None = None
+    fwver: str | None = None
+    vendor: str | None = None
+    ip: str | None = None
+
+    @property
+    def oui(self) -> str | None:
+        return self.mac[:6] if self.mac else None
+
+    def merged(self, other: DeviceFacts) -> DeviceFacts:
+        """Facts of self, completed by those of other where self has none."""
+        return DeviceFacts(
+            mac=self.mac or other.mac,
+            model=self.model or other.model,
+            fwver=self.fwver or other.fwver,
+            vendor=self.vendor or other.vendor,
+            ip=self.ip or other.ip,
+        )
+
+    def with_vendor_from_oui(self) -> DeviceFacts:
+        vendor = self.vendor
+        if (vendor is None or vendor.lower() in MEANINGLESS_VENDORS) and self.oui:
+            vendor = OUI_VENDORS.get(self.oui, vendor)
+        return replace(self, vendor=vendor)
+
+
+# Panasonic_<MODEL>/<firmware> (<mac lower>), e.g.
+# "Panasonic_KX-UT113/01.133 (0080f0c8c381)" (PROTOCOL.md §6).
+_PANASONIC_UA = re.compile(
+    r"Panasonic_(?P<model>[A-Za-z0-9][A-Za-z0-9_.\-]*)/(?P<fw>[^\s(]+)"
+    r"(?:\s*\((?P<mac>[0-9A-Fa-f:.\-]{12,17})\))?"
+)
+
+
+def facts_from_user_agent(user_agent: str | None) -> DeviceFacts:
+    if not user_agent:
+        return DeviceFacts()
+    m = _PANASONIC_UA.search(user_agent)
+    if not m:
+        return DeviceFacts()
+    return DeviceFacts(
+        mac=try_mac(m.group("mac")),
+        model=m.group("model"),
+        fwver=m.group("fw"),
+        vendor="Panasonic",
+    )

@@ -1,0 +1,227 @@
+"""The device inventory: device records and an append-only event log per device.
+
+`Store` is the narrow interface a backend implements (SQLite here; a
+PostgreSQL backend for several servers sharing one inventory would implement
+the same five methods). `Recorder` subscribes to the event bus and writes
+events in group commits: all events emitted during one turn of the event loop
+go into one transaction, and `settled()` resolves once they are committed, so
+a handler can wait for its event to be stored before it answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from ..events import DeviceEvent, Event
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS devices (
+    mac         TEXT PRIMARY KEY,
+    model       TEXT,
+    fwver       TEXT,
+    vendor      TEXT,
+    ip          TEXT,
+    first_seen  REAL NOT NULL,
+    last_seen   REAL NOT NULL,
+    last_event  TEXT,
+    last_error  TEXT,
+    registered  INTEGER NOT NULL DEFAULT 0  -- 1: listed by the operator, served with auto-add off
+);
+CREATE TABLE IF NOT EXISTS events (
+    id      INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts      REAL NOT NULL,
+    mac     TEXT,
+    kind    TEXT NOT NULL,
+    data    TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_mac ON events (mac, id);
+"""
+
+
+@dataclass(frozen=True)
+class Device:
+    mac: str
+    model: str | None
+    fwver: str | None
+    vendor: str | None
+    ip: str | None
+    first_seen: float
+    last_seen: float
+    last_event: str | None
+    last_error: str | None
+
+
+class Store(Protocol):
+    def write(self, events: Sequence[Event]) -> None: ...
+    def add_device(self, mac: str, now: float) -> None: ...
+    def registered(self) -> set[str]: ...
+    def device(self, mac: str) -> Device | None: ...
+    def devices(self) -> list[Device]: ...
+    def events(self, mac: str | None = None, limit: int = 100) -> list[dict[str, Any]]: ...
+    def close(self) -> None: ...
+
+
+class SQLiteStore:
+    """SQLite in WAL mode. With synchronous=NORMAL a committed transaction
+    survives a kill -9 of the process (it is in the WAL, in the OS's cache);
+    synchronous=FULL also survives a power cut, at one fsync per commit."""
+
+    def __init__(self, path: Path, synchronous: str = "normal") -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
+        self.db.execute("PRAGMA busy_timeout=5000")
+        self.db.executescript(SCHEMA)
+
+    def write(self, events: Sequence[Event]) -> None:
+        rows = []
+        devices: dict[str, dict[str, Any]] = {}
+        for ev in events:
+            data = ev.fields()
+            mac = data.get("mac") if isinstance(ev, DeviceEvent) else None
+            rows.append((ev.ts, mac, ev.kind, json.dumps(data, default=str)))
+            if mac:
+                d = devices.setdefault(mac, {"first": ev.ts})
+                d["last"] = ev.ts
+                d["kind"] = ev.kind
+                for k in ("model", "fwver", "vendor"):
+                    if data.get(k):
+                        d[k] = data[k]
+                if data.get("client"):
+                    d["ip"] = data["client"]
+                if ev.level in ("warning", "error"):
+                    d["error"] = f"{ev.kind}: {data.get('reason', '')}"
+        db = self.db
+        db.execute("BEGIN")
+        try:
+            db.executemany("INSERT INTO events (ts, mac, kind, data) VALUES (?, ?, ?, ?)", rows)
+            for mac, d in devices.items():
+                db.execute(
+                    """INSERT INTO devices (mac, model, fwver, vendor, ip, first_seen, last_seen,
+                                            last_event, last_error)
+                       VALUES (:mac, :model, :fwver, :vendor, :ip, :first, :last, :kind, :error)
+                       ON CONFLICT (mac) DO UPDATE SET
+                         model = COALESCE(excluded.model, model),
+                         fwver = COALESCE(excluded.fwver, fwver),
+                         vendor = COALESCE(excluded.vendor, vendor),
+                         ip = COALESCE(excluded.ip, ip),
+                         last_seen = excluded.last_seen,
+                         last_event = excluded.last_event,
+                         last_error = COALESCE(excluded.last_error, last_error)""",
+                    {
+                        "mac": mac,
+                        "model": d.get("model"),
+                        "fwver": d.get("fwver"),
+                        "vendor": d.get("vendor"),
+                        "ip": d.get("ip"),
+                        "first": d["first"],
+                        "last": d["last"],
+                        "kind": d["kind"],
+                        "error": d.get("error"),
+                    },
+                )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def add_device(self, mac: str, now: float) -> None:
+        self.db.execute(
+            "INSERT INTO devices (mac, first_seen, last_seen, registered) VALUES (?, ?, ?, 1)"
+            " ON CONFLICT (mac) DO UPDATE SET registered = 1",
+            (mac, now, now),
+        )
+
+    def registered(self) -> set[str]:
+        return {r[0] for r in self.db.execute("SELECT mac FROM devices WHERE registered = 1")}
+
+    def device(self, mac: str) -> Device | None:
+        row = self.db.execute(
+            "SELECT mac, model, fwver, vendor, ip, first_seen, last_seen, last_event, last_error"
+            " FROM devices WHERE mac = ?",
+            (mac,),
+        ).fetchone()
+        return Device(*row) if row else None
+
+    def devices(self) -> list[Device]:
+        rows = self.db.execute(
+            "SELECT mac, model, fwver, vendor, ip, first_seen, last_seen, last_event, last_error"
+            " FROM devices ORDER BY mac"
+        ).fetchall()
+        return [Device(*r) for r in rows]
+
+    def events(self, mac: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        if mac:
+            cur = self.db.execute(
+                "SELECT id, ts, mac, kind, data FROM events WHERE mac = ? ORDER BY id DESC LIMIT ?",
+                (mac, limit),
+            )
+        else:
+            cur = self.db.execute(
+                "SELECT id, ts, mac, kind, data FROM events ORDER BY id DESC LIMIT ?", (limit,)
+            )
+        return [
+            {"id": i, "ts": ts, "mac": m, "kind": k, **json.loads(d)}
+            for i, ts, m, k, d in reversed(cur.fetchall())
+        ]
+
+    def close(self) -> None:
+        self.db.close()
+
+
+class Recorder:
+    """The inventory's subscription to the event bus, with group commit."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._pending: list[Event] = []
+        self._done: asyncio.Future[None] | None = None
+        self._registered: set[str] = store.registered()
+        self.failures = 0
+
+    def __call__(self, event: Event) -> None:
+        self._pending.append(event)
+        if self._done is None:
+            loop = asyncio.get_running_loop()
+            self._done = loop.create_future()
+            loop.call_soon(self._flush)
+
+    def registered(self, mac: str) -> bool:
+        """Listed by the operator: served even when auto-add is off."""
+        return mac in self._registered
+
+    def register(self, mac: str) -> None:
+        if mac not in self._registered:
+            self.store.add_device(mac, time.time())
+            self._registered.add(mac)
+
+    def _flush(self) -> None:
+        events, self._pending = self._pending, []
+        done, self._done = self._done, None
+        try:
+            self.store.write(events)
+        except Exception as e:
+            self.failures += 1
+            if done is not None and not done.done():
+                done.set_exception(e)
+            return
+        if done is not None and not done.done():
+            done.set_result(None)
+
+    async def settled(self) -> None:
+        if self._done is not None:
+            await asyncio.shield(self._done)
+
+    def flush_now(self) -> None:
+        """Write what is pending at once (on shutdown)."""
+        if self._pending:
+            self._flush()

@@ -1,0 +1,118 @@
+"""`preprov serve`: start the enabled services, stop on SIGINT/SIGTERM, reload on SIGHUP."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+from aiohttp import web
+
+from .config import Config, ConfigError
+from .events import ConfigRejected, ConfigReloaded, EventBus, ServerStarted, ServerStopping
+from .inventory.store import Recorder, SQLiteStore
+from .log import LogSink, setup_logging
+from .runtime import Runtime, SetupError, build_runtime
+from .web.app import make_app
+
+Loader = Callable[[], tuple[Config, str | None]]
+
+
+def listen_addresses(rt: Runtime) -> list[str]:
+    if rt.config.http.listen is not None:
+        return [str(a) for a in rt.config.http.listen]
+    out = [str(i.ip) for iface in rt.interfaces for i in iface.ipv4]
+    out += [str(i.ip) for iface in rt.interfaces for i in iface.ipv6]
+    return out or ["127.0.0.1"]
+
+
+class Server:
+    def __init__(self, load: Loader) -> None:
+        self.load = load
+        self.bus = EventBus()
+        self.runtime: Runtime | None = None
+        self.store: SQLiteStore | None = None
+        self.recorder: Recorder | None = None
+        self.runner: web.AppRunner | None = None
+        self.listening: list[str] = []
+        self._stop = asyncio.Event()
+
+    def current(self) -> Runtime:
+        assert self.runtime is not None
+        return self.runtime
+
+    async def start(self) -> None:
+        config, file = self.load()
+        rt = build_runtime(config, file)
+        setup_logging(config.log.format, config.log.level)
+        self.bus.subscribe(LogSink())
+        self.runtime = rt
+        state = config.server.state_dir
+        self.store = SQLiteStore(Path(state) / "preprov.db", config.inventory.synchronous)
+        self.recorder = Recorder(self.store)
+        self.bus.subscribe_durable(self.recorder)
+        services = []
+        if config.http.enabled:
+            app = make_app(self.current, self.bus, self.recorder.registered)
+            self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
+            await self.runner.setup()
+            for addr in listen_addresses(rt):
+                site = web.TCPSite(self.runner, addr, config.http.port, reuse_address=True)
+                await site.start()
+                host = f"[{addr}]" if ":" in addr else addr
+                self.listening.append(f"http://{host}:{config.http.port}/")
+            services.append("http")
+        self.bus.emit(
+            ServerStarted(
+                services=tuple(services),
+                listening=tuple(self.listening),
+                server_address=rt.server_address,
+                templates=str(rt.templates.root),
+                state_dir=str(Path(state).resolve()),
+                config=file,
+            )
+        )
+        await self.bus.settled()
+
+    def reload(self) -> bool:
+        """Re-read the configuration; keep the old one when the new one is bad."""
+        old = self.current()
+        try:
+            config, file = self.load()
+            rt = build_runtime(config, file)
+        except (ConfigError, SetupError) as e:
+            self.bus.emit(ConfigRejected(config=old.config_file, reason=str(e)))
+            return False
+        notes = []
+        if listen_addresses(rt) != listen_addresses(old) or config.http.port != old.config.http.port:
+            notes.append("http listener unchanged: a new address or port takes a restart")
+        if config.server.state_dir != old.config.server.state_dir:
+            notes.append("state_dir unchanged: a new state directory takes a restart")
+        rt.auth = old.auth  # nonces already issued stay valid
+        self.runtime = rt
+        self.bus.emit(ConfigReloaded(config=file, notes=tuple(notes)))
+        return True
+
+    def request_stop(self, signame: str) -> None:
+        self.bus.emit(ServerStopping(signal=signame))
+        self._stop.set()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        await self.start()
+        loop.add_signal_handler(signal.SIGINT, self.request_stop, "SIGINT")
+        loop.add_signal_handler(signal.SIGTERM, self.request_stop, "SIGTERM")
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        try:
+            await self._stop.wait()
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+        if self.recorder is not None:
+            self.recorder.flush_now()
+        if self.store is not None:
+            self.store.close()

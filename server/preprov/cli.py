@@ -129,7 +129,9 @@ def _path_for(rt: Runtime, mac: str, model: str, fwver: str, name: str) -> str:
 @interface_option
 @click.option("--mac", help="sample device MAC (default: the first in the variables file)")
 @click.option("--model", help="sample device model (default: the first configured)")
-def check(config: str | None, interface: tuple[str, ...], mac: str | None, model: str | None) -> None:
+def check(
+    config: str | None, interface: tuple[str, ...], mac: str | None, model: str | None
+) -> None:
     """Validate the configuration, render every template for a sample device and lint
     the Panasonic files. Exit 0 when nothing is wrong, 1 otherwise."""
     rt = _runtime(config, _overrides(interface=interface))
@@ -155,7 +157,9 @@ def check(config: str | None, interface: tuple[str, ...], mac: str | None, model
             click.echo(f.render(f"{entry.name} (rendered for {mac} {model})"))
     for rule in rt.config.rules[:-1]:
         if rule.match.empty:
-            click.echo(f"rules.{rule.name}: warning: matches every device, so later rules never apply")
+            click.echo(
+                f"rules.{rule.name}: warning: matches every device, so later rules never apply"
+            )
     if errors:
         _fail(f"{errors} error(s)", 1)
     click.echo("ok")

@@ -301,7 +301,9 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
-        raise ConfigError(name, [("", f"not valid YAML: {getattr(e, 'problem', e)}", line)]) from None
+        raise ConfigError(
+            name, [("", f"not valid YAML: {getattr(e, 'problem', e)}", line)]
+        ) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -15,9 +15,7 @@ URL_MAX_LENGTH = 384
 SCHEMES = ("http", "https", "tftp", "ftp")
 DEFAULT_PORTS = {"http": 80, "https": 443, "tftp": 69, "ftp": 21}
 
-_MAC_SEPARATED = re.compile(
-    r"^[0-9A-Fa-f]{2}([:\-.]?)[0-9A-Fa-f]{2}(\1[0-9A-Fa-f]{2}){4}$"
-)
+_MAC_SEPARATED = re.compile(r"^[0-9A-Fa-f]{2}([:\-.]?)[0-9A-Fa-f]{2}(\1[0-9A-Fa-f]{2}){4}$")
 _MAC_DOTTED = re.compile(r"^[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4}$")
 
 
@@ -137,6 +135,9 @@ def parse_url(url: str) -> ServerUrl:
 
     Macros may appear in the path. Raises UrlError with the reason.
     """
+    authority = url.partition("://")[2].split("/", 1)[0].rpartition("@")[2]
+    if authority.count(":") > 1 and not authority.startswith("["):
+        raise UrlError(f"IPv6 literal in {authority!r} must be written in brackets")
     m = _URL.match(url)
     if not m:
         raise UrlError("not of the form scheme://[user[:password]@]host[:port][/path/file]")

@@ -53,9 +53,7 @@ def server_addresses(
     return v4, v6
 
 
-def build_runtime(
-    config: Config, config_file: str | None, secret: bytes | None = None
-) -> Runtime:
+def build_runtime(config: Config, config_file: str | None, secret: bytes | None = None) -> Runtime:
     try:
         ifaces = [interface(n) for n in config.server.interfaces]
     except Exception as e:

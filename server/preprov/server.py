@@ -85,7 +85,10 @@ class Server:
             self.bus.emit(ConfigRejected(config=old.config_file, reason=str(e)))
             return False
         notes = []
-        if listen_addresses(rt) != listen_addresses(old) or config.http.port != old.config.http.port:
+        if (
+            listen_addresses(rt) != listen_addresses(old)
+            or config.http.port != old.config.http.port
+        ):
             notes.append("http listener unchanged: a new address or port takes a restart")
         if config.server.state_dir != old.config.server.state_dir:
             notes.append("state_dir unchanged: a new state directory takes a restart")

@@ -61,18 +61,27 @@ def lint(data: bytes) -> list[Finding]:
         name, value = m.group(1), m.group(2)
         if len(name) > MAX_NAME:
             out.append(
-                Finding(i, "error", f"name {name.decode()} is {len(name)} characters, "
-                        f"more than {MAX_NAME}")
+                Finding(
+                    i,
+                    "error",
+                    f"name {name.decode()} is {len(name)} characters, more than {MAX_NAME}",
+                )
             )
         if len(value) > MAX_VALUE:
             out.append(
-                Finding(i, "error", f"value of {name.decode()} is {len(value)} characters, "
-                        f"more than {MAX_VALUE}")
+                Finding(
+                    i,
+                    "error",
+                    f"value of {name.decode()} is {len(value)} characters, more than {MAX_VALUE}",
+                )
             )
         if name in seen:
             out.append(
-                Finding(i, "warning", f"{name.decode()} repeats line {seen[name]}; "
-                        "the first occurrence wins")
+                Finding(
+                    i,
+                    "warning",
+                    f"{name.decode()} repeats line {seen[name]}; the first occurrence wins",
+                )
             )
         else:
             seen[name] = i
@@ -82,7 +91,7 @@ def lint(data: bytes) -> list[Finding]:
 def _why_not_param(line: bytes) -> str:
     text = line.decode("utf-8", "replace")
     if "=" not in text:
-        return f"not NAME=\"value\": {text[:60]!r}"
+        return f'not NAME="value": {text[:60]!r}'
     name, _, value = text.partition("=")
     if name != name.rstrip() or value != value.lstrip():
         return f"spaces around '=' are not allowed: {text[:60]!r}"

@@ -126,14 +126,10 @@ def fetch(
     facts = DeviceFacts(facts.mac, facts.model, facts.fwver, facts.vendor, req.client)
 
     # 4. inventory
-    if facts.mac and not rt.config.inventory.auto_add:
-        if facts.mac not in rt.variables and not registered(facts.mac):
-            return refuse(
-                404,
-                f"MAC {facts.mac} not in the inventory and auto-add is off",
-                facts,
-                entry.name,
-            )
+    known = facts.mac in rt.variables or registered(facts.mac) if facts.mac else True
+    if not known and not rt.config.inventory.auto_add:
+        reason = f"MAC {facts.mac} not in the inventory and auto-add is off"
+        return refuse(404, reason, facts, entry.name)
 
     # 5. rule
     decision = decide(rt.config.rules, facts, rt.placeholders)

@@ -66,7 +66,9 @@ def _from_yaml(name: str, text: str) -> DeviceVariables:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
-        raise VariablesError(name, mark.line + 1 if mark else None, f"not valid YAML: {e}") from None
+        raise VariablesError(
+            name, mark.line + 1 if mark else None, f"not valid YAML: {e}"
+        ) from None
     if data is None:
         return {}
     if not isinstance(data, dict) or not isinstance(root, yaml.MappingNode):

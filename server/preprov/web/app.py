@@ -15,8 +15,6 @@ from ..events import EventBus
 from ..files.service import FileRequest, fetch
 from ..runtime import Runtime
 
-RUNTIME: web.AppKey[Callable[[], Runtime]] = web.AppKey("runtime", Callable[[], Runtime])
-
 
 def make_app(
     runtime: Callable[[], Runtime],
@@ -51,6 +49,5 @@ def make_app(
         return resp
 
     app = web.Application()
-    app[RUNTIME] = runtime
     app.router.add_route("*", "/{tail:.*}", handle)
     return app

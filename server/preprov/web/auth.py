@@ -123,7 +123,9 @@ class Authenticator:
             expected = h(f"{ha1}:{p['nonce']}:{ha2}")
         if not (hmac.compare_digest(got_user, user)
                 and hmac.compare_digest(expected, p["response"].lower())):  # fmt: skip
-            return AuthResult(False, user=got_user, reason=f"wrong user or password for {got_user!r}")
+            return AuthResult(
+                False, user=got_user, reason=f"wrong user or password for {got_user!r}"
+            )
         if fresh > NONCE_LIFETIME:
             return AuthResult(False, user=got_user, reason="nonce expired", stale=True)
         return AuthResult(True, user=got_user)

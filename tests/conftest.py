@@ -1,0 +1,42 @@
+"""Shared fixtures: a template tree and a Runtime built from it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from preprov.config import BUNDLED_TEMPLATES, CONFIGS_DIR, build_config
+from preprov.runtime import Runtime, build_runtime
+
+UA = "Panasonic_KX-HDV130/01.000 (0080f0c571eb)"
+
+
+def under_ci_as_root() -> bool:
+    return os.environ.get("CI") == "true" and os.geteuid() == 0
+
+
+@pytest.fixture
+def templates(tmp_path: Path) -> Path:
+    d = tmp_path / "templates"
+    shutil.copytree(BUNDLED_TEMPLATES, d)
+    return d
+
+
+@pytest.fixture
+def make_runtime(templates: Path) -> Callable[..., Runtime]:
+    def make(**data: Any) -> Runtime:
+        data.setdefault("files", {}).setdefault("templates", str(templates))
+        data.setdefault("server", {}).setdefault("address", "198.18.0.1")
+        return build_runtime(build_config(data), None, secret=b"k" * 32)
+
+    return make
+
+
+@pytest.fixture
+def devices_csv() -> Path:
+    return CONFIGS_DIR / "devices.csv"

@@ -109,5 +109,5 @@ def test_relative_paths_follow_the_file(tmp_path: Path) -> None:
 
 
 def test_build_config_from_flags_only() -> None:
-    with pytest.raises(ConfigError, match="<flags>: http.port"):
+    with pytest.raises(ConfigError, match=r"<flags>: http\.port"):
         build_config({}, {"http": {"port": 0}})

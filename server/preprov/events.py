@@ -8,6 +8,7 @@ layer emits them here.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -64,6 +65,17 @@ class FileRefused(DeviceEvent):
 
 
 @dataclass(frozen=True, kw_only=True)
+class RequestMalformed(Event):
+    """Bytes that did not parse as a request of the channel's protocol."""
+
+    kind: ClassVar[str] = "request.malformed"
+    level: ClassVar[str] = "warning"
+    channel: str
+    client: str | None
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True)
 class ServerStarted(Event):
     kind: ClassVar[str] = "server.started"
     services: tuple[str, ...]
@@ -106,6 +118,18 @@ class InternalError(Event):
 Subscriber = Callable[[Event], None]
 
 
+class Counts:
+    """Events counted by kind (and by channel where they have one)."""
+
+    def __init__(self) -> None:
+        self.by_kind: dict[str, int] = {}
+
+    def __call__(self, event: Event) -> None:
+        channel = getattr(event, "channel", None)
+        key = f"{event.kind}/{channel}" if channel else event.kind
+        self.by_kind[key] = self.by_kind.get(key, 0) + 1
+
+
 class DurableSink(Protocol):
     def __call__(self, event: Event) -> None: ...
 
@@ -133,6 +157,7 @@ class EventBus:
                 fn(event)
             except Exception:  # a broken subscriber must not break the protocol
                 self.errors += 1
+                logging.getLogger("preprov").exception("subscriber %r failed on %s", fn, event.kind)
 
     async def settled(self) -> None:
         for sink in self._durable:

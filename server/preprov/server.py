@@ -10,11 +10,18 @@ from pathlib import Path
 from aiohttp import web
 
 from .config import Config, ConfigError
-from .events import ConfigRejected, ConfigReloaded, EventBus, ServerStarted, ServerStopping
+from .events import (
+    ConfigRejected,
+    ConfigReloaded,
+    Counts,
+    EventBus,
+    ServerStarted,
+    ServerStopping,
+)
 from .inventory.store import Recorder, SQLiteStore
 from .log import LogSink, setup_logging
 from .runtime import Runtime, SetupError, build_runtime
-from .web.app import make_app
+from .web.app import make_app, protocol_logger
 
 Loader = Callable[[], tuple[Config, str | None]]
 
@@ -31,6 +38,8 @@ class Server:
     def __init__(self, load: Loader) -> None:
         self.load = load
         self.bus = EventBus()
+        self.counts = Counts()
+        self.bus.subscribe(self.counts)
         self.runtime: Runtime | None = None
         self.store: SQLiteStore | None = None
         self.recorder: Recorder | None = None
@@ -55,7 +64,9 @@ class Server:
         services = []
         if config.http.enabled:
             app = make_app(self.current, self.bus, self.recorder.registered)
-            self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
+            self.runner = web.AppRunner(
+                app, access_log=None, handle_signals=False, logger=protocol_logger(self.bus)
+            )
             await self.runner.setup()
             for addr in listen_addresses(rt):
                 site = web.TCPSite(self.runner, addr, config.http.port, reuse_address=True)

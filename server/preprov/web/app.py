@@ -7,11 +7,13 @@ files.service.fetch, emits the event, waits until the inventory has stored it
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
-from ..events import EventBus
+from ..events import EventBus, InternalError, RequestMalformed
 from ..files.service import FileRequest, fetch
 from ..runtime import Runtime
 
@@ -37,13 +39,10 @@ def make_app(
         # The answer leaves only once its event is stored: nothing served is
         # missing from the inventory after a kill -9.
         await bus.settled()
+        # aiohttp leaves the body out of a HEAD answer and keeps its Content-Length
         resp = web.Response(
-            status=answer.status,
-            body=answer.body if request.method != "HEAD" else None,
-            content_type=answer.content_type,
+            status=answer.status, body=answer.body, content_type=answer.content_type
         )
-        if request.method == "HEAD":
-            resp.content_length = len(answer.body)
         for k, v in answer.headers:
             resp.headers.add(k, v)
         return resp
@@ -51,3 +50,36 @@ def make_app(
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", handle)
     return app
+
+
+class ProtocolErrors(logging.Handler):
+    """Turns aiohttp's reports of requests it could not parse into events.
+
+    aiohttp answers a malformed request with 400 by itself and reports it
+    only to its logger ("Error handling request from <peer>"); this handler
+    is that logger's only sink, so each one is counted and logged as an event.
+    """
+
+    def __init__(self, bus: EventBus, channel: str = "http") -> None:
+        super().__init__(logging.DEBUG)
+        self.bus = bus
+        self.channel = channel
+
+    def emit(self, record: logging.LogRecord) -> None:
+        exc = record.exc_info[1] if record.exc_info else None
+        client = str(record.args[0]) if isinstance(record.args, tuple) and record.args else None
+        if isinstance(exc, HttpProcessingError):
+            reason = f"{type(exc).__name__}: {exc.message}".strip()
+            self.bus.emit(
+                RequestMalformed(channel=self.channel, client=client, reason=reason[:300])
+            )
+        elif exc is not None:
+            self.bus.emit(InternalError(where=f"{self.channel} handler", reason=repr(exc)[:300]))
+
+
+def protocol_logger(bus: EventBus, channel: str = "http") -> logging.Logger:
+    log = logging.getLogger(f"preprov.{channel}.protocol")
+    log.handlers[:] = [ProtocolErrors(bus, channel)]
+    log.setLevel(logging.DEBUG)
+    log.propagate = False
+    return log

@@ -1,0 +1,98 @@
+"""The commands as a user types them: check, render, inventory, serve refusals."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from preprov.config import BUNDLED_TEMPLATES, CONFIGS_DIR
+
+
+def preprov(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "preprov", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=60,
+    )
+
+
+def test_check_accepts_the_bundled_example() -> None:
+    r = preprov("check", "--config", str(CONFIGS_DIR / "lab.yaml"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.rstrip().endswith("ok")
+
+
+def test_check_refuses_a_url_too_long_after_expansion(tmp_path: Path) -> None:
+    url = "http://198.18.0.1/" + "d" * 360 + "/{MODEL}.cfg"  # 390 once KX-TGP500B09 is in
+    cfg = tmp_path / "long.yaml"
+    cfg.write_text(f"rules:\n  - name: long\n    url: {url}\n")
+    r = preprov("check", "--config", str(cfg))
+    assert r.returncode == 1
+    assert f"{cfg}:3: rules[0].url: 395 characters after expanding the macros" in r.stderr
+    assert "at most 384" in r.stderr
+
+
+def test_check_refuses_a_template_that_breaks_the_format(tmp_path: Path) -> None:
+    t = tmp_path / "t"
+    t.mkdir()
+    for f in BUNDLED_TEMPLATES.iterdir():
+        (t / f.name).write_bytes(f.read_bytes())
+    (t / "Config{MODEL}.cfg").write_text(
+        "# Panasonic SIP Phone Standard Format File # DO NOT CHANGE THIS LINE!\n"
+        "# comment\n"
+        'CFG_RESYNC_TIME="03:00"\n'
+        "SIP_PRXY_ADDR_1 = {{ server }}\n"
+    )
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("files:\n  templates: t\n")
+    r = preprov("check", "--config", str(cfg))
+    assert r.returncode == 1
+    assert (
+        "Config{MODEL}.cfg (rendered for 0080F0000001 KX-HDV100):4: error: spaces around '='"
+        in r.stdout
+    )
+    assert "1 error(s)" in r.stderr
+
+
+def test_check_reports_a_template_syntax_error(tmp_path: Path) -> None:
+    (tmp_path / "x.cfg").write_text("line one\n{{ broken\n")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"files:\n  templates: {tmp_path}\n")
+    r = preprov("check", "--config", str(cfg))
+    assert r.returncode == 1
+    assert "x.cfg: error: template x.cfg:2: template syntax" in r.stdout
+
+
+def test_render_prints_what_the_phone_receives(tmp_path: Path) -> None:
+    r = preprov("render", "--config", str(CONFIGS_DIR / "lab.yaml"), "--mac", "00-80-F0-C5-71-EB",
+                "--model", "KX-HDV130N")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "rule=reception-phone template={MODEL}.cfg path=/KX-HDV130N.cfg status=200" in r.stderr
+    assert 'CFG_STANDARD_FILE_PATH="http://127.0.0.1:8080/Config{MAC}.cfg"' in r.stdout
+    r = preprov("render", "--config", str(CONFIGS_DIR / "lab.yaml"), "--mac", "0080f0c571eb",
+                "--model", "KX-HDV130", "--path", "/Config0080F0C571EB.cfg")  # fmt: skip
+    assert 'DISPLAY_NAME_1="Reception"' in r.stdout
+    r = preprov("render", "--mac", "0080f0c571eb", "--model", "KX-HDV130", "--path", "/nope")
+    assert r.returncode == 1 and "no template matches /nope" in r.stderr
+
+
+def test_serve_refuses_a_bad_config_naming_file_key_and_reason(tmp_path: Path) -> None:
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("http:\n  port: 8080\n  tls: yes\n")
+    r = preprov("serve", "--config", str(cfg))
+    assert r.returncode == 1
+    assert f"{cfg}:3: http.tls: unknown key" in r.stderr
+
+
+def test_serve_refuses_an_unknown_interface(tmp_path: Path) -> None:
+    r = preprov("serve", "--interface", "nosuch0", "--state-dir", str(tmp_path))
+    assert r.returncode == 1
+    assert "server.interfaces: interface 'nosuch0' does not exist (this host has: " in r.stderr
+
+
+def test_inventory_without_state() -> None:
+    r = preprov("inventory", "--state-dir", "/nonexistent")
+    assert r.returncode == 1 and "no inventory at /nonexistent/preprov.db" in r.stderr

@@ -1,0 +1,182 @@
+"""The HTTP file server as a phone and an operator meet it: a real process, curl, raw sockets."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import UA
+from preprov.files.lint import lint
+from serverproc import ServerProc, start_server
+
+pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+
+
+def curl(*args: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        ["curl", "-sS", "--max-time", "10", *args], capture_output=True, check=False
+    )
+
+
+def status_of(*args: str) -> int:
+    out = curl("-o", "/dev/null", "-w", "%{http_code}", *args).stdout
+    return int(out or 0)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ServerProc]:
+    sp = start_server(tmp_path)
+    yield sp
+    assert sp.stop() == 0
+
+
+def test_curl_fetches_the_chain_and_the_inventory_records_the_phone(
+    server: ServerProc, tmp_path: Path
+) -> None:
+    pre = curl("-A", UA, f"{server.base}/KX-HDV130.cfg")
+    assert pre.returncode == 0
+    assert lint(pre.stdout) == []
+    assert (
+        b'CFG_STANDARD_FILE_PATH="http://127.0.0.1:%d/Config{MAC}.cfg"\r\n' % server.port
+        in pre.stdout
+    )
+    per = curl("-A", UA, "-i", f"{server.base}/Config0080F0C571EB.cfg").stdout
+    head, _, body = per.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"Content-Type: text/plain" in head
+    assert lint(body) == [] and b"\r\n" in body and b"\n" not in body.replace(b"\r\n", b"")
+    other = curl(f"{server.base}/Config0080F0C571EC.cfg").stdout
+    assert other != body and b'SIP_AUTHID_1="0080f0c571ec"' in other
+    inv = subprocess.run(
+        [sys.executable, "-m", "preprov", "inventory", "--state-dir", str(server.state_dir), "--json"],
+        capture_output=True, check=True,
+    )  # fmt: skip
+    devices = {d["mac"]: d for d in json.loads(inv.stdout)}
+    assert devices["0080F0C571EB"]["model"] == "KX-HDV130"
+    assert devices["0080F0C571EB"]["fwver"] == "01.000"
+    assert devices["0080F0C571EB"]["vendor"] == "Panasonic"
+    assert devices["0080F0C571EB"]["last_event"] == "file.served"
+    served = [e for e in server.events() if e["event"] == "file.served"]
+    assert [e["template"] for e in served] == ["{MODEL}.cfg", "Config{MAC}.cfg", "Config{MAC}.cfg"]
+
+
+TRAVERSALS = [
+    "/../../../../etc/passwd", "/%2e%2e/%2e%2e/etc/passwd", "/%2E%2E%2F%2E%2E%2Fetc%2Fpasswd",
+    "/%252e%252e/%252e%252e/etc/passwd", "/..%2f..%2fetc%2fpasswd", "//etc/passwd",
+    "/..%5c..%5cetc%5cpasswd", "/./../etc/passwd", "/%c0%ae%c0%ae/etc/passwd",
+    "/Config0080F0C571EB.cfg/../../../etc/passwd",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("path", TRAVERSALS)
+def test_traversal_gets_4xx_and_nothing_from_outside(server: ServerProc, path: str) -> None:
+    r = curl("--path-as-is", "-i", f"{server.base}{path}")
+    status = int(r.stdout.split(b" ", 2)[1])
+    assert 400 <= status < 500, r.stdout[:200]
+    assert b"root:" not in r.stdout
+    # and the server keeps serving
+    assert status_of("-A", UA, f"{server.base}/KX-HDV130.cfg") == 200
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"GARBAGE\r\n\r\n",
+        b"GET / HTTP/9.9\r\n\r\n",
+        b"GET /KX-HDV130.cfg HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n",
+        b"GET /" + b"A" * 70000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /KX-HDV130.cfg HTTP/1.1\r\n" + b"X: " + b"y" * 70000 + b"\r\n\r\n",
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(64),  # a TLS ClientHello
+    ],
+)
+def test_malformed_requests_get_an_answer_and_do_not_break_the_server(
+    server: ServerProc, raw: bytes
+) -> None:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+        s.sendall(raw)
+        reply = b""
+        try:
+            while chunk := s.recv(65536):  # the server closes after its answer
+                reply += chunk
+        except ConnectionResetError:
+            pass
+    assert reply.startswith((b"HTTP/1.0 4", b"HTTP/1.1 4")), reply[:100]
+    assert status_of("-A", UA, f"{server.base}/KX-HDV130.cfg") == 200
+    ev = server.wait_event("request.malformed")
+    assert ev["channel"] == "http" and ev["client"] == "127.0.0.1" and ev["reason"]
+
+
+def test_head_and_other_methods(server: ServerProc) -> None:
+    r = curl("-I", "-A", UA, f"{server.base}/KX-HDV130.cfg").stdout
+    assert r.startswith(b"HTTP/1.1 200") and b"Content-Length: " in r
+    assert status_of("-X", "DELETE", f"{server.base}/KX-HDV130.cfg") == 405
+
+
+AUTH_CONFIG = """
+rules:
+  - name: secured
+    match: {{ model: [KX-HDV430] }}
+    url: http://lab:s3cret@${{server}}:${{http_port}}/{{MODEL}}.cfg
+    auth: {auth}
+  - name: open
+    url: http://${{server}}:${{http_port}}/{{MODEL}}.cfg
+"""
+
+
+@pytest.mark.parametrize("auth", ["any", "digest", "basic"])
+def test_basic_and_digest_with_curl(tmp_path: Path, auth: str) -> None:
+    cfg = tmp_path / "auth.yaml"
+    cfg.write_text(AUTH_CONFIG.format(auth=auth))
+    sp = start_server(tmp_path, "--config", str(cfg))
+    try:
+        url = f"{sp.base}/KX-HDV430.cfg"
+        ua = "Panasonic_KX-HDV430/02.000 (0080f0000430)"
+        r = curl("-i", "-A", ua, url).stdout
+        assert r.startswith(b"HTTP/1.1 401")
+        assert (b"WWW-Authenticate: Digest" in r) == (auth in ("any", "digest"))
+        assert (b"WWW-Authenticate: Basic" in r) == (auth in ("any", "basic"))
+        digest = status_of("--digest", "-u", "lab:s3cret", "-A", ua, url)
+        basic = status_of("--basic", "-u", "lab:s3cret", "-A", ua, url)
+        assert digest == (200 if auth in ("any", "digest") else 401)
+        assert basic == (200 if auth in ("any", "basic") else 401)
+        assert status_of("--digest", "-u", "lab:wrong", "-A", ua, url) == 401
+        assert status_of("--basic", "-u", "lab:wrong", "-A", ua, url) == 401
+        # other phones are not asked for credentials
+        assert status_of("-A", UA, f"{sp.base}/KX-HDV130.cfg") == 200
+        refused = [e for e in sp.events() if e["event"] == "file.refused"]
+        assert any("wrong user or password for 'lab'" in str(e["reason"]) for e in refused)
+    finally:
+        assert sp.stop() == 0
+
+
+def test_sighup_reloads_and_a_bad_config_keeps_the_old_one(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        "rules:\n  - name: first\n    url: http://${server}:${http_port}/a/{MODEL}.cfg\n"
+    )
+    sp = start_server(tmp_path, "--config", str(cfg))
+    try:
+        body = curl("-A", UA, f"{sp.base}/KX-HDV130.cfg").stdout
+        assert f"http://127.0.0.1:{sp.port}/a/Config{{MAC}}.cfg".encode() in body
+        cfg.write_text(
+            "rules:\n  - name: second\n    url: http://${server}:${http_port}/b/{MODEL}.cfg\n"
+        )
+        sp.proc.send_signal(signal.SIGHUP)
+        sp.wait_event("config.reloaded")
+        body = curl("-A", UA, f"{sp.base}/KX-HDV130.cfg").stdout
+        assert f"http://127.0.0.1:{sp.port}/b/Config{{MAC}}.cfg".encode() in body
+        cfg.write_text("rules:\n  - name: third\n    url: gopher://nope\n")
+        sp.proc.send_signal(signal.SIGHUP)
+        rejected = sp.wait_event("config.rejected")
+        assert "rules[0].url: bad URL: scheme 'gopher'" in str(rejected["reason"])
+        body = curl("-A", UA, f"{sp.base}/KX-HDV130.cfg").stdout
+        assert b"/b/Config{MAC}.cfg" in body
+    finally:
+        assert sp.stop() == 0

@@ -76,8 +76,19 @@ def start_server(
     port = port or free_port()
     state = tmp / "state"
     log = tmp / f"server-{port}.log"
-    cmd = [sys.executable, "-m", "preprov", "serve", "--http-port", str(port),
-           "--state-dir", str(state), "--log-format", "json", *args]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "preprov",
+        "serve",
+        "--http-port",
+        str(port),
+        "--state-dir",
+        str(state),
+        "--log-format",
+        "json",
+        *args,
+    ]
     if netns:
         cmd = ["ip", "netns", "exec", netns, *cmd]
     with open(log, "wb") as f:

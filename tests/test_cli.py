@@ -67,13 +67,29 @@ def test_check_reports_a_template_syntax_error(tmp_path: Path) -> None:
 
 
 def test_render_prints_what_the_phone_receives(tmp_path: Path) -> None:
-    r = preprov("render", "--config", str(CONFIGS_DIR / "lab.yaml"), "--mac", "00-80-F0-C5-71-EB",
-                "--model", "KX-HDV130N")  # fmt: skip
+    r = preprov(
+        "render",
+        "--config",
+        str(CONFIGS_DIR / "lab.yaml"),
+        "--mac",
+        "00-80-F0-C5-71-EB",
+        "--model",
+        "KX-HDV130N",
+    )
     assert r.returncode == 0, r.stderr
     assert "rule=reception-phone template={MODEL}.cfg path=/KX-HDV130N.cfg status=200" in r.stderr
     assert 'CFG_STANDARD_FILE_PATH="http://127.0.0.1:8080/Config{MAC}.cfg"' in r.stdout
-    r = preprov("render", "--config", str(CONFIGS_DIR / "lab.yaml"), "--mac", "0080f0c571eb",
-                "--model", "KX-HDV130", "--path", "/Config0080F0C571EB.cfg")  # fmt: skip
+    r = preprov(
+        "render",
+        "--config",
+        str(CONFIGS_DIR / "lab.yaml"),
+        "--mac",
+        "0080f0c571eb",
+        "--model",
+        "KX-HDV130",
+        "--path",
+        "/Config0080F0C571EB.cfg",
+    )
     assert 'DISPLAY_NAME_1="Reception"' in r.stdout
     r = preprov("render", "--mac", "0080f0c571eb", "--model", "KX-HDV130", "--path", "/nope")
     assert r.returncode == 1 and "no template matches /nope" in r.stderr

@@ -49,11 +49,20 @@ def test_subdirectories_and_repeated_macros(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "path",
     [
-        "/../etc/passwd", "/a/../../etc/passwd", "/%2e%2e/etc/passwd", "/%2E%2E%2Fetc%2Fpasswd",
-        "/%252e%252e/etc/passwd", "/%25252e%25252e/x", "//etc/passwd", "/..%5c..%5cwin.ini",
-        "/a\\..\\b", "/./KX-HDV130.cfg", "/%00.cfg", "/C:/boot.ini",
+        "/../etc/passwd",
+        "/a/../../etc/passwd",
+        "/%2e%2e/etc/passwd",
+        "/%2E%2E%2Fetc%2Fpasswd",
+        "/%252e%252e/etc/passwd",
+        "/%25252e%25252e/x",
+        "//etc/passwd",
+        "/..%5c..%5cwin.ini",
+        "/a\\..\\b",
+        "/./KX-HDV130.cfg",
+        "/%00.cfg",
+        "/C:/boot.ini",
     ],
-)  # fmt: skip
+)
 def test_traversal_forms_are_refused(path: str, make_runtime: Callable[..., Runtime]) -> None:
     with pytest.raises((UnsafePath, UnicodeDecodeError)):
         check_request_path(path)
@@ -85,8 +94,13 @@ def test_zero_config_chain_for_one_phone(make_runtime: Callable[..., Runtime]) -
     assert 'CFG_MASTER_FILE_PATH="http://198.18.0.1:8080/ConfigCommon.cfg"\r\n' in text
     assert isinstance(ev, FileServed)
     assert (ev.mac, ev.model, ev.fwver, ev.vendor, ev.rule, ev.template) == (
-        "0080F0C571EB", "KX-HDV130", "01.000", "Panasonic", "default", "{MODEL}.cfg"
-    )  # fmt: skip
+        "0080F0C571EB",
+        "KX-HDV130",
+        "01.000",
+        "Panasonic",
+        "default",
+        "{MODEL}.cfg",
+    )
     for path in ("/Config0080F0C571EB.cfg", "/ConfigKX-HDV130.cfg", "/ConfigCommon.cfg"):
         status, body, _ = get(rt, path)
         assert status == 200 and lint(body) == [], path
@@ -170,8 +184,10 @@ def test_url_dir() -> None:
 def test_variables_files(tmp_path: Path) -> None:
     y = tmp_path / "v.yaml"
     y.write_text("00:80:f0:00:00:01: {sip_user: 7, name: null}\n0080F0000002:\n  sip_user: x\n")
-    assert load_variables(y) == {"0080F0000001": {"sip_user": "7", "name": ""},
-                                 "0080F0000002": {"sip_user": "x"}}  # fmt: skip
+    assert load_variables(y) == {
+        "0080F0000001": {"sip_user": "7", "name": ""},
+        "0080F0000002": {"sip_user": "x"},
+    }
     c = tmp_path / "v.csv"
     for text, err in [
         ("user,mac\n", ":1: the first column of the header must be 'mac'"),

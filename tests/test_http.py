@@ -55,9 +55,18 @@ def test_curl_fetches_the_chain_and_the_inventory_records_the_phone(
     other = curl(f"{server.base}/Config0080F0C571EC.cfg").stdout
     assert other != body and b'SIP_AUTHID_1="0080f0c571ec"' in other
     inv = subprocess.run(
-        [sys.executable, "-m", "preprov", "inventory", "--state-dir", str(server.state_dir), "--json"],
-        capture_output=True, check=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "preprov",
+            "inventory",
+            "--state-dir",
+            str(server.state_dir),
+            "--json",
+        ],
+        capture_output=True,
+        check=True,
+    )
     devices = {d["mac"]: d for d in json.loads(inv.stdout)}
     assert devices["0080F0C571EB"]["model"] == "KX-HDV130"
     assert devices["0080F0C571EB"]["fwver"] == "01.000"
@@ -68,11 +77,17 @@ def test_curl_fetches_the_chain_and_the_inventory_records_the_phone(
 
 
 TRAVERSALS = [
-    "/../../../../etc/passwd", "/%2e%2e/%2e%2e/etc/passwd", "/%2E%2E%2F%2E%2E%2Fetc%2Fpasswd",
-    "/%252e%252e/%252e%252e/etc/passwd", "/..%2f..%2fetc%2fpasswd", "//etc/passwd",
-    "/..%5c..%5cetc%5cpasswd", "/./../etc/passwd", "/%c0%ae%c0%ae/etc/passwd",
+    "/../../../../etc/passwd",
+    "/%2e%2e/%2e%2e/etc/passwd",
+    "/%2E%2E%2F%2E%2E%2Fetc%2Fpasswd",
+    "/%252e%252e/%252e%252e/etc/passwd",
+    "/..%2f..%2fetc%2fpasswd",
+    "//etc/passwd",
+    "/..%5c..%5cetc%5cpasswd",
+    "/./../etc/passwd",
+    "/%c0%ae%c0%ae/etc/passwd",
     "/Config0080F0C571EB.cfg/../../../etc/passwd",
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize("path", TRAVERSALS)

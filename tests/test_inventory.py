@@ -15,8 +15,19 @@ from serverproc import start_server
 
 
 def served(mac: str, ts: float = 1.0, **kw: object) -> FileServed:
-    base = dict(channel="http", client="198.18.0.2", mac=mac, model="KX-HDV130", fwver="01.000",
-                vendor="Panasonic", path="/x", template="x", rule="default", size=1, ts=ts)  # fmt: skip
+    base = dict(
+        channel="http",
+        client="198.18.0.2",
+        mac=mac,
+        model="KX-HDV130",
+        fwver="01.000",
+        vendor="Panasonic",
+        path="/x",
+        template="x",
+        rule="default",
+        size=1,
+        ts=ts,
+    )
     base.update(kw)
     return FileServed(**base)  # type: ignore[arg-type]
 
@@ -26,12 +37,27 @@ def test_device_records_merge_facts_and_keep_history(tmp_path: Path) -> None:
     store.write(
         [served("0080F0000001", ts=1.0), served("0080F0000001", ts=2.0, model=None, fwver="02.000")]
     )
-    store.write([
-        FileRefused(channel="http", client="198.18.0.3", mac="0080F0000001", path="/y", status=404,
-                    reason="no template matches /y", ts=3.0),
-        ServerStarted(services=(), listening=(), server_address=None, templates="", state_dir="",
-                      config=None),
-    ])  # fmt: skip
+    store.write(
+        [
+            FileRefused(
+                channel="http",
+                client="198.18.0.3",
+                mac="0080F0000001",
+                path="/y",
+                status=404,
+                reason="no template matches /y",
+                ts=3.0,
+            ),
+            ServerStarted(
+                services=(),
+                listening=(),
+                server_address=None,
+                templates="",
+                state_dir="",
+                config=None,
+            ),
+        ]
+    )
     d = store.device("0080F0000001")
     assert d is not None
     assert (d.model, d.fwver, d.ip, d.first_seen, d.last_seen) == (

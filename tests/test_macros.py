@@ -16,9 +16,15 @@ from preprov.macros import (
 
 @pytest.mark.parametrize(
     "text",
-    ["0080F0C571EB", "0080f0c571eb", "00:80:f0:c5:71:eb", "00-80-F0-C5-71-EB", "0080.f0c5.71eb",
-     " 00:80:F0:C5:71:EB "],
-)  # fmt: skip
+    [
+        "0080F0C571EB",
+        "0080f0c571eb",
+        "00:80:f0:c5:71:eb",
+        "00-80-F0-C5-71-EB",
+        "0080.f0c5.71eb",
+        " 00:80:F0:C5:71:EB ",
+    ],
+)
 def test_mac_notations_normalise(text: str) -> None:
     assert normalize_mac(text) == "0080F0C571EB"
 
@@ -52,8 +58,12 @@ def test_missing_facts_leave_macros() -> None:
 def test_url_grammar_full_form() -> None:
     u = parse_url("https://user:p4ss@prov.example.com:8443/pana/{MODEL}.cfg")
     assert (u.scheme, u.user, u.password, u.host, u.port) == (
-        "https", "user", "p4ss", "prov.example.com", 8443
-    )  # fmt: skip
+        "https",
+        "user",
+        "p4ss",
+        "prov.example.com",
+        8443,
+    )
     assert u.path == "/pana/{MODEL}.cfg"
     assert u.directory == "/pana/"
     assert u.filename == "{MODEL}.cfg"

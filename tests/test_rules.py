@@ -5,13 +5,25 @@ from preprov.rules import decide, explain
 P = {"server": "198.18.0.1", "server6": "[fd00::1]", "http_port": "8080"}
 
 RULES = [
-    Rule(name="one-phone", match=Match(mac=["00:80:f0:00:00:01"]), url="http://${server}/one/{MODEL}.cfg"),
-    Rule(name="hdv130", match=Match(model=["KX-HDV130"]), url="http://${server}/130/{MODEL}.cfg",
-         variables={"line": 1}),
-    Rule(name="panasonic-oui", match=Match(oui=["00-80-F0"]), url="http://${server}:${http_port}/p/{MODEL}.cfg"),
+    Rule(
+        name="one-phone",
+        match=Match(mac=["00:80:f0:00:00:01"]),
+        url="http://${server}/one/{MODEL}.cfg",
+    ),
+    Rule(
+        name="hdv130",
+        match=Match(model=["KX-HDV130"]),
+        url="http://${server}/130/{MODEL}.cfg",
+        variables={"line": 1},
+    ),
+    Rule(
+        name="panasonic-oui",
+        match=Match(oui=["00-80-F0"]),
+        url="http://${server}:${http_port}/p/{MODEL}.cfg",
+    ),
     Rule(name="yealink", match=Match(vendor=["yealink"]), url="tftp://${server6}/y/"),
     Rule(name="default", url="http://${server}/d/{MAC}.cfg"),
-]  # fmt: skip
+]
 
 
 def test_mac_rule_first() -> None:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from preprov.config import BUNDLED_TEMPLATES, CONFIGS_DIR, build_config
+from preprov.lab import Lab, netns_unavailable
 from preprov.runtime import Runtime, build_runtime
 
 UA = "Panasonic_KX-HDV130/01.000 (0080f0c571eb)"
@@ -40,3 +41,15 @@ def make_runtime(templates: Path) -> Callable[..., Runtime]:
 @pytest.fixture
 def devices_csv() -> Path:
     return CONFIGS_DIR / "devices.csv"
+
+
+@pytest.fixture
+def lab() -> Iterator[Lab]:
+    """A namespace lab; under CI as root it must work, elsewhere it may skip."""
+    why = netns_unavailable()
+    if why:
+        if under_ci_as_root():
+            pytest.fail(f"CI=true as root, but no network namespaces: {why}")
+        pytest.skip(f"no network namespace lab: {why}")
+    with Lab() as the_lab:
+        yield the_lab

@@ -60,7 +60,7 @@ def test_device_records_merge_facts_and_keep_history(tmp_path: Path) -> None:
     )
     d = store.device("0080F0000001")
     assert d is not None
-    assert (d.model, d.fwver, d.ip, d.first_seen, d.last_seen) == (
+    assert (d.model, d.fwver, d.ipv4, d.first_seen, d.last_seen) == (
         "KX-HDV130",
         "02.000",
         "198.18.0.3",

@@ -230,8 +230,8 @@ def inventory(state_dir: str | None, events_of: str | None, as_json: bool) -> No
         click.echo(f"{'MAC':<13} {'MODEL':<12} {'FW':<8} {'IP':<16} {'LAST EVENT':<14} LAST ERROR")
         for d in devs:
             click.echo(
-                f"{d.mac:<13} {d.model or '-':<12} {d.fwver or '-':<8} {d.ip or '-':<16} "
-                f"{d.last_event or '-':<14} {d.last_error or ''}"
+                f"{d.mac:<13} {d.model or '-':<12} {d.fwver or '-':<8} "
+                f"{d.ipv4 or d.ipv6 or '-':<16} {d.last_event or '-':<14} {d.last_error or ''}"
             )
     finally:
         store.close()

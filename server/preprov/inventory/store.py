@@ -27,7 +27,8 @@ CREATE TABLE IF NOT EXISTS devices (
     model       TEXT,
     fwver       TEXT,
     vendor      TEXT,
-    ip          TEXT,
+    ipv4        TEXT,
+    ipv6        TEXT,
     first_seen  REAL NOT NULL,
     last_seen   REAL NOT NULL,
     last_event  TEXT,
@@ -51,11 +52,17 @@ class Device:
     model: str | None
     fwver: str | None
     vendor: str | None
-    ip: str | None
+    ipv4: str | None
+    ipv6: str | None
     first_seen: float
     last_seen: float
     last_event: str | None
     last_error: str | None
+
+
+DEVICE_COLUMNS = (
+    "mac, model, fwver, vendor, ipv4, ipv6, first_seen, last_seen, last_event, last_error"
+)
 
 
 class Store(Protocol):
@@ -96,8 +103,9 @@ class SQLiteStore:
                 for k in ("model", "fwver", "vendor"):
                     if data.get(k):
                         d[k] = data[k]
-                if data.get("client"):
-                    d["ip"] = data["client"]
+                client = data.get("client")
+                if client:
+                    d["ipv6" if ":" in client else "ipv4"] = client
                 if ev.level in ("warning", "error"):
                     d["error"] = f"{ev.kind}: {data.get('reason', '')}"
         db = self.db
@@ -106,14 +114,16 @@ class SQLiteStore:
             db.executemany("INSERT INTO events (ts, mac, kind, data) VALUES (?, ?, ?, ?)", rows)
             for mac, d in devices.items():
                 db.execute(
-                    """INSERT INTO devices (mac, model, fwver, vendor, ip, first_seen, last_seen,
-                                            last_event, last_error)
-                       VALUES (:mac, :model, :fwver, :vendor, :ip, :first, :last, :kind, :error)
+                    """INSERT INTO devices (mac, model, fwver, vendor, ipv4, ipv6, first_seen,
+                                            last_seen, last_event, last_error)
+                       VALUES (:mac, :model, :fwver, :vendor, :ipv4, :ipv6, :first, :last,
+                               :kind, :error)
                        ON CONFLICT (mac) DO UPDATE SET
                          model = COALESCE(excluded.model, model),
                          fwver = COALESCE(excluded.fwver, fwver),
                          vendor = COALESCE(excluded.vendor, vendor),
-                         ip = COALESCE(excluded.ip, ip),
+                         ipv4 = COALESCE(excluded.ipv4, ipv4),
+                         ipv6 = COALESCE(excluded.ipv6, ipv6),
                          last_seen = excluded.last_seen,
                          last_event = excluded.last_event,
                          last_error = COALESCE(excluded.last_error, last_error)""",
@@ -122,7 +132,8 @@ class SQLiteStore:
                         "model": d.get("model"),
                         "fwver": d.get("fwver"),
                         "vendor": d.get("vendor"),
-                        "ip": d.get("ip"),
+                        "ipv4": d.get("ipv4"),
+                        "ipv6": d.get("ipv6"),
                         "first": d["first"],
                         "last": d["last"],
                         "kind": d["kind"],
@@ -146,17 +157,13 @@ class SQLiteStore:
 
     def device(self, mac: str) -> Device | None:
         row = self.db.execute(
-            "SELECT mac, model, fwver, vendor, ip, first_seen, last_seen, last_event, last_error"
-            " FROM devices WHERE mac = ?",
+            f"SELECT {DEVICE_COLUMNS} FROM devices WHERE mac = ?",
             (mac,),
         ).fetchone()
         return Device(*row) if row else None
 
     def devices(self) -> list[Device]:
-        rows = self.db.execute(
-            "SELECT mac, model, fwver, vendor, ip, first_seen, last_seen, last_event, last_error"
-            " FROM devices ORDER BY mac"
-        ).fetchall()
+        rows = self.db.execute(f"SELECT {DEVICE_COLUMNS} FROM devices ORDER BY mac").fetchall()
         return [Device(*r) for r in rows]
 
     def events(self, mac: str | None = None, limit: int = 100) -> list[dict[str, Any]]:

@@ -1,0 +1,50 @@
+"""Zero-config across a network: the server in one namespace, a phone in another."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from preprov.files.lint import lint
+from preprov.lab import Lab
+from serverproc import start_server
+
+
+def test_zero_config_on_an_interface_serves_a_phone_on_another_host(
+    lab: Lab, tmp_path: Path
+) -> None:
+    srv = lab.host("srv")
+    phone = lab.host("phone")
+    sp = start_server(tmp_path, "--interface", "eth0", netns=srv.ns, port=8080)
+    try:
+        addr = str(srv.ipv4.ip)
+        started = sp.wait_event("server.started")
+        assert started["server_address"] == addr
+        assert f"http://{addr}:8080/" in started["listening"]  # type: ignore[operator]
+        assert f"http://[{srv.ipv6.ip}]:8080/" in started["listening"]  # type: ignore[operator]
+        ua = "Panasonic_KX-HDV130/01.000 (0080f0c571eb)"
+        curl = [*phone.prefix(), "curl", "-sS", "--max-time", "5", "-A", ua]
+        pre = subprocess.run([*curl, f"http://{addr}:8080/KX-HDV130.cfg"], capture_output=True)
+        assert pre.returncode == 0, pre.stderr
+        assert lint(pre.stdout) == []
+        want = f'CFG_STANDARD_FILE_PATH="http://{addr}:8080/Config{{MAC}}.cfg"\r\n'.encode()
+        assert want in pre.stdout
+        url = f"http://{addr}:8080/Config0080F0C571EB.cfg"
+        per = subprocess.run([*curl, url], capture_output=True).stdout
+        assert lint(per) == [] and f'SIP_RGSTR_ADDR_1="{addr}"'.encode() in per
+        v6 = subprocess.run(
+            [*curl, "-g", f"http://[{srv.ipv6.ip}]:8080/ConfigCommon.cfg"], capture_output=True
+        )
+        assert v6.returncode == 0 and lint(v6.stdout) == []
+    finally:
+        assert sp.stop() == 0
+    inv = subprocess.run(
+        [sys.executable, "-m", "preprov", "inventory", "--state-dir", str(sp.state_dir), "--json"],
+        capture_output=True,
+        check=True,
+    )
+    (dev,) = [d for d in json.loads(inv.stdout) if d["mac"] == "0080F0C571EB"]
+    assert (dev["model"], dev["fwver"]) == ("KX-HDV130", "01.000")
+    assert (dev["ipv4"], dev["ipv6"]) == (str(phone.ipv4.ip), str(phone.ipv6.ip))

@@ -164,8 +164,11 @@ def test_templates_are_sandboxed(templates: Path, make_runtime: Callable[..., Ru
 
 
 def test_edited_template_is_picked_up(
-    templates: Path, make_runtime: Callable[..., Runtime]
+    templates: Path, make_runtime: Callable[..., Runtime], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import preprov.files.templates
+
+    monkeypatch.setattr(preprov.files.templates, "STAT_INTERVAL", 0.0)
     rt = make_runtime()
     p = templates / "ConfigCommon.cfg"
     before = get(rt, "/ConfigCommon.cfg")[1]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 import time
@@ -10,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import uvloop
 
 from .config import Config, ConfigError, build_config, load_config
 from .files.lint import lint
@@ -91,7 +91,8 @@ def serve(config: str | None, **flags: Any) -> None:
         _fail(f"preprov: configuration refused\n{e}", 1)
     server = Server(load)
     try:
-        asyncio.run(server.run())
+        # uvloop: 44k against 33k answers/s for aiohttp on one core here (README, "Speed")
+        uvloop.run(server.run())
     except (ConfigError, SetupError) as e:
         _fail(f"preprov: cannot start\n{e}", 1)
     except OSError as e:

@@ -7,6 +7,7 @@ the device record (inventory).
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, replace
 
@@ -55,7 +56,9 @@ class DeviceFacts:
         vendor = self.vendor
         if (vendor is None or vendor.lower() in MEANINGLESS_VENDORS) and self.oui:
             vendor = OUI_VENDORS.get(self.oui, vendor)
-        return replace(self, vendor=vendor)
+            if vendor != self.vendor:
+                return replace(self, vendor=vendor)
+        return self
 
 
 # Panasonic_<MODEL>/<firmware> (<mac lower>), e.g.
@@ -66,6 +69,7 @@ _PANASONIC_UA = re.compile(
 )
 
 
+@functools.lru_cache(maxsize=4096)  # a phone sends the same User-Agent every time
 def facts_from_user_agent(user_agent: str | None) -> DeviceFacts:
     if not user_agent:
         return DeviceFacts()

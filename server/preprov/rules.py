@@ -54,21 +54,39 @@ def why_not(rule: Rule, facts: DeviceFacts) -> str | None:
     return None
 
 
+class RuleSet:
+    """The rules with the server's placeholders filled in once, ready to decide."""
+
+    def __init__(self, rules: Sequence[Rule], placeholders: Mapping[str, str]) -> None:
+        self.rules = list(rules)
+        self._decisions = []
+        for rule in self.rules:
+            url = fill_placeholders(rule.url, dict(placeholders))
+            self._decisions.append(
+                Decision(
+                    rule=rule.name,
+                    url=url,
+                    parsed=parse_url(url),
+                    variables=dict(rule.variables),
+                    auth=rule.auth,
+                )
+            )
+
+    def decide(self, facts: DeviceFacts) -> Decision | None:
+        facts = facts.with_vendor_from_oui()
+        for rule, decision in zip(self.rules, self._decisions, strict=True):
+            if why_not(rule, facts) is None:
+                return decision
+        return None
+
+    def explain(self, facts: DeviceFacts) -> str:
+        return explain(self.rules, facts)
+
+
 def decide(
     rules: Sequence[Rule], facts: DeviceFacts, placeholders: Mapping[str, str]
 ) -> Decision | None:
-    facts = facts.with_vendor_from_oui()
-    for rule in rules:
-        if why_not(rule, facts) is None:
-            url = fill_placeholders(rule.url, dict(placeholders))
-            return Decision(
-                rule=rule.name,
-                url=url,
-                parsed=parse_url(url),
-                variables=dict(rule.variables),
-                auth=rule.auth,
-            )
-    return None
+    return RuleSet(rules, placeholders).decide(facts)
 
 
 def explain(rules: Sequence[Rule], facts: DeviceFacts) -> str:

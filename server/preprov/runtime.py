@@ -14,6 +14,7 @@ from .config import Config
 from .files.templates import TemplateSet
 from .files.variables import DeviceVariables, load_variables
 from .net import Interface, interface
+from .rules import RuleSet
 from .web.auth import Authenticator
 
 
@@ -28,6 +29,7 @@ class Runtime:
     templates: TemplateSet
     variables: DeviceVariables
     placeholders: dict[str, str]
+    rules: RuleSet
     interfaces: list[Interface] = field(default_factory=list)
     auth: Authenticator = field(default_factory=lambda: Authenticator("preprov"))
 
@@ -84,6 +86,7 @@ def build_runtime(config: Config, config_file: str | None, secret: bytes | None 
         templates=templates,
         variables=variables,
         placeholders=placeholders,
+        rules=RuleSet(config.rules, placeholders),
         interfaces=ifaces,
         auth=Authenticator(config.http.realm, secret),
     )

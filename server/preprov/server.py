@@ -21,7 +21,7 @@ from .events import (
 from .inventory.store import Recorder, SQLiteStore
 from .log import LogSink, setup_logging
 from .runtime import Runtime, SetupError, build_runtime
-from .web.app import make_app, protocol_logger
+from .web.app import make_handler, protocol_logger
 
 Loader = Callable[[], tuple[Config, str | None]]
 
@@ -43,7 +43,7 @@ class Server:
         self.runtime: Runtime | None = None
         self.store: SQLiteStore | None = None
         self.recorder: Recorder | None = None
-        self.runner: web.AppRunner | None = None
+        self.runner: web.ServerRunner | None = None
         self.listening: list[str] = []
         self._stop = asyncio.Event()
 
@@ -58,15 +58,16 @@ class Server:
         self.bus.subscribe(LogSink())
         self.runtime = rt
         state = config.server.state_dir
-        self.store = SQLiteStore(Path(state) / "preprov.db", config.inventory.synchronous)
+        self.store = SQLiteStore(
+            Path(state) / "preprov.db", config.inventory.synchronous, background_checkpoints=True
+        )
         self.recorder = Recorder(self.store)
         self.bus.subscribe_durable(self.recorder)
         services = []
         if config.http.enabled:
-            app = make_app(self.current, self.bus, self.recorder.registered)
-            self.runner = web.AppRunner(
-                app, access_log=None, handle_signals=False, logger=protocol_logger(self.bus)
-            )
+            handler = make_handler(self.current, self.bus, self.recorder.registered)
+            lowlevel = web.Server(handler, access_log=None, logger=protocol_logger(self.bus))
+            self.runner = web.ServerRunner(lowlevel, handle_signals=False)
             await self.runner.setup()
             for addr in listen_addresses(rt):
                 site = web.TCPSite(self.runner, addr, config.http.port, reuse_address=True)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from ..events import DeviceEvent, FileRefused, FileServed
 from ..ident import DeviceFacts, facts_from_user_agent
 from ..macros import mac_colon
-from ..rules import Decision, decide, explain
+from ..rules import Decision
 from ..runtime import Runtime
 from .templates import Resolved, TemplateError, UnsafePath, check_request_path
 
@@ -39,10 +39,10 @@ class FileAnswer:
     headers: list[tuple[str, str]] = field(default_factory=list)
 
 
-def facts_from_path(resolved: Resolved) -> DeviceFacts:
+def facts_from_path(resolved: Resolved, client: str | None = None) -> DeviceFacts:
     m = resolved.macros
     mac = m.get("MAC") or (m["mac"].upper() if m.get("mac") else None)
-    return DeviceFacts(mac=mac, model=m.get("MODEL"), fwver=m.get("fwver"))
+    return DeviceFacts(mac=mac, model=m.get("MODEL"), fwver=m.get("fwver"), ip=client)
 
 
 def url_dir(url: str) -> str:
@@ -122,8 +122,7 @@ def fetch(
     entry = resolved.entry
 
     # 3. identification: the path names the file, the User-Agent the phone
-    facts = facts_from_path(resolved).merged(ua_facts).with_vendor_from_oui()
-    facts = DeviceFacts(facts.mac, facts.model, facts.fwver, facts.vendor, req.client)
+    facts = facts_from_path(resolved, req.client).merged(ua_facts).with_vendor_from_oui()
 
     # 4. inventory
     known = facts.mac in rt.variables or registered(facts.mac) if facts.mac else True
@@ -132,9 +131,9 @@ def fetch(
         return refuse(404, reason, facts, entry.name)
 
     # 5. rule
-    decision = decide(rt.config.rules, facts, rt.placeholders)
+    decision = rt.rules.decide(facts)
     if decision is None:
-        return refuse(403, explain(rt.config.rules, facts), facts, entry.name)
+        return refuse(403, rt.rules.explain(facts), facts, entry.name)
 
     # 6. authentication, when the rule's URL carries user:password
     creds = decision.credentials
@@ -156,7 +155,7 @@ def fetch(
     # 7. rendering
     cache_key = (facts.mac, facts.model, facts.fwver, facts.vendor, decision.rule)
     try:
-        body = rt.templates.render(entry, template_context(rt, facts, decision), cache_key)
+        body = rt.templates.render(entry, lambda: template_context(rt, facts, decision), cache_key)
     except TemplateError as e:
         return refuse(500, f"template {e}", facts, entry.name, decision.rule)
     ctype = "text/plain" if entry.panasonic else _content_type(entry.name, entry.raw)

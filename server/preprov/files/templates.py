@@ -11,8 +11,9 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
+import time
 from collections import OrderedDict
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote
@@ -35,6 +36,7 @@ _SPECIFICITY = {"MAC": 2, "mac": 2, "MODEL": 1, "fwver": 0}
 _NAME_MACRO = re.compile(r"\{(MAC|mac|MODEL|fwver)\}")
 
 CACHE_SIZE = 4096
+STAT_INTERVAL = 1.0  # seconds
 
 
 class TemplateError(Exception):
@@ -51,6 +53,7 @@ class Entry:
     panasonic: bool
     raw: bool
     mtime_ns: int = 0
+    checked: float = 0.0  # monotonic time of the last stat
     compiled: jinja2.Template | None = None
     data: bytes | None = None
 
@@ -96,6 +99,10 @@ def check_request_path(raw_path: str) -> str:
     `%252e%252e` are seen for what they are.
     """
     path = raw_path.split("?", 1)[0]
+    if "%" not in path and "\\" not in path and "/." not in path and not path.startswith("//"):
+        if "\x00" in path or re.match(r"^/?[A-Za-z]:", path):
+            raise UnsafePath("NUL byte or drive letter in path")
+        return path.lstrip("/")  # the common case: nothing encoded, no dot segment
     forms = [path]
     for _ in range(3):
         nxt = unquote(forms[-1], errors="strict")
@@ -199,6 +206,12 @@ class TemplateSet:
     # -- rendering -------------------------------------------------------------
 
     def _load(self, e: Entry) -> None:
+        # An edited file is picked up within STAT_INTERVAL seconds, without a
+        # stat per request.
+        now = time.monotonic()
+        if now - e.checked < STAT_INTERVAL and (e.compiled is not None or e.data is not None):
+            return
+        e.checked = now
         st = os.stat(e.path, follow_symlinks=False)
         if st.st_mtime_ns == e.mtime_ns and (e.compiled is not None or e.data is not None):
             return
@@ -214,7 +227,10 @@ class TemplateSet:
             raise TemplateError(f"{e.name}:{err.lineno}: template syntax: {err.message}") from None
 
     def render(
-        self, e: Entry, context: Mapping[str, object], cache_key: Hashable | None = None
+        self,
+        e: Entry,
+        context: Callable[[], Mapping[str, object]],
+        cache_key: Hashable | None = None,
     ) -> bytes:
         """The bytes a device receives. Panasonic files go out with CRLF line ends."""
         try:
@@ -232,7 +248,7 @@ class TemplateSet:
                 return hit
         assert e.compiled is not None
         try:
-            text = e.compiled.render(context)
+            text = e.compiled.render(context())
         except jinja2.UndefinedError as err:
             raise TemplateError(f"{e.name}: {err.message}") from None
         except jinja2.TemplateError as err:

@@ -7,6 +7,7 @@ the YAML line where the file has one: `lab.yaml:14: rules[0].url: ...`.
 from __future__ import annotations
 
 import ipaddress
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -32,7 +33,11 @@ from .macros import (
 )
 
 # The repository's configs/ folder: bundled templates and example configurations.
-CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
+# PREPROV_CONFIGS points elsewhere when the package is installed away from the
+# checkout (the container image sets it).
+CONFIGS_DIR = Path(
+    os.environ.get("PREPROV_CONFIGS") or Path(__file__).resolve().parents[2] / "configs"
+)
 BUNDLED_TEMPLATES = CONFIGS_DIR / "templates"
 
 # Panasonic SIP models named in the Administrator Guides; the longest one sizes

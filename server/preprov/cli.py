@@ -179,16 +179,15 @@ def render(
 ) -> None:  # fmt: skip
     """Print what a phone would receive, and which rule and template produced it."""
     from .ident import DeviceFacts
-    from .rules import decide, explain
 
     rt = _runtime(config, _overrides(interface=interface))
     mac = normalize_mac(mac)
     fwver = fwver or rt.config.fwver_sample
     facts = DeviceFacts(mac=mac, model=model, fwver=fwver, vendor="Panasonic")
-    decision = decide(rt.config.rules, facts, rt.placeholders)
+    decision = rt.site.rules.decide(facts)
     if path is None:
         if decision is None:
-            _fail(explain(rt.config.rules, facts), 1)
+            _fail(rt.site.rules.explain(facts), 1)
             return
         path = expand_macros(decision.parsed.path, mac, model, fwver)
     ua = f"Panasonic_{model}/{fwver} ({mac.lower()})"

@@ -7,7 +7,6 @@ before anything changes.
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass, field
 
 from .config import Config
@@ -22,37 +21,73 @@ class SetupError(Exception):
     """The configuration is valid but something it points at is not usable."""
 
 
-@dataclass
-class Runtime:
-    config: Config
-    config_file: str | None
-    templates: TemplateSet
-    variables: DeviceVariables
+@dataclass(frozen=True)
+class Site:
+    """What phones on one interface are told: its addresses in URLs, its rules."""
+
+    interface: str | None
     placeholders: dict[str, str]
     rules: RuleSet
-    interfaces: list[Interface] = field(default_factory=list)
-    auth: Authenticator = field(default_factory=lambda: Authenticator("preprov"))
+    addresses: frozenset[str]
 
     @property
-    def server_address(self) -> str | None:
-        return self.placeholders.get("server")
+    def server(self) -> str:
+        return self.placeholders["server"]
 
     @property
     def base_url(self) -> str:
         return f"http://{self.placeholders['server']}:{self.placeholders['http_port']}"
 
 
-def server_addresses(
-    config: Config, ifaces: list[Interface]
-) -> tuple[ipaddress.IPv4Address | None, ipaddress.IPv6Address | None]:
-    v4 = config.server.address
-    v6 = config.server.address6
-    for i in ifaces:
-        if v4 is None and i.ipv4:
-            v4 = i.ipv4[0].ip
-        if v6 is None and i.ipv6:
-            v6 = i.ipv6[0].ip
-    return v4, v6
+@dataclass
+class Runtime:
+    config: Config
+    config_file: str | None
+    templates: TemplateSet
+    variables: DeviceVariables
+    sites: list[Site]  # one per interface; one for no interface
+    interfaces: list[Interface] = field(default_factory=list)
+    auth: Authenticator = field(default_factory=lambda: Authenticator("preprov"))
+
+    @property
+    def site(self) -> Site:
+        """The first interface's site: what a request of unknown origin is told."""
+        return self.sites[0]
+
+    @property
+    def server_address(self) -> str:
+        return self.site.server
+
+    def site_for(self, local_address: str | None = None, interface: str | None = None) -> Site:
+        """The site of the interface a request arrived on, named or found by its address,
+        so a phone on a second interface is sent URLs it can reach."""
+        for s in self.sites:
+            if (interface and s.interface == interface) or (
+                local_address and local_address in s.addresses
+            ):
+                return s
+        return self.sites[0]
+
+
+def placeholders_for(config: Config, iface: Interface | None) -> dict[str, str]:
+    v4 = config.server.address or (iface.ipv4[0].ip if iface and iface.ipv4 else None)
+    v6 = config.server.address6 or (iface.ipv6[0].ip if iface and iface.ipv6 else None)
+    out = {"http_port": str(config.http.port)}
+    if v6 is not None:
+        out["server6"] = f"[{v6}]"
+    if v4 is not None:
+        out["server"] = str(v4)
+    elif v6 is not None:
+        out["server"] = f"[{v6}]"
+    else:
+        out["server"] = "127.0.0.1"
+    return out
+
+
+def _site(config: Config, iface: Interface | None) -> Site:
+    p = placeholders_for(config, iface)
+    addrs = {str(a.ip) for a in (iface.ipv4 + iface.ipv6)} if iface else set()
+    return Site(iface.name if iface else None, p, RuleSet(config.rules, p), frozenset(addrs))
 
 
 def build_runtime(config: Config, config_file: str | None, secret: bytes | None = None) -> Runtime:
@@ -60,16 +95,7 @@ def build_runtime(config: Config, config_file: str | None, secret: bytes | None 
         ifaces = [interface(n) for n in config.server.interfaces]
     except Exception as e:
         raise SetupError(f"server.interfaces: {e}") from None
-    v4, v6 = server_addresses(config, ifaces)
-    placeholders = {"http_port": str(config.http.port)}
-    if v6 is not None:
-        placeholders["server6"] = f"[{v6}]"
-    if v4 is not None:
-        placeholders["server"] = str(v4)
-    elif v6 is not None:
-        placeholders["server"] = f"[{v6}]"
-    else:
-        placeholders["server"] = "127.0.0.1"
+    sites = [_site(config, i) for i in ifaces] or [_site(config, None)]
     try:
         templates = TemplateSet(config.files.templates, config.files.panasonic, config.files.raw)
     except FileNotFoundError as e:
@@ -85,8 +111,7 @@ def build_runtime(config: Config, config_file: str | None, secret: bytes | None 
         config_file=config_file,
         templates=templates,
         variables=variables,
-        placeholders=placeholders,
-        rules=RuleSet(config.rules, placeholders),
+        sites=sites,
         interfaces=ifaces,
         auth=Authenticator(config.http.realm, secret),
     )

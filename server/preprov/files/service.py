@@ -16,7 +16,7 @@ from ..events import DeviceEvent, FileRefused, FileServed
 from ..ident import DeviceFacts, facts_from_user_agent
 from ..macros import mac_colon
 from ..rules import Decision
-from ..runtime import Runtime
+from ..runtime import Runtime, Site
 from .templates import Resolved, TemplateError, UnsafePath, check_request_path
 
 
@@ -25,6 +25,7 @@ class FileRequest:
     channel: str  # "http", "https", "tftp"
     client: str | None
     raw_path: str  # as received, still percent-encoded
+    local: str | None = None  # the server address the request arrived on
     method: str = "GET"
     user_agent: str | None = None
     authorization: str | None = None
@@ -53,7 +54,7 @@ def url_dir(url: str) -> str:
 
 
 def template_context(
-    rt: Runtime, facts: DeviceFacts, decision: Decision | None
+    rt: Runtime, site: Site, facts: DeviceFacts, decision: Decision | None
 ) -> dict[str, object]:
     """What a template sees: built-in variables, then the rule's, then the device's."""
     ctx: dict[str, object] = {
@@ -64,12 +65,12 @@ def template_context(
         "model": facts.model or "",
         "fwver": facts.fwver or "",
         "vendor": facts.vendor or "",
-        "server": rt.placeholders["server"],
-        "server6": rt.placeholders.get("server6", ""),
-        "http_port": rt.placeholders["http_port"],
-        "base_url": rt.base_url,
+        "server": site.placeholders["server"],
+        "server6": site.placeholders.get("server6", ""),
+        "http_port": site.placeholders["http_port"],
+        "base_url": site.base_url,
         "url": decision.url if decision else "",
-        "url_dir": url_dir(decision.url) if decision else rt.base_url + "/",
+        "url_dir": url_dir(decision.url) if decision else site.base_url + "/",
         "rule": decision.rule if decision else "",
     }
     device_vars = rt.variables.get(facts.mac, {}) if facts.mac else {}
@@ -131,9 +132,10 @@ def fetch(
         return refuse(404, reason, facts, entry.name)
 
     # 5. rule
-    decision = rt.rules.decide(facts)
+    site = rt.site_for(req.local)
+    decision = site.rules.decide(facts)
     if decision is None:
-        return refuse(403, rt.rules.explain(facts), facts, entry.name)
+        return refuse(403, site.rules.explain(facts), facts, entry.name)
 
     # 6. authentication, when the rule's URL carries user:password
     creds = decision.credentials
@@ -153,9 +155,11 @@ def fetch(
             )
 
     # 7. rendering
-    cache_key = (facts.mac, facts.model, facts.fwver, facts.vendor, decision.rule)
+    cache_key = (facts.mac, facts.model, facts.fwver, facts.vendor, decision.rule, site.interface)
     try:
-        body = rt.templates.render(entry, lambda: template_context(rt, facts, decision), cache_key)
+        body = rt.templates.render(
+            entry, lambda: template_context(rt, site, facts, decision), cache_key
+        )
     except TemplateError as e:
         return refuse(500, f"template {e}", facts, entry.name, decision.rule)
     ctype = "text/plain" if entry.panasonic else _content_type(entry.name, entry.raw)

@@ -34,6 +34,7 @@ def make_handler(
             channel=channel,
             client=request.remote,
             raw_path=request.raw_path,
+            local=_local_address(request),
             method=request.method,
             user_agent=request.headers.get("User-Agent"),
             authorization=request.headers.get("Authorization"),
@@ -85,3 +86,9 @@ def protocol_logger(bus: EventBus, channel: str = "http") -> logging.Logger:
     log.setLevel(logging.DEBUG)
     log.propagate = False
     return log
+
+
+def _local_address(request: web.BaseRequest) -> str | None:
+    transport = request.transport
+    sock = transport.get_extra_info("sockname") if transport is not None else None
+    return str(sock[0]) if sock else None

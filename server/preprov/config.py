@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -61,32 +62,34 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _macs(v: list[str]) -> list[str]:
+    try:
+        return [normalize_mac(m) for m in v]
+    except MacError as e:
+        raise ValueError(str(e)) from None
+
+
+def _ouis(v: list[str]) -> list[str]:
+    out = []
+    for o in v:
+        h = o.replace(":", "").replace("-", "").replace(".", "").upper()
+        if len(h) != 6 or any(c not in "0123456789ABCDEF" for c in h):
+            raise ValueError(f"{o!r} is not an OUI (6 hex digits, e.g. 00:80:F0)")
+        out.append(h)
+    return out
+
+
+MacList = Annotated[list[str], AfterValidator(_macs)]
+OuiList = Annotated[list[str], AfterValidator(_ouis)]
+
+
 class Match(Strict):
     """All given criteria must hold; within one list any entry may match."""
 
-    mac: list[str] = []
-    oui: list[str] = []
+    mac: MacList = []
+    oui: OuiList = []
     model: list[str] = Field(default=[], description="model prefixes: KX-HDV130 matches KX-HDV130N")
     vendor: list[str] = []
-
-    @field_validator("mac")
-    @classmethod
-    def _macs(cls, v: list[str]) -> list[str]:
-        try:
-            return [normalize_mac(m) for m in v]
-        except MacError as e:
-            raise ValueError(str(e)) from None
-
-    @field_validator("oui")
-    @classmethod
-    def _ouis(cls, v: list[str]) -> list[str]:
-        out = []
-        for o in v:
-            h = o.replace(":", "").replace("-", "").replace(".", "").upper()
-            if len(h) != 6 or any(c not in "0123456789ABCDEF" for c in h):
-                raise ValueError(f"{o!r} is not an OUI (6 hex digits, e.g. 00:80:F0)")
-            out.append(h)
-        return out
 
     @property
     def empty(self) -> bool:
@@ -149,6 +152,32 @@ class InventorySection(Strict):
     synchronous: Literal["normal", "full"] = "normal"
 
 
+class Allow(Strict):
+    """Who a datagram channel answers. Empty lists allow everything of their kind."""
+
+    mac: MacList = []
+    oui: OuiList = []
+    subnets: list[ipaddress.IPv4Network | ipaddress.IPv6Network] | None = Field(
+        default=None, description="source subnets; default: the interface's own subnets"
+    )
+
+
+class PnpSection(Strict):
+    """SIP PnP: answer multicast ua-profile SUBSCRIBEs with a NOTIFY (PROTOCOL.md §3)."""
+
+    enabled: bool = True
+    group: ipaddress.IPv4Address = ipaddress.IPv4Address("224.0.1.75")
+    port: Annotated[int, Field(ge=1, le=65535)] = 5060
+    body: Literal["url", "external-body"] = Field(
+        default="url",
+        description="url: Content-Type application/url; external-body: message/external-body",
+    )
+    allow: Allow = Allow()
+    rate_burst: Annotated[int, Field(ge=1)] = 20
+    rate_per_second: Annotated[float, Field(gt=0)] = 10.0
+    max_transactions: Annotated[int, Field(ge=1)] = 10000
+
+
 class LogSection(Strict):
     format: Literal["console", "json"] = "console"
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -162,6 +191,7 @@ class Config(Strict):
     server: ServerSection = ServerSection()
     log: LogSection = LogSection()
     http: HttpSection = HttpSection()
+    pnp: PnpSection = PnpSection()
     files: FilesSection = FilesSection()
     inventory: InventorySection = InventorySection()
     models: list[str] = Field(default=DEFAULT_MODELS, min_length=1)

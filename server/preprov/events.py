@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, TypedDict
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -43,6 +43,17 @@ class DeviceEvent(Event):
     vendor: str | None = None
 
 
+class DeviceFields(TypedDict):
+    """The DeviceEvent fields, to pass as keywords to any device event."""
+
+    channel: str
+    client: str | None
+    mac: str | None
+    model: str | None
+    fwver: str | None
+    vendor: str | None
+
+
 @dataclass(frozen=True, kw_only=True)
 class FileServed(DeviceEvent):
     kind: ClassVar[str] = "file.served"
@@ -62,6 +73,61 @@ class FileRefused(DeviceEvent):
     reason: str
     template: str | None = None
     rule: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class PnpSubscribe(DeviceEvent):
+    """A SUBSCRIBE for ua-profile arrived (PROTOCOL.md §3)."""
+
+    kind: ClassVar[str] = "pnp.subscribe"
+    call_id: str
+    profile_type: str | None = None
+    retransmission: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class PnpAnswered(DeviceEvent):
+    """200 OK sent to the SUBSCRIBE."""
+
+    kind: ClassVar[str] = "pnp.answered"
+    call_id: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class PnpNotifySent(DeviceEvent):
+    kind: ClassVar[str] = "pnp.notify-sent"
+    call_id: str
+    url: str
+    rule: str
+    to: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class PnpNotifyAcked(DeviceEvent):
+    kind: ClassVar[str] = "pnp.notify-acked"
+    call_id: str
+    status: int
+    transmissions: int
+    ms: float  # from the first NOTIFY to its answer
+
+
+@dataclass(frozen=True, kw_only=True)
+class PnpNotifyTimedOut(DeviceEvent):
+    kind: ClassVar[str] = "pnp.notify-timeout"
+    level: ClassVar[str] = "warning"
+    call_id: str
+    transmissions: int
+    reason: str = "no answer to the NOTIFY before Timer F (RFC 3261 §17.1.2)"
+
+
+@dataclass(frozen=True, kw_only=True)
+class PnpIgnored(DeviceEvent):
+    """A SIP message that got no answer, and why."""
+
+    kind: ClassVar[str] = "pnp.ignored"
+    level: ClassVar[str] = "warning"
+    reason: str
+    suppressed: int = 0  # like refusals from the same source not logged one by one
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -43,13 +43,17 @@ def devices_csv() -> Path:
     return CONFIGS_DIR / "devices.csv"
 
 
-@pytest.fixture
-def lab() -> Iterator[Lab]:
+def lab_or_skip() -> Lab:
     """A namespace lab; under CI as root it must work, elsewhere it may skip."""
     why = netns_unavailable()
     if why:
         if under_ci_as_root():
             pytest.fail(f"CI=true as root, but no network namespaces: {why}")
         pytest.skip(f"no network namespace lab: {why}")
-    with Lab() as the_lab:
+    return Lab()
+
+
+@pytest.fixture
+def lab() -> Iterator[Lab]:
+    with lab_or_skip() as the_lab:
         yield the_lab

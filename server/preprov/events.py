@@ -150,6 +150,7 @@ class ServerStarted(Event):
     templates: str
     state_dir: str
     config: str | None
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -101,21 +101,29 @@ class Lab:
     def host(self, name: str, addresses: bool = True) -> Host:
         """A new host on the bridge; `addresses=False` leaves eth0 without IPv4/IPv6
         global addresses (a phone that must get them by DHCP)."""
-        self._ports += 1
-        n = self._ports
         ns = self.prefix + name
         self._netns(ns)
+        return self.attach(ns, "eth0", addresses)
+
+    def attach(self, ns: str, ifname: str, addresses: bool = True) -> Host:
+        """Plug an existing namespace (another lab's host) into this bridge as `ifname`:
+        a server with one interface on each of two segments."""
+        self._ports += 1
+        n = self._ports
         port = f"p{n}"
-        run("ip", "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns,
+        run("ip", "link", "add", port, "type", "veth", "peer", "name", ifname, "netns", ns,
             ns=self.switch)  # fmt: skip
         run("ip", "link", "set", port, "master", "br0", "up", ns=self.switch)
         v4 = ipaddress.IPv4Interface(f"{self.net4[n]}/{self.net4.prefixlen}")
         v6 = ipaddress.IPv6Interface(f"{self.net6[n]}/{self.net6.prefixlen}")
         if addresses:
-            run("ip", "addr", "add", str(v4), "dev", "eth0", ns=ns)
-            run("ip", "-6", "addr", "add", str(v6), "dev", "eth0", "nodad", ns=ns)
-        run("ip", "link", "set", "eth0", "up", ns=ns)
-        h = Host(ns, v4, v6)
+            run("ip", "addr", "add", str(v4), "dev", ifname, ns=ns)
+            run("ip", "-6", "addr", "add", str(v6), "dev", ifname, "nodad", ns=ns)
+        run("ip", "link", "set", ifname, "up", ns=ns)
+        if ifname == "eth0":
+            # multicast leaves by eth0, as on a phone whose default route is its LAN
+            run("ip", "route", "add", "224.0.0.0/4", "dev", "eth0", ns=ns, check=False)
+        h = Host(ns, v4, v6, ifname)
         self.hosts.append(h)
         return h
 

@@ -1,12 +1,12 @@
-"""Interfaces and their addresses.
-
-Later channels add sockets here (multicast membership per interface,
-SO_BINDTODEVICE, IP_PKTINFO): the protocol cores never touch them.
-"""
+"""Interfaces, their addresses, and the sockets the datagram channels need
+(multicast membership per interface, SO_BINDTODEVICE): the protocol cores
+never touch a socket."""
 
 from __future__ import annotations
 
 import ipaddress
+import socket
+import struct
 from dataclasses import dataclass
 
 import ifaddr
@@ -48,3 +48,52 @@ def interface(name: str) -> Interface:
         have = ", ".join(sorted(found)) or "none"
         raise InterfaceError(f"interface {name!r} does not exist (this host has: {have})")
     return found[name]
+
+
+# Linux socket options the socket module does not always name.
+SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
+IP_MULTICAST_ALL = getattr(socket, "IP_MULTICAST_ALL", 49)
+
+
+def multicast_listener(iface: Interface, group: str, port: int) -> socket.socket:
+    """A UDP socket that hears `group`:`port` on this interface only.
+
+    Bound to the group address (so it hears no unicast and no other group),
+    pinned to the device, and a member of the group on this interface alone:
+    one socket per interface, so a server with several interfaces joins on
+    each (PROTOCOL.md §3: joining on one interface only is a known bug
+    elsewhere). Needs root or CAP_NET_RAW for SO_BINDTODEVICE.
+    """
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        s.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, iface.name.encode())
+        s.setsockopt(socket.IPPROTO_IP, IP_MULTICAST_ALL, 0)
+        s.bind((group, port))
+        mreqn = struct.pack(
+            "4s4si", socket.inet_aton(group), socket.inet_aton("0.0.0.0"), iface.index
+        )
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreqn)
+        s.setblocking(False)
+    except OSError:
+        s.close()
+        raise
+    return s
+
+
+def unicast_socket(address: str, port: int, iface: Interface | None = None) -> socket.socket:
+    """A UDP socket bound to one of the interface's own addresses: what the server
+    sends from, and where answers to what it sent come back."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    s = socket.socket(family, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if iface is not None:
+            s.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, iface.name.encode())
+        s.bind((address, port))
+        s.setblocking(False)
+    except OSError:
+        s.close()
+        raise
+    return s

@@ -20,10 +20,39 @@ from .events import (
 )
 from .inventory.store import Recorder, SQLiteStore
 from .log import LogSink, setup_logging
+from .net import Interface
 from .runtime import Runtime, SetupError, build_runtime
+from .safety import AllowList, RateLimiter
+from .sip.pnp import PnpPolicy, PnpResponder
+from .sip.transport import PnpEndpoint
 from .web.app import make_handler, protocol_logger
 
 Loader = Callable[[], tuple[Config, str | None]]
+
+
+def pnp_policy(rt: Runtime, iface: Interface, old: PnpPolicy | None = None) -> PnpPolicy:
+    c = rt.config.pnp
+    subnets = (
+        [str(n) for n in c.allow.subnets]
+        if c.allow.subnets is not None
+        else [str(i.network) for i in iface.ipv4]  # default: phones on this segment only
+    )
+    limiter = RateLimiter(c.rate_burst, c.rate_per_second)
+    if old is not None and (old.limiter.burst, old.limiter.rate) == (limiter.burst, limiter.rate):
+        limiter = old.limiter  # a reload keeps the buckets
+    return PnpPolicy(
+        rules=rt.site_for(interface=iface.name).rules,
+        allow=AllowList.build(c.allow.mac, c.allow.oui, subnets),
+        limiter=limiter,
+        body=c.body,
+        max_transactions=c.max_transactions,
+    )
+
+
+def pnp_local_address(rt: Runtime, iface: Interface) -> str | None:
+    mine = [str(i.ip) for i in iface.ipv4]
+    configured = str(rt.config.server.address) if rt.config.server.address else None
+    return configured if configured in mine else (mine[0] if mine else None)
 
 
 def listen_addresses(rt: Runtime) -> list[str]:
@@ -44,6 +73,7 @@ class Server:
         self.store: SQLiteStore | None = None
         self.recorder: Recorder | None = None
         self.runner: web.ServerRunner | None = None
+        self.pnp: list[PnpEndpoint] = []
         self.listening: list[str] = []
         self._stop = asyncio.Event()
 
@@ -75,6 +105,25 @@ class Server:
                 host = f"[{addr}]" if ":" in addr else addr
                 self.listening.append(f"http://{host}:{config.http.port}/")
             services.append("http")
+        notes = []
+        if config.pnp.enabled:
+            if not rt.interfaces:
+                notes.append("sip-pnp off: it needs --interface (a phone-facing interface)")
+            for iface in rt.interfaces:
+                pnp_addr = pnp_local_address(rt, iface)
+                if pnp_addr is None:
+                    notes.append(f"sip-pnp off on {iface.name}: it has no IPv4 address")
+                    continue
+                local = (pnp_addr, config.pnp.port)
+                responder = PnpResponder(local, pnp_policy(rt, iface))
+                ep = PnpEndpoint(iface, local, str(config.pnp.group), responder, self.bus)
+                await ep.start()
+                self.pnp.append(ep)
+                self.listening.append(
+                    f"sip-pnp://{config.pnp.group}:{config.pnp.port}%{iface.name} (from {pnp_addr})"
+                )
+            if self.pnp:
+                services.append("sip-pnp")
         self.bus.emit(
             ServerStarted(
                 services=tuple(services),
@@ -83,6 +132,7 @@ class Server:
                 templates=str(rt.templates.root),
                 state_dir=str(Path(state).resolve()),
                 config=file,
+                notes=tuple(notes),
             )
         )
         await self.bus.settled()
@@ -106,6 +156,8 @@ class Server:
             notes.append("state_dir unchanged: a new state directory takes a restart")
         rt.auth = old.auth  # nonces already issued stay valid
         self.runtime = rt
+        for ep in self.pnp:
+            ep.responder.policy = pnp_policy(rt, ep.iface, ep.responder.policy)
         self.bus.emit(ConfigReloaded(config=file, notes=tuple(notes)))
         return True
 
@@ -125,6 +177,8 @@ class Server:
             await self.close()
 
     async def close(self) -> None:
+        for ep in self.pnp:
+            ep.close()
         if self.runner is not None:
             await self.runner.cleanup()
         if self.recorder is not None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -124,3 +126,47 @@ def test_a_flood_from_one_source_is_rate_limited_and_others_are_served(
         assert 20 <= len(answered) <= 60, len(answered)
     finally:
         assert sp.stop() == 0
+
+
+def test_simulated_phone_is_provisioned_over_pnp(lab: Lab, tmp_path: Path) -> None:
+    srv = lab.host("srv")
+    phone = lab.host("phone")
+    sp = start_server(tmp_path, "--interface", "eth0", netns=srv.ns, port=8080)
+    try:
+        r = subprocess.run(
+            [*phone.prefix(), sys.executable, "-m", "preprov", "phone", "--interface", "eth0",
+             "--mac", "0080F0C571EB", "--model", "KX-HDV130", "--json"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr
+        report = json.loads(r.stdout)
+        assert report["provisioned"] and report["channel"] == "sip-pnp"
+        base = f"http://{srv.ipv4.ip}:8080/"
+        assert report["url"] == base + "{MODEL}.cfg"
+        assert [(f["url"], f["status"]) for f in report["files"]] == [
+            (base + "KX-HDV130.cfg", 200),
+            (base + "Config0080F0C571EB.cfg", 200),
+            (base + "ConfigKX-HDV130.cfg", 200),
+            (base + "ConfigCommon.cfg", 200),
+        ]
+        assert report["settings"]["SIP_AUTHID_1"] == "0080f0c571eb"
+        steps = [s["step"] for s in report["steps"]]
+        assert steps[:4] == ["boot", "pnp.subscribe-sent", "pnp.200", "pnp.notify"]
+        assert steps[-1] == "provisioned"
+        # the server's inventory saw the whole flow for this device
+        kinds = [e["event"] for e in sp.events() if e.get("mac") == "0080F0C571EB"]
+        assert kinds[:4] == ["pnp.subscribe", "pnp.answered", "pnp.notify-sent", "pnp.notify-acked"]
+        assert kinds.count("file.served") == 4
+    finally:
+        assert sp.stop() == 0
+
+
+def test_simulated_phone_without_a_server_says_why(lab: Lab) -> None:
+    phone = lab.host("phone")
+    r = subprocess.run(
+        [*phone.prefix(), sys.executable, "-m", "preprov", "phone", "--interface", "eth0",
+         "--mac", "0080F0C571EB"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert r.returncode == 1
+    assert "not provisioned: no channel gave a URL (sip-pnp: no answer within 5 s;" in r.stderr

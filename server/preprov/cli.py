@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -201,6 +202,77 @@ def render(
     if ans.status != 200:
         _fail(ans.body.decode().strip(), 1)
     sys.stdout.buffer.write(ans.body)
+
+
+CHANNEL_SWITCHES = {
+    "sippnp": "sip-pnp",
+    "option160": "dhcpv4-option-160",
+    "option159": "dhcpv4-option-159",
+    "option66": "dhcpv4-option-66",
+    "option17": "dhcpv6-option-17",
+}
+
+
+def _switch(name: str, param: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    return click.option(
+        f"--{name}/--no-{name}", default=True, help=f"the phone's {param} (default on)"
+    )
+
+
+@main.command()
+@click.option("--interface", "-i", required=True, help="the interface the phone boots on")
+@click.option("--mac", required=True, help="the phone's MAC, any notation")
+@click.option("--model", default="KX-HDV130", show_default=True)
+@click.option("--fwver", default="01.000", show_default=True)
+@click.option("--ip-mode", type=click.Choice(["ipv4", "ipv6", "dual"]), default="ipv4",
+              show_default=True)  # fmt: skip
+@_switch("sippnp", "SIPPNP_PROV_ENABLE")
+@_switch("option160", "OPTION160_PROV_ENABLE")
+@_switch("option159", "OPTION159_PROV_ENABLE")
+@_switch("option66", "OPTION66_ENABLE")
+@_switch("option17", "DHCPV6_OPTION17_PROV_ENABLE")
+@click.option("--timeout", default=60.0, show_default=True, help="seconds before giving up")
+@click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
+def phone(
+    interface: str, mac: str, model: str, fwver: str, ip_mode: str, timeout: float,
+    as_json: bool, **switches: bool,
+) -> None:  # fmt: skip
+    """Boot a simulated Panasonic phone on an interface and report how it got provisioned.
+    Exit 0 only when it ends up provisioned."""
+    from .net import InterfaceError
+    from .net import interface as find_interface
+    from .phone.core import PhoneProfile
+    from .phone.driver import SimulatedPhone
+
+    try:
+        iface = find_interface(interface)
+        mac = normalize_mac(mac)
+    except (InterfaceError, ValueError) as e:
+        _fail(f"preprov phone: {e}", 2)
+    ip = str(iface.ipv4[0].ip) if iface.ipv4 else None
+    if ip is None and ip_mode != "ipv6":
+        _fail(f"preprov phone: {interface} has no IPv4 address (a leased one comes with DHCP)", 2)
+    channels = frozenset(ch for sw, ch in CHANNEL_SWITCHES.items() if switches[sw])
+    profile = PhoneProfile(mac=mac, model=model, fwver=fwver, ip=ip or "0.0.0.0",
+                           ip_mode=ip_mode, channels=channels)  # fmt: skip
+    try:
+        report = uvloop.run(SimulatedPhone(profile).run(timeout))
+    except OSError as e:
+        _fail(f"preprov phone: {e.strerror or e} (port 5060 on {ip} busy, or not root?)", 2)
+        return
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        for st in report.steps:
+            rest = " ".join(f"{k}={v}" for k, v in st.items() if k not in ("t_ms", "step"))
+            click.echo(f"{st['t_ms']:>9.1f} ms  {st['step']:<22} {rest}")
+        for f in report.files:
+            click.echo(f"file {f.url}: {f.status or f.error} ({f.size} bytes)")
+    if report.provisioned:
+        if not as_json:
+            click.echo(f"provisioned through {report.channel}: {report.url}")
+        return
+    _fail(f"not provisioned: {report.reason}", 1)
 
 
 @main.command()

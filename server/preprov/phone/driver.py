@@ -1,0 +1,137 @@
+"""The simulated phone's asyncio driver: one UDP socket, one timer, an HTTP client."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from typing import Any
+
+import aiohttp
+from yarl import URL
+
+from .core import Actions, PhoneCore, PhoneProfile, Report
+
+
+class _Proto(asyncio.DatagramProtocol):
+    def __init__(self, phone: SimulatedPhone) -> None:
+        self.phone = phone
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        self.phone.on_datagram(data, (str(addr[0]), int(addr[1])))
+
+    def error_received(self, exc: Exception) -> None:
+        pass
+
+
+def pnp_socket(ip: str, port: int) -> socket.socket:
+    """Bound to the phone's address and SIP port; multicast leaves by that address
+    with TTL 1, as the phone's does (PROTOCOL.md §3)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((ip, port))
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(ip))
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
+        s.setblocking(False)
+    except OSError:
+        s.close()
+        raise
+    return s
+
+
+class SimulatedPhone:
+    def __init__(self, profile: PhoneProfile, http_timeout: float = 5.0) -> None:
+        self.core = PhoneCore(profile)
+        self.profile = profile
+        self.http_timeout = http_timeout
+        self._transport: asyncio.DatagramTransport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._done = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def run(self, timeout: float = 60.0) -> Report:
+        loop = asyncio.get_running_loop()
+        if "sip-pnp" in self.profile.channels and self.profile.ip_mode in ("ipv4", "dual"):
+            sock = pnp_socket(self.profile.ip, self.profile.sip_port)
+            self._transport, _ = await loop.create_datagram_endpoint(
+                lambda: _Proto(self), sock=sock
+            )
+        self._session = aiohttp.ClientSession(
+            headers={"User-Agent": self.profile.user_agent},
+            timeout=aiohttp.ClientTimeout(total=self.http_timeout),
+        )
+        try:
+            self._apply(self.core.start(time.monotonic()))
+            try:
+                await asyncio.wait_for(self._done.wait(), timeout)
+            except TimeoutError:
+                self.core.give_up(time.monotonic(), f"gave up after {timeout:g} s")
+        finally:
+            for t in self._tasks:
+                t.cancel()
+            if self._timer is not None:
+                self._timer.cancel()
+            if self._transport is not None:
+                self._transport.close()
+            await self._session.close()
+        return self.core.report
+
+    # -- feeding the core ---------------------------------------------------------
+
+    def on_datagram(self, data: bytes, source: tuple[str, int]) -> None:
+        self._apply(self.core.datagram_received(data, source, time.monotonic()))
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._apply(self.core.timer_expired(time.monotonic()))
+
+    def _apply(self, actions: Actions) -> None:
+        for s in actions.sends:
+            if self._transport is not None:
+                self._transport.sendto(s.data, s.addr)
+        for f in actions.fetches:
+            task = asyncio.get_running_loop().create_task(self._fetch(f.url))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        wake = self.core.next_timer()
+        if wake is not None:
+            self._timer = asyncio.get_running_loop().call_later(
+                max(0.0, wake - time.monotonic()), self._on_timer
+            )
+        if self.core.done:
+            self._done.set()
+
+    async def _fetch(self, url: str) -> None:
+        assert self._session is not None
+        status: int | None = None
+        body = b""
+        error: str | None = None
+        try:
+            status, body = await self._get(url)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as e:
+            error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+        self._apply(self.core.fetch_done(url, status, body, error, time.monotonic()))
+
+    async def _get(self, url: str) -> tuple[int, bytes]:
+        """GET, answering a Basic or Digest challenge with the URL's user:password
+        (which one Panasonic's client answers is OPEN: PROTOCOL.md §6)."""
+        assert self._session is not None
+        target = URL(url)
+        login, password = target.user, target.password or ""
+        plain = target.with_user(None)
+        async with self._session.get(plain) as r:
+            if r.status != 401 or login is None:
+                return r.status, await r.read()
+            challenges = r.headers.getall("WWW-Authenticate", [])
+        if any(c.lower().startswith("digest") for c in challenges):
+            digest = aiohttp.DigestAuthMiddleware(login, password)
+            async with self._session.get(plain, middlewares=(digest,)) as r:
+                return r.status, await r.read()
+        async with self._session.get(plain, auth=aiohttp.BasicAuth(login, password)) as r:
+            return r.status, await r.read()

@@ -1,0 +1,145 @@
+"""The simulated phone's core with bytes and a fake clock, also against the responder core."""
+
+from __future__ import annotations
+
+import random
+
+from sipmessage import Message, Request
+
+from preprov.config import Rule
+from preprov.files.lint import HEADER
+from preprov.phone.core import PNP_GROUP, PhoneCore, PhoneProfile
+from preprov.rules import RuleSet
+from preprov.sip.pnp import PnpPolicy, PnpResponder
+
+PHONE_IP = "198.18.0.2"
+SERVER = ("198.18.0.1", 5060)
+PROFILE = PhoneProfile(mac="0080F0C571EB", model="KX-HDV130N", fwver="01.000", ip=PHONE_IP)
+RULES = RuleSet([Rule(name="d", url="http://${server}:${http_port}/{MODEL}.cfg")],
+                {"server": "198.18.0.1", "http_port": "8080"})  # fmt: skip
+
+
+def pre_file() -> bytes:
+    return (HEADER + b"\r\n"
+            b'CFG_STANDARD_FILE_PATH="http://198.18.0.1:8080/Config{MAC}.cfg"\r\n'
+            b'CFG_PRODUCT_FILE_PATH="http://198.18.0.1:8080/Config{MODEL}.cfg"\r\n'
+            b'CFG_MASTER_FILE_PATH="http://198.18.0.1:8080/ConfigCommon.cfg"\r\n'
+            b'SIP_PRXY_ADDR_1="pre"\r\n')  # fmt: skip
+
+
+def test_subscribe_is_panasonic_style() -> None:
+    phone = PhoneCore(PROFILE, random.Random(1))
+    (send,) = phone.start(0.0).sends
+    assert send.addr == PNP_GROUP
+    msg = Message.parse(send.data)
+    assert isinstance(msg, Request) and msg.method == "SUBSCRIBE"
+    assert send.data.startswith(b"SUBSCRIBE sip:MAC%3a0080F0C571EB@224.0.1.75 SIP/2.0\r\n")
+    assert msg.headers["Event"] == (
+        'ua-profile;profile-type="device";vender="Panasonic";model="KX-HDV130N";version="01.000"'
+    )
+    assert msg.headers["Accept"] == "application/url"
+    assert msg.headers["Contact"] == "<sip:198.18.0.2:5060>"
+    assert msg.headers["User-Agent"] == "Panasonic_KX-HDV130N/01.000 (0080f0c571eb)"
+
+
+def test_no_answer_resends_on_t1_and_gives_up_after_5_s() -> None:
+    phone = PhoneCore(PROFILE, random.Random(1))
+    phone.start(100.0)
+    resent = []
+    while (t := phone.next_timer()) is not None:
+        if phone.timer_expired(t).sends:
+            resent.append(round(t - 100.0, 3))
+    assert resent == [0.5, 1.5, 3.5]
+    assert phone.done and not phone.report.provisioned
+    assert phone.report.channels_tried["sip-pnp"] == "no answer within 5 s"
+    assert phone.report.steps[-2] == {
+        "t_ms": 5000.0,
+        "step": "pnp.gave-up",
+        "reason": "no answer within 5 s",
+    }
+    assert "dhcpv4-option-160: not implemented" in (phone.report.reason or "")
+
+
+def test_against_the_responder_core_then_the_chain_first_wins() -> None:
+    phone = PhoneCore(PROFILE, random.Random(1))
+    server = PnpResponder(SERVER, PnpPolicy(rules=RULES), random.Random(2))
+    sub = phone.start(0.0).sends[0]
+    out = server.datagram_received(sub.data, (PHONE_IP, 5060), 0.001)
+    ok, notify = out.sends
+    assert phone.datagram_received(ok.data, SERVER, 0.002).sends == []
+    acts = phone.datagram_received(notify.data, SERVER, 0.003)
+    (reply,) = acts.sends
+    assert reply.addr == SERVER
+    ack = server.datagram_received(reply.data, (PHONE_IP, 5060), 0.004)
+    assert [e.kind for e in ack.events] == ["pnp.notify-acked"]
+    # the macros are expanded before the fetch: model with its region suffix
+    assert [f.url for f in acts.fetches] == ["http://198.18.0.1:8080/KX-HDV130N.cfg"]
+    acts = phone.fetch_done("http://198.18.0.1:8080/KX-HDV130N.cfg", 200, pre_file(), None, 0.01)
+    assert [f.url for f in acts.fetches] == ["http://198.18.0.1:8080/Config0080F0C571EB.cfg"]
+    body = HEADER + b'\r\nSIP_PRXY_ADDR_1="per-device"\r\nDISPLAY_NAME_1="A"\r\n'
+    acts = phone.fetch_done(acts.fetches[0].url, 200, body, None, 0.02)
+    assert [f.url for f in acts.fetches] == ["http://198.18.0.1:8080/ConfigKX-HDV130N.cfg"]
+    acts = phone.fetch_done(
+        acts.fetches[0].url, 200, HEADER + b'\r\nDISPLAY_NAME_1="B"\r\n', None, 0.03
+    )
+    acts = phone.fetch_done(
+        acts.fetches[0].url, 200, HEADER + b'\r\nCFG_CYCLIC_INTVL="60"\r\n', None, 0.04
+    )
+    assert acts.fetches == [] and phone.done
+    r = phone.report
+    assert (
+        r.provisioned and r.channel == "sip-pnp" and r.url == "http://198.18.0.1:8080/{MODEL}.cfg"
+    )
+    # the first occurrence of a parameter wins, in fetch order
+    assert r.settings["SIP_PRXY_ADDR_1"] == "pre"
+    assert r.settings["DISPLAY_NAME_1"] == "A"
+    assert r.settings["CFG_CYCLIC_INTVL"] == "60"
+    assert [s["step"] for s in r.steps][:4] == [
+        "boot",
+        "pnp.subscribe-sent",
+        "pnp.200",
+        "pnp.notify",
+    ]
+
+
+def test_retransmitted_notify_is_answered_again() -> None:
+    phone = PhoneCore(PROFILE, random.Random(1))
+    server = PnpResponder(SERVER, PnpPolicy(rules=RULES), random.Random(2))
+    sub = phone.start(0.0).sends[0]
+    notify = server.datagram_received(sub.data, (PHONE_IP, 5060), 0.0).sends[1]
+    first = phone.datagram_received(notify.data, SERVER, 0.0)
+    again = phone.datagram_received(notify.data, SERVER, 0.5)
+    assert [s.data for s in again.sends] == [s.data for s in first.sends] and again.fetches == []
+
+
+def test_failures_name_the_file_and_the_reason() -> None:
+    phone = PhoneCore(PROFILE, random.Random(1))
+    server = PnpResponder(SERVER, PnpPolicy(rules=RULES), random.Random(2))
+    notify = server.datagram_received(phone.start(0.0).sends[0].data, (PHONE_IP, 5060), 0.0).sends[
+        1
+    ]
+    url = phone.datagram_received(notify.data, SERVER, 0.0).fetches[0].url
+    phone.fetch_done(url, 404, b"no template matches /KX-HDV130N.cfg\n", None, 0.1)
+    assert phone.done and not phone.report.provisioned
+    assert phone.report.reason == "http://198.18.0.1:8080/KX-HDV130N.cfg: HTTP 404"
+
+
+def test_a_file_breaking_the_format_fails_the_boot() -> None:
+    phone = PhoneCore(PROFILE, random.Random(1))
+    server = PnpResponder(SERVER, PnpPolicy(rules=RULES), random.Random(2))
+    notify = server.datagram_received(phone.start(0.0).sends[0].data, (PHONE_IP, 5060), 0.0).sends[
+        1
+    ]
+    url = phone.datagram_received(notify.data, SERVER, 0.0).fetches[0].url
+    phone.fetch_done(url, 200, b"not a panasonic file\n", None, 0.1)
+    assert not phone.report.provisioned and "first line must start with" in (
+        phone.report.reason or ""
+    )
+
+
+def test_switched_off_pnp_and_ipv6_mode() -> None:
+    off = PhoneCore(PhoneProfile(mac="0080F0C571EB", channels=frozenset({"dhcpv4-option-66"})))
+    assert off.start(0.0).sends == [] and off.done
+    assert off.report.channels_tried["sip-pnp"] == "switched off"
+    v6 = PhoneCore(PhoneProfile(mac="0080F0C571EB", ip_mode="ipv6"))
+    assert v6.start(0.0).sends == [] and list(v6.report.channels_tried) == ["dhcpv6-option-17"]

@@ -112,3 +112,13 @@ def test_serve_refuses_an_unknown_interface(tmp_path: Path) -> None:
 def test_inventory_without_state() -> None:
     r = preprov("inventory", "--state-dir", "/nonexistent")
     assert r.returncode == 1 and "no inventory at /nonexistent/preprov.db" in r.stderr
+
+
+def test_demo_provisions_its_phones() -> None:
+    from conftest import lab_or_skip
+
+    lab_or_skip()  # skips (or fails under CI) when no namespaces can be made
+    r = preprov("demo", "--phones", "2")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "2 of 2 phones provisioned" in r.stdout
+    assert r.stdout.count(" provisioned\n") == 2

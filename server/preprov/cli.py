@@ -276,6 +276,16 @@ def phone(
 
 
 @main.command()
+@click.option("--phones", default=3, show_default=True, help="how many phones boot (1-250)")
+def demo(phones: int) -> None:
+    """As root: build a lab of network namespaces, start a server with the defaults, boot
+    simulated phones against it, print each phone's steps and timings, tear the lab down."""
+    from .demo import run_demo
+
+    sys.exit(run_demo(phones, click.echo))
+
+
+@main.command()
 @state_option
 @click.option("--events", "events_of", help="print the event log of this MAC instead")
 @click.option("--json", "as_json", is_flag=True, help="JSON instead of a table")

@@ -28,7 +28,9 @@ def setup_logging(fmt: str = "console", level: str = "info", stream: TextIO | No
     if fmt == "json":
         processors.append(structlog.processors.JSONRenderer(serializer=_json_line))
         binary = cast(BinaryIO, getattr(out, "buffer", out))
-        factory = structlog.BytesLoggerFactory(cast(BinaryIO, TurnBuffered(binary)))
+        buffered = TurnBuffered(binary)
+        _STREAMS.append(buffered)
+        factory = structlog.BytesLoggerFactory(cast(BinaryIO, buffered))
     else:
         processors.append(structlog.dev.ConsoleRenderer(colors=out.isatty()))
         factory = structlog.PrintLoggerFactory(out)
@@ -75,6 +77,16 @@ class TurnBuffered:
         with contextlib.suppress(OSError, ValueError):
             self.raw.write(data)
             self.raw.flush()
+
+
+_STREAMS: list[TurnBuffered] = []
+
+
+def flush_logs() -> None:
+    """Write what the log holds for the end of this turn now (on shutdown)."""
+    for s in _STREAMS:
+        if s.pending:
+            s._drain()
 
 
 def _json_line(obj: Any, **_kw: Any) -> bytes:

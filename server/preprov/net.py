@@ -50,6 +50,17 @@ def interface(name: str) -> Interface:
     return found[name]
 
 
+# A boot storm arrives in bursts: room for them in the socket's queue.
+RECEIVE_BUFFER = 4 * 1024 * 1024
+
+
+def _big_receive_buffer(s: socket.socket) -> None:
+    try:  # as root, past net.core.rmem_max
+        s.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_RCVBUFFORCE", 33), RECEIVE_BUFFER)
+    except OSError:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+
+
 # Linux socket options the socket module does not always name.
 SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
 IP_MULTICAST_ALL = getattr(socket, "IP_MULTICAST_ALL", 49)
@@ -70,6 +81,7 @@ def multicast_listener(iface: Interface, group: str, port: int) -> socket.socket
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         s.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, iface.name.encode())
         s.setsockopt(socket.IPPROTO_IP, IP_MULTICAST_ALL, 0)
+        _big_receive_buffer(s)
         s.bind((group, port))
         mreqn = struct.pack(
             "4s4si", socket.inet_aton(group), socket.inet_aton("0.0.0.0"), iface.index
@@ -91,6 +103,7 @@ def unicast_socket(address: str, port: int, iface: Interface | None = None) -> s
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if iface is not None:
             s.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, iface.name.encode())
+        _big_receive_buffer(s)
         s.bind((address, port))
         s.setblocking(False)
     except OSError:

@@ -19,7 +19,7 @@ from .events import (
     ServerStopping,
 )
 from .inventory.store import Recorder, SQLiteStore
-from .log import LogSink, setup_logging
+from .log import LogSink, flush_logs, setup_logging
 from .net import Interface
 from .runtime import Runtime, SetupError, build_runtime
 from .safety import AllowList, RateLimiter
@@ -183,5 +183,6 @@ class Server:
             await self.runner.cleanup()
         if self.recorder is not None:
             self.recorder.flush_now()
+        flush_logs()
         if self.store is not None:
             self.store.close()

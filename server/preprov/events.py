@@ -22,10 +22,18 @@ class Event:
     ts: float = field(default_factory=time.time)
 
     def fields(self) -> dict[str, Any]:
-        names = _FIELDS.get(type(self))
-        if names is None:
-            names = _FIELDS[type(self)] = tuple(f.name for f in dataclasses.fields(self))
-        return {n: getattr(self, n) for n in names if n != "ts"}
+        """The event's fields but its time, computed once (the log and the inventory
+        both ask): treat the dict as read-only."""
+        cached: dict[str, Any] | None = self.__dict__.get("_fields")
+        if cached is None:
+            names = _FIELDS.get(type(self))
+            if names is None:
+                names = _FIELDS[type(self)] = tuple(
+                    f.name for f in dataclasses.fields(self) if f.name != "ts"
+                )
+            cached = {n: getattr(self, n) for n in names}
+            object.__setattr__(self, "_fields", cached)
+        return cached
 
 
 _FIELDS: dict[type, tuple[str, ...]] = {}
@@ -204,6 +212,10 @@ class DurableSink(Protocol):
         """Resolves once every event received so far is stored."""
         ...
 
+    def after_commit(self, callback: Callable[[BaseException | None], None]) -> None:
+        """Calls back once every event received so far is stored (or failed to be)."""
+        ...
+
 
 class EventBus:
     def __init__(self) -> None:
@@ -229,3 +241,18 @@ class EventBus:
     async def settled(self) -> None:
         for sink in self._durable:
             await sink.settled()
+
+    def after_settled(self, callback: Callable[[BaseException | None], None]) -> None:
+        """Call back once every durable sink has stored what it received so far."""
+        if len(self._durable) == 1:
+            self._durable[0].after_commit(callback)
+            return
+        sinks = list(self._durable)
+
+        def step(error: BaseException | None) -> None:
+            if error is not None or not sinks:
+                callback(error)
+            else:
+                sinks.pop(0).after_commit(step)
+
+        step(None)

@@ -7,8 +7,6 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
-from aiohttp import web
-
 from .config import Config, ConfigError
 from .events import (
     ConfigRejected,
@@ -25,7 +23,7 @@ from .runtime import Runtime, SetupError, build_runtime
 from .safety import AllowList, RateLimiter
 from .sip.pnp import PnpPolicy, PnpResponder
 from .sip.transport import PnpEndpoint
-from .web.app import make_handler, protocol_logger
+from .web.httpd import FileServer
 
 Loader = Callable[[], tuple[Config, str | None]]
 
@@ -72,7 +70,7 @@ class Server:
         self.runtime: Runtime | None = None
         self.store: SQLiteStore | None = None
         self.recorder: Recorder | None = None
-        self.runner: web.ServerRunner | None = None
+        self.http: FileServer | None = None
         self.pnp: list[PnpEndpoint] = []
         self.listening: list[str] = []
         self._stop = asyncio.Event()
@@ -95,13 +93,9 @@ class Server:
         self.bus.subscribe_durable(self.recorder)
         services = []
         if config.http.enabled:
-            handler = make_handler(self.current, self.bus, self.recorder.registered)
-            lowlevel = web.Server(handler, access_log=None, logger=protocol_logger(self.bus))
-            self.runner = web.ServerRunner(lowlevel, handle_signals=False)
-            await self.runner.setup()
+            self.http = FileServer(self.current, self.bus, self.recorder.registered)
             for addr in listen_addresses(rt):
-                site = web.TCPSite(self.runner, addr, config.http.port, reuse_address=True)
-                await site.start()
+                await self.http.listen(addr, config.http.port)
                 host = f"[{addr}]" if ":" in addr else addr
                 self.listening.append(f"http://{host}:{config.http.port}/")
             services.append("http")
@@ -179,8 +173,8 @@ class Server:
     async def close(self) -> None:
         for ep in self.pnp:
             ep.close()
-        if self.runner is not None:
-            await self.runner.cleanup()
+        if self.http is not None:
+            await self.http.close()
         if self.recorder is not None:
             self.recorder.flush_now()
         flush_logs()

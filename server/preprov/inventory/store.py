@@ -15,7 +15,7 @@ import contextlib
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -63,7 +63,7 @@ class Device:
     last_error: str | None
 
 
-CHECKPOINT_INTERVAL = 1.0  # seconds
+CHECKPOINT_INTERVAL = 5.0  # seconds: a page written often is copied once per checkpoint
 
 _UPSERT_KEYS = ("mac", "model", "fwver", "vendor", "ipv4", "ipv6", "first", "last", "kind", "error")
 _UPSERT = """
@@ -224,22 +224,31 @@ class SQLiteStore:
         self.db.close()
 
 
+FLUSH_DELAY = 0.001  # seconds: a group commit gathers what arrives within it
+
+
 class Recorder:
-    """The inventory's subscription to the event bus, with group commit."""
+    """The inventory's subscription to the event bus, with group commit.
+
+    Events are written in one transaction FLUSH_DELAY after the first one of a
+    batch; callbacks registered with after_commit run once that transaction is
+    committed (or failed), so an answer can wait for its event to be stored
+    without a task or a future per request.
+    """
 
     def __init__(self, store: Store) -> None:
         self.store = store
         self._pending: list[Event] = []
-        self._done: asyncio.Future[None] | None = None
+        self._callbacks: list[Callable[[BaseException | None], None]] = []
+        self._scheduled = False
         self._registered: set[str] = store.registered()
         self.failures = 0
 
     def __call__(self, event: Event) -> None:
         self._pending.append(event)
-        if self._done is None:
-            loop = asyncio.get_running_loop()
-            self._done = loop.create_future()
-            loop.call_soon(self._flush)
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_later(FLUSH_DELAY, self._flush)
 
     def registered(self, mac: str) -> bool:
         """Listed by the operator: served even when auto-add is off."""
@@ -250,24 +259,40 @@ class Recorder:
             self.store.add_device(mac, time.time())
             self._registered.add(mac)
 
+    def after_commit(self, callback: Callable[[BaseException | None], None]) -> None:
+        """Call back once every event received so far is committed (at once if none waits)."""
+        if not self._pending:
+            callback(None)
+        else:
+            self._callbacks.append(callback)
+
     def _flush(self) -> None:
         events, self._pending = self._pending, []
-        done, self._done = self._done, None
-        try:
-            self.store.write(events)
-        except Exception as e:
-            self.failures += 1
-            if done is not None and not done.done():
-                done.set_exception(e)
-            return
-        if done is not None and not done.done():
-            done.set_result(None)
+        callbacks, self._callbacks = self._callbacks, []
+        self._scheduled = False
+        error: BaseException | None = None
+        if events:
+            try:
+                self.store.write(events)
+            except Exception as e:
+                self.failures += 1
+                error = e
+        for cb in callbacks:
+            cb(error)
 
     async def settled(self) -> None:
-        if self._done is not None:
-            await asyncio.shield(self._done)
+        if not self._pending:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def done(error: BaseException | None) -> None:
+            if not fut.done():
+                fut.set_exception(error) if error else fut.set_result(None)
+
+        self.after_commit(done)
+        await fut
 
     def flush_now(self) -> None:
         """Write what is pending at once (on shutdown)."""
-        if self._pending:
+        if self._pending or self._callbacks:
             self._flush()

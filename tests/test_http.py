@@ -195,3 +195,38 @@ def test_sighup_reloads_and_a_bad_config_keeps_the_old_one(tmp_path: Path) -> No
         assert b"/b/Config{MAC}.cfg" in body
     finally:
         assert sp.stop() == 0
+
+
+def raw_exchange(port: int, data: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(data)
+        reply = b""
+        try:
+            while chunk := s.recv(65536):
+                reply += chunk
+        except (ConnectionResetError, TimeoutError):
+            pass
+    return reply
+
+
+def test_pipelined_requests_are_answered_in_order(server: ServerProc) -> None:
+    reqs = b"".join(
+        f"GET /Config0080F0C571{i:02X}.cfg HTTP/1.1\r\nHost: x\r\n\r\n".encode() for i in range(5)
+    )
+    reqs += b"GET /ConfigCommon.cfg HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    reply = raw_exchange(server.port, reqs)
+    assert reply.count(b"HTTP/1.1 200 OK\r\n") == 6
+    macs = [reply.find(f'"0080f0c571{i:02x}"'.encode()) for i in range(5)]
+    assert all(m > 0 for m in macs) and macs == sorted(macs)
+    assert reply.rstrip().endswith(b'SIP_PRXY_ADDR_1="127.0.0.1"')
+
+
+def test_http_1_0_and_limits(server: ServerProc) -> None:
+    reply = raw_exchange(server.port, b"GET /ConfigCommon.cfg HTTP/1.0\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.0 200 OK\r\n") and b"Connection: close\r\n" in reply
+    big = b"GET /ConfigCommon.cfg HTTP/1.1\r\nX: " + b"a" * 20000 + b"\r\n\r\n"
+    assert raw_exchange(server.port, big).startswith(b"HTTP/1.1 431 ")
+    body = b"POST /x HTTP/1.1\r\nContent-Length: 70000\r\n\r\n" + b"b" * 70000
+    assert raw_exchange(server.port, body).startswith(b"HTTP/1.1 413 ")
+    reasons = [e["reason"] for e in server.events() if e["event"] == "request.malformed"]
+    assert any("over 16384 bytes" in str(r) for r in reasons)

@@ -168,5 +168,7 @@ def test_phone_core_survives_garbage(datagrams: list[bytes], data: st.DataObject
     # and whatever it fetched answers garbage
     while fetches:
         f = fetches.pop()
-        fetches += phone.fetch_done(f.url, 200, data.draw(st.binary(max_size=300)), None, 6.0).fetches
+        fetches += phone.fetch_done(
+            f.url, 200, data.draw(st.binary(max_size=300)), None, 6.0
+        ).fetches
     assert phone.done

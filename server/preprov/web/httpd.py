@@ -1,14 +1,14 @@
 """The phone-facing HTTP/1.1 listener: httptools' parser and an asyncio.Protocol.
 
-Written here instead of using aiohttp's server because it was measured to be
-the larger part of the cost of a request: the same file path answered 13,400
-requests/s through aiohttp's low-level server and 15,200 through this one on
-one core, in the same benchmark (README, "Speed"); the rest of the gain to
-17,700-19,400 came from the inventory and log changes around it. It does only what phones need: GET and HEAD,
-keep-alive and pipelining, answers in order, and each answer leaves once its
-event is committed to the inventory (no task or future per request: a
-callback of the group commit). Everything a request means is decided by
-files.service.fetch, as for any other transport.
+Written here instead of using aiohttp's server because that was measured to
+be the larger part of the cost of a request: the same file path answered
+13,400 requests/s through aiohttp's low-level server and 15,200 through this
+one on one core, in the same benchmark (README, "Speed"); the rest of the gain
+to 17,700-19,400 came from the inventory and log changes around it. It does
+only what phones need: GET and HEAD, keep-alive and pipelining, answers in
+order, and each answer leaves once its event is committed to the inventory
+(no task or future per request: a callback of the group commit). Everything a
+request means is decided by files.service.fetch, as for any other transport.
 
 Limits: request line and headers 16 KiB (431), body 64 KiB (413), an idle
 connection is closed after KEEPALIVE seconds. A request httptools cannot
@@ -124,10 +124,13 @@ class FileServerProtocol(asyncio.Protocol):
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._refuse(400, "protocol upgrade is not supported")
-        except httptools.HttpParserError as e:
-            self._refuse(400, f"{type(e).__name__}: {e}")
-        except _TooLarge as e:
-            self._refuse(e.status, e.reason)
+        except (httptools.HttpParserError, _TooLarge) as e:
+            # httptools wraps what a callback raises in HttpParserCallbackError
+            big = e if isinstance(e, _TooLarge) else e.__context__
+            if isinstance(big, _TooLarge):
+                self._refuse(big.status, big.reason)
+            else:
+                self._refuse(400, f"{type(e).__name__}: {e}")
 
     # -- httptools callbacks -----------------------------------------------------
 

@@ -90,10 +90,18 @@ class Match(Strict):
     oui: OuiList = []
     model: list[str] = Field(default=[], description="model prefixes: KX-HDV130 matches KX-HDV130N")
     vendor: list[str] = []
+    vendor_class: list[str] = Field(default=[], description="substrings of DHCP option 60")
+    subnet: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = Field(
+        default=[], description="the client's address or subnet lies in one of these"
+    )
+    relay: list[ipaddress.IPv4Address] = Field(default=[], description="the DHCP relay (giaddr)")
 
     @property
     def empty(self) -> bool:
-        return not (self.mac or self.oui or self.model or self.vendor)
+        return not (
+            self.mac or self.oui or self.model or self.vendor or self.vendor_class
+            or self.subnet or self.relay
+        )  # fmt: skip
 
 
 class Rule(Strict):
@@ -178,6 +186,65 @@ class PnpSection(Strict):
     max_transactions: Annotated[int, Field(ge=1)] = 10000
 
 
+class Dhcp4Subnet(Strict):
+    subnet: ipaddress.IPv4Network
+    pool: tuple[ipaddress.IPv4Address, ipaddress.IPv4Address] = Field(
+        description="first and last address handed out"
+    )
+    router: ipaddress.IPv4Address | None = None
+    dns: list[ipaddress.IPv4Address] = []
+
+    @model_validator(mode="after")
+    def _pool_in_subnet(self) -> Dhcp4Subnet:
+        lo, hi = self.pool
+        if lo not in self.subnet or hi not in self.subnet:
+            raise _LocatedValueError(("pool",), f"pool {lo}-{hi} is not inside {self.subnet}")
+        if int(hi) < int(lo):
+            raise _LocatedValueError(("pool",), f"pool {lo}-{hi} ends before it starts")
+        return self
+
+
+class Dhcp4Reservation(Strict):
+    mac: str
+    ip: ipaddress.IPv4Address
+
+    @field_validator("mac")
+    @classmethod
+    def _mac(cls, v: str) -> str:
+        return _macs([v])[0]
+
+
+class Dhcp4Options(Strict):
+    """Which provisioning options go out (PROTOCOL.md §4), built from the rule's URL."""
+
+    option160: bool = Field(default=True, description="the URL's folder, no file name")
+    option159: bool = Field(default=True, description="the URL's folder, no file name")
+    option66: Literal["url", "folder", "host", "off"] = Field(
+        default="url", description="url: the whole URL; folder: ending in /; host: TFTP host"
+    )
+    option67: bool = Field(default=True, description="the URL's file name, e.g. {MODEL}.cfg")
+    always_send: list[Literal[66, 67, 159, 160]] = Field(
+        default=[], description="send these even when the client's request list lacks them"
+    )
+
+
+class Dhcp4Section(Strict):
+    """A DHCPv4 server for the staging segment (PROTOCOL.md §4, RFC 2131)."""
+
+    enabled: bool = True
+    port: Annotated[int, Field(ge=1, le=65535)] = 67
+    lease_time: Annotated[int, Field(ge=60)] = 3600
+    offer_hold: Annotated[float, Field(gt=0)] = 30.0
+    decline_quarantine: Annotated[float, Field(ge=0)] = 3600.0
+    subnets: list[Dhcp4Subnet] | None = Field(
+        default=None, description="default: each interface's subnet, upper half as the pool"
+    )
+    reservations: list[Dhcp4Reservation] = []
+    options: Dhcp4Options = Dhcp4Options()
+    allow: Allow = Allow()
+    dry_run: bool = Field(default=False, description="log what would be answered, send nothing")
+
+
 class LogSection(Strict):
     format: Literal["console", "json"] = "console"
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -192,6 +259,7 @@ class Config(Strict):
     log: LogSection = LogSection()
     http: HttpSection = HttpSection()
     pnp: PnpSection = PnpSection()
+    dhcp4: Dhcp4Section = Dhcp4Section()
     files: FilesSection = FilesSection()
     inventory: InventorySection = InventorySection()
     models: list[str] = Field(default=DEFAULT_MODELS, min_length=1)

@@ -139,6 +139,64 @@ class PnpIgnored(DeviceEvent):
 
 
 @dataclass(frozen=True, kw_only=True)
+class Dhcp4Answered(DeviceEvent):
+    """An OFFER, ACK or NAK sent (or, in dry-run, that would have been)."""
+
+    kind: ClassVar[str] = "dhcp4.answered"
+    message: str  # DHCPOFFER | DHCPACK | DHCPNAK
+    request: str  # the client's message type
+    xid: str
+    ip: str | None = None
+    to: str = ""
+    options: tuple[int, ...] = ()  # the option codes sent
+    url: str | None = None  # the provisioning URL of the rule
+    rule: str | None = None
+    note: str | None = None
+    dry_run: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class Dhcp4Nak(DeviceEvent):
+    kind: ClassVar[str] = "dhcp4.nak"
+    level: ClassVar[str] = "warning"
+    request: str
+    xid: str
+    ip: str | None
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Dhcp4Lease(DeviceEvent):
+    """A lease changed; the inventory stores it before the answer leaves."""
+
+    kind: ClassVar[str] = "dhcp4.lease"
+    ip: str
+    client_id: str
+    state: str  # bound | released | declined | expired
+    expires: float
+    hostname: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Dhcp4Ignored(DeviceEvent):
+    """Not for this server (another one was selected, a reply, ...): no answer."""
+
+    kind: ClassVar[str] = "dhcp4.ignored"
+    reason: str
+    request: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Dhcp4Refused(DeviceEvent):
+    """For this server, but not answered: allow-list, no address, no subnet, too big."""
+
+    kind: ClassVar[str] = "dhcp4.refused"
+    level: ClassVar[str] = "warning"
+    reason: str
+    request: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
 class RequestMalformed(Event):
     """Bytes that did not parse as a request of the channel's protocol."""
 

@@ -37,6 +37,9 @@ class DeviceFacts:
     fwver: str | None = None
     vendor: str | None = None
     ip: str | None = None
+    vendor_class: str | None = None  # DHCP option 60
+    network: str | None = None  # the client's subnet, e.g. 198.18.0.0/24
+    relay: str | None = None  # the relay agent's address (giaddr)
 
     @property
     def oui(self) -> str | None:
@@ -50,6 +53,9 @@ class DeviceFacts:
             fwver=self.fwver or other.fwver,
             vendor=self.vendor or other.vendor,
             ip=self.ip or other.ip,
+            vendor_class=self.vendor_class or other.vendor_class,
+            network=self.network or other.network,
+            relay=self.relay or other.relay,
         )
 
     def with_vendor_from_oui(self) -> DeviceFacts:

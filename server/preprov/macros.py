@@ -185,3 +185,10 @@ def url_length_problem(url: str, longest_model: str, fwver_sample: str) -> str |
             f"{URL_MAX_LENGTH}"
         )
     return None
+
+
+def url_dir(url: str) -> str:
+    """The URL up to its last '/': where the files a pre-provisioning file names live."""
+    scheme_end = url.find("://") + 3
+    slash = url.rfind("/")
+    return url + "/" if slash < scheme_end else url[: slash + 1]

@@ -54,7 +54,7 @@ def interface(name: str) -> Interface:
 RECEIVE_BUFFER = 4 * 1024 * 1024
 
 
-def _big_receive_buffer(s: socket.socket) -> None:
+def big_receive_buffer(s: socket.socket) -> None:
     try:  # as root, past net.core.rmem_max
         s.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_RCVBUFFORCE", 33), RECEIVE_BUFFER)
     except OSError:
@@ -81,7 +81,7 @@ def multicast_listener(iface: Interface, group: str, port: int) -> socket.socket
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         s.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, iface.name.encode())
         s.setsockopt(socket.IPPROTO_IP, IP_MULTICAST_ALL, 0)
-        _big_receive_buffer(s)
+        big_receive_buffer(s)
         s.bind((group, port))
         mreqn = struct.pack(
             "4s4si", socket.inet_aton(group), socket.inet_aton("0.0.0.0"), iface.index
@@ -103,7 +103,7 @@ def unicast_socket(address: str, port: int, iface: Interface | None = None) -> s
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if iface is not None:
             s.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, iface.name.encode())
-        _big_receive_buffer(s)
+        big_receive_buffer(s)
         s.bind((address, port))
         s.setblocking(False)
     except OSError:

@@ -7,6 +7,7 @@ tried in the order of the configuration; the first that matches wins.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -51,7 +52,26 @@ def why_not(rule: Rule, facts: DeviceFacts) -> str | None:
         v = (facts.vendor or "").lower()
         if v not in {x.lower() for x in m.vendor}:
             return f"vendor {facts.vendor or '(unknown)'} not in its list"
+    if m.vendor_class:
+        vc = facts.vendor_class or ""
+        if not any(x in vc for x in m.vendor_class):
+            return f"option 60 {vc or '(none)'!r} contains none of its strings"
+    if m.subnet:
+        where = facts.ip or facts.network
+        if not where or not any(_within(where, net) for net in m.subnet):
+            return f"address {where or '(unknown)'} in none of its subnets"
+    if m.relay and (facts.relay is None or facts.relay not in {str(r) for r in m.relay}):
+        return f"relay {facts.relay or '(none)'} not in its list"
     return None
+
+
+def _within(where: str, net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
+    try:
+        if "/" in where:
+            return ipaddress.ip_network(where, strict=False).subnet_of(net)  # type: ignore[arg-type]
+        return ipaddress.ip_address(where) in net
+    except (ValueError, TypeError):
+        return False
 
 
 class RuleSet:

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 from .config import Config, ConfigError
+from .dhcp4.leases import Lease, LeaseTable, Subnet, default_subnet
+from .dhcp4.server import Dhcp4Policy, Dhcp4Server
+from .dhcp4.transport import Dhcp4Endpoint
 from .events import (
     ConfigRejected,
     ConfigReloaded,
@@ -53,6 +58,37 @@ def pnp_local_address(rt: Runtime, iface: Interface) -> str | None:
     return configured if configured in mine else (mine[0] if mine else None)
 
 
+def dhcp4_subnets(rt: Runtime) -> list[Subnet]:
+    c = rt.config.dhcp4
+    own = {i.ip for iface in rt.interfaces for i in iface.ipv4}
+    if c.subnets is None:
+        return [default_subnet(iface.ipv4[0]) for iface in rt.interfaces if iface.ipv4]
+    out = []
+    for sn in c.subnets:
+        router = sn.router or next((a for a in own if a in sn.subnet), None)
+        out.append(
+            Subnet(sn.subnet, sn.pool[0], sn.pool[1], router, tuple(sn.dns),
+                   frozenset(a for a in own if a in sn.subnet))
+        )  # fmt: skip
+    return out
+
+
+def dhcp4_policy(rt: Runtime, iface: Interface, table: LeaseTable, server_ip: str) -> Dhcp4Policy:
+    c = rt.config.dhcp4
+    ip = ipaddress.IPv4Address(server_ip)
+    return Dhcp4Policy(
+        server_ip=ip,
+        rules=rt.site_for(interface=iface.name).rules,
+        local=table.subnet_of(ip),
+        options=c.options,
+        lease_time=c.lease_time,
+        offer_hold=c.offer_hold,
+        quarantine=c.decline_quarantine,
+        allow=AllowList.build(c.allow.mac, c.allow.oui, [str(n) for n in c.allow.subnets or []]),
+        dry_run=c.dry_run,
+    )
+
+
 def listen_addresses(rt: Runtime) -> list[str]:
     if rt.config.http.listen is not None:
         return [str(a) for a in rt.config.http.listen]
@@ -72,6 +108,8 @@ class Server:
         self.recorder: Recorder | None = None
         self.http: FileServer | None = None
         self.pnp: list[PnpEndpoint] = []
+        self.dhcp4: list[Dhcp4Endpoint] = []
+        self.leases4: LeaseTable | None = None
         self.listening: list[str] = []
         self._stop = asyncio.Event()
 
@@ -118,6 +156,13 @@ class Server:
                 )
             if self.pnp:
                 services.append("sip-pnp")
+        if config.dhcp4.enabled:
+            if not rt.interfaces:
+                notes.append("dhcpv4 off: it needs --interface (a phone-facing interface)")
+            else:
+                await self._start_dhcp4(rt, notes)
+                if self.dhcp4:
+                    services.append("dhcpv4")
         self.bus.emit(
             ServerStarted(
                 services=tuple(services),
@@ -130,6 +175,34 @@ class Server:
             )
         )
         await self.bus.settled()
+
+    async def _start_dhcp4(self, rt: Runtime, notes: list[str]) -> None:
+        assert self.store is not None
+        c = rt.config.dhcp4
+        table = LeaseTable(dhcp4_subnets(rt), {r.mac: r.ip for r in c.reservations})
+        now = time.time()
+        table.load(
+            [
+                Lease(ipaddress.IPv4Address(x["ip"]), x["client_id"], x["mac"], x["state"],
+                      x["expires"], x["hostname"])
+                for x in self.store.leases()
+                if x["expires"] > now and x["state"] in ("bound", "declined")
+            ]
+        )  # fmt: skip
+        self.leases4 = table
+        for iface in rt.interfaces:
+            addr = pnp_local_address(rt, iface)
+            if addr is None:
+                notes.append(f"dhcpv4 off on {iface.name}: it has no IPv4 address")
+                continue
+            policy = dhcp4_policy(rt, iface, table, addr)
+            if policy.local is None:
+                notes.append(f"dhcpv4 on {iface.name}: no subnet of dhcp4.subnets holds {addr}")
+            ep = Dhcp4Endpoint(iface, c.port, Dhcp4Server(policy, table), self.bus)
+            await ep.start()
+            self.dhcp4.append(ep)
+            pools = ", ".join(f"{sn.first}-{sn.last}" for sn in table.subnets)
+            self.listening.append(f"dhcpv4://0.0.0.0:{c.port}%{iface.name} (pools {pools})")
 
     def reload(self) -> bool:
         """Re-read the configuration; keep the old one when the new one is bad."""
@@ -152,6 +225,9 @@ class Server:
         self.runtime = rt
         for ep in self.pnp:
             ep.responder.policy = pnp_policy(rt, ep.iface, ep.responder.policy)
+        for d in self.dhcp4:
+            server_ip = str(d.server.policy.server_ip)
+            d.server.policy = dhcp4_policy(rt, d.iface, d.server.leases, server_ip)
         self.bus.emit(ConfigReloaded(config=file, notes=tuple(notes)))
         return True
 
@@ -173,6 +249,8 @@ class Server:
     async def close(self) -> None:
         for ep in self.pnp:
             ep.close()
+        for d in self.dhcp4:
+            d.close()
         if self.http is not None:
             await self.http.close()
         if self.recorder is not None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from ..events import DeviceEvent, FileRefused, FileServed
 from ..ident import DeviceFacts, facts_from_user_agent
-from ..macros import mac_colon
+from ..macros import mac_colon, url_dir
 from ..rules import Decision
 from ..runtime import Runtime, Site
 from .templates import Resolved, TemplateError, UnsafePath, check_request_path
@@ -44,13 +44,6 @@ def facts_from_path(resolved: Resolved, client: str | None = None) -> DeviceFact
     m = resolved.macros
     mac = m.get("MAC") or (m["mac"].upper() if m.get("mac") else None)
     return DeviceFacts(mac=mac, model=m.get("MODEL"), fwver=m.get("fwver"), ip=client)
-
-
-def url_dir(url: str) -> str:
-    """The URL up to its last '/': where the files a pre-provisioning file names live."""
-    scheme_end = url.find("://") + 3
-    slash = url.rfind("/")
-    return url + "/" if slash < scheme_end else url[: slash + 1]
 
 
 def template_context(

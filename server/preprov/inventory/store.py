@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from ..events import DeviceEvent, Event
+from ..events import DeviceEvent, Dhcp4Lease, Event
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS devices (
@@ -46,6 +46,23 @@ CREATE TABLE IF NOT EXISTS events (
     data    TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_mac ON events (mac, id);
+CREATE TABLE IF NOT EXISTS leases (
+    ip        TEXT PRIMARY KEY,
+    client_id TEXT NOT NULL,
+    mac       TEXT NOT NULL,
+    state     TEXT NOT NULL,   -- bound | released | declined | expired
+    expires   REAL NOT NULL,
+    hostname  TEXT,
+    updated   REAL NOT NULL
+);
+"""
+
+_LEASE_UPSERT = """
+INSERT INTO leases (ip, client_id, mac, state, expires, hostname, updated)
+VALUES (?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (ip) DO UPDATE SET client_id = excluded.client_id, mac = excluded.mac,
+  state = excluded.state, expires = excluded.expires, hostname = excluded.hostname,
+  updated = excluded.updated
 """
 
 
@@ -88,6 +105,7 @@ DEVICE_COLUMNS = (
 
 class Store(Protocol):
     def write(self, events: Sequence[Event]) -> None: ...
+    def leases(self) -> list[dict[str, Any]]: ...
     def add_device(self, mac: str, now: float) -> None: ...
     def registered(self) -> set[str]: ...
     def device(self, mac: str) -> Device | None: ...
@@ -139,9 +157,14 @@ class SQLiteStore:
 
     def write(self, events: Sequence[Event]) -> None:
         rows = []
+        leases = []
         devices: dict[str, dict[str, Any]] = {}
         for ev in events:
             data = ev.fields()
+            if isinstance(ev, Dhcp4Lease):
+                leases.append(
+                    (ev.ip, ev.client_id, ev.mac, ev.state, ev.expires, ev.hostname, ev.ts)
+                )
             mac = data.get("mac") if isinstance(ev, DeviceEvent) else None
             rows.append((ev.ts, mac, ev.kind, orjson.dumps(data, default=str).decode()))
             if mac:
@@ -174,12 +197,19 @@ class SQLiteStore:
         try:
             db.executemany("INSERT INTO events (ts, mac, kind, data) VALUES (?, ?, ?, ?)", rows)
             db.executemany(_UPSERT, upserts)
+            if leases:
+                db.executemany(_LEASE_UPSERT, leases)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             for d in upserts:
                 self._written.pop(d["mac"], None)
             raise
+
+    def leases(self) -> list[dict[str, Any]]:
+        cur = self.db.execute("SELECT ip, client_id, mac, state, expires, hostname FROM leases")
+        keys = ("ip", "client_id", "mac", "state", "expires", "hostname")
+        return [dict(zip(keys, row, strict=True)) for row in cur.fetchall()]
 
     def add_device(self, mac: str, now: float) -> None:
         self.db.execute(

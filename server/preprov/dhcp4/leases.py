@@ -1,0 +1,176 @@
+"""DHCPv4 addresses: pools per subnet, reservations, offers held briefly, leases, expiry.
+
+Pure state, no I/O: the server core changes it and turns every change of a
+bound lease into a `dhcp4.lease` event, which the inventory stores before the
+ACK leaves. At start the table is rebuilt from the stored leases, so after a
+kill -9 no address is given to two clients.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+IPv4 = ipaddress.IPv4Address
+
+
+@dataclass(slots=True)
+class Lease:
+    ip: IPv4
+    client: str  # client identifier (option 61) in hex, else the MAC
+    mac: str
+    state: str  # offered | bound | released | declined | expired
+    expires: float  # wall clock: leases outlive the process
+    hostname: str | None = None
+
+
+@dataclass
+class Subnet:
+    network: ipaddress.IPv4Network
+    first: IPv4
+    last: IPv4
+    router: IPv4 | None = None
+    dns: tuple[IPv4, ...] = ()
+    exclude: frozenset[IPv4] = frozenset()  # the server's own addresses
+    _cursor: int = field(default=0, repr=False)
+
+    @property
+    def size(self) -> int:
+        return int(self.last) - int(self.first) + 1
+
+    def __contains__(self, ip: object) -> bool:
+        return isinstance(ip, IPv4) and ip in self.network
+
+
+def default_subnet(iface: ipaddress.IPv4Interface) -> Subnet:
+    """Zero-config: the interface's subnet, its upper half as the pool (the lower half
+    is left to hosts with static addresses), the server's address excluded."""
+    net = iface.network
+    hosts = net.num_addresses - 2
+    if hosts < 4:
+        first, last = net.network_address + 1, net.broadcast_address - 1
+    else:
+        first = net.network_address + net.num_addresses // 2
+        last = net.broadcast_address - 1
+    return Subnet(net, first, last, router=iface.ip, dns=(), exclude=frozenset({iface.ip}))
+
+
+class NoAddress(Exception):
+    pass
+
+
+class LeaseTable:
+    def __init__(self, subnets: list[Subnet], reservations: dict[str, IPv4] | None = None) -> None:
+        self.subnets = subnets
+        self.reservations = dict(reservations or {})  # MAC -> address
+        self.reserved = {ip: mac for mac, ip in self.reservations.items()}
+        self.by_ip: dict[IPv4, Lease] = {}
+        self.by_client: dict[str, Lease] = {}
+
+    # -- loading -----------------------------------------------------------------
+
+    def load(self, leases: list[Lease]) -> None:
+        for lease in leases:
+            self._put(lease)
+
+    def _put(self, lease: Lease) -> None:
+        old = self.by_ip.get(lease.ip)
+        if old is not None and self.by_client.get(old.client) is old:
+            del self.by_client[old.client]
+        self.by_ip[lease.ip] = lease
+        if lease.state in ("offered", "bound"):
+            prior = self.by_client.get(lease.client)
+            if prior is not None and prior is not lease and prior.ip != lease.ip:
+                # one binding per client: the older one is given up
+                prior.state = "released"
+            self.by_client[lease.client] = lease
+
+    # -- questions ---------------------------------------------------------------
+
+    def subnet_of(self, ip: IPv4) -> Subnet | None:
+        for s in self.subnets:
+            if ip in s.network:
+                return s
+        return None
+
+    def current(self, client: str, now: float) -> Lease | None:
+        lease = self.by_client.get(client)
+        if lease is None or lease.expires <= now or lease.state not in ("offered", "bound"):
+            return None
+        return lease
+
+    def free(self, ip: IPv4, client: str, mac: str, subnet: Subnet, now: float) -> bool:
+        """May `ip` go to this client?"""
+        in_pool = subnet.first <= ip <= subnet.last
+        if ip not in subnet.network or ip in subnet.exclude:
+            return False
+        if not in_pool and self.reservations.get(mac) != ip:
+            return False
+        owner = self.reserved.get(ip)
+        if owner is not None and owner != mac:
+            return False
+        lease = self.by_ip.get(ip)
+        if lease is None or lease.client == client:
+            return lease is None or lease.state != "declined" or lease.expires <= now
+        return lease.expires <= now or lease.state in ("released", "expired")
+
+    # -- changes -----------------------------------------------------------------
+
+    def offer(
+        self, client: str, mac: str, subnet: Subnet, requested: IPv4 | None, now: float,
+        hold: float,
+    ) -> Lease:  # fmt: skip
+        """The address to offer: the client's current one, its reservation, the one
+        it asks for, or the next free one of the pool."""
+        lease = self.current(client, now)
+        if lease is not None and lease.ip in subnet.network:
+            if lease.state == "offered":
+                lease.expires = max(lease.expires, now + hold)
+            return lease
+        for candidate in (self.reservations.get(mac), requested):
+            if candidate is not None and self.free(candidate, client, mac, subnet, now):
+                return self._hold(candidate, client, mac, now, hold)
+        ip = self._next_free(client, mac, subnet, now)
+        return self._hold(ip, client, mac, now, hold)
+
+    def _hold(self, ip: IPv4, client: str, mac: str, now: float, hold: float) -> Lease:
+        lease = Lease(ip, client, mac, "offered", now + hold)
+        self._put(lease)
+        return lease
+
+    def _next_free(self, client: str, mac: str, subnet: Subnet, now: float) -> IPv4:
+        base = int(subnet.first)
+        for step in range(subnet.size):
+            i = (subnet._cursor + step) % subnet.size
+            ip = IPv4(base + i)
+            if self.free(ip, client, mac, subnet, now) and ip not in self.reserved:
+                subnet._cursor = (i + 1) % subnet.size
+                return ip
+        raise NoAddress(f"no free address in {subnet.first}-{subnet.last}")
+
+    def bind(
+        self, client: str, mac: str, ip: IPv4, now: float, lease_time: float,
+        hostname: str | None = None,
+    ) -> Lease:  # fmt: skip
+        lease = Lease(ip, client, mac, "bound", now + lease_time, hostname)
+        self._put(lease)
+        return lease
+
+    def release(self, client: str, ip: IPv4, now: float) -> Lease | None:
+        lease = self.by_ip.get(ip)
+        if lease is None or lease.client != client or lease.state != "bound":
+            return None
+        lease.state = "released"
+        lease.expires = now
+        self.by_client.pop(client, None)
+        return lease
+
+    def decline(self, client: str, mac: str, ip: IPv4, now: float, quarantine: float) -> Lease:
+        """The client found the address in use: nobody gets it for `quarantine` seconds."""
+        lease = Lease(ip, client, mac, "declined", now + quarantine)
+        self._put(lease)
+        self.by_client.pop(client, None)
+        return lease
+
+    def bound_count(self, now: float) -> int:
+        return sum(1 for x in self.by_ip.values() if x.state == "bound" and x.expires > now)

@@ -8,9 +8,9 @@ from conftest import UA
 from preprov.events import FileRefused, FileServed
 from preprov.files.lint import lint
 from preprov.files.service import FileRequest, fetch
-from preprov.macros import url_dir
 from preprov.files.templates import TemplateSet, UnsafePath, check_request_path
 from preprov.files.variables import VariablesError, load_variables
+from preprov.macros import url_dir
 from preprov.runtime import Runtime
 
 

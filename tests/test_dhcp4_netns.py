@@ -1,0 +1,189 @@
+"""DHCPv4 across namespaces: ISC dhclient, busybox udhcpc and a relay against preprov serve."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from preprov.files.lint import lint
+from preprov.lab import Host, Lab
+from serverproc import ServerProc, start_server
+
+HERE = Path(__file__).parent / "dhcp"
+
+
+def need(tool: str) -> None:
+    if shutil.which(tool) is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{tool} is not installed")
+        pytest.skip(f"{tool} is not installed")
+
+
+def dhclient(phone: Host, tmp: Path) -> str:
+    need("dhclient")
+    lease = tmp / "dhclient.leases"
+    pid = tmp / "dhclient.pid"
+    r = subprocess.run(
+        [*phone.prefix(), "dhclient", "-1", "-v", "-cf", str(HERE / "dhclient.conf"),
+         "-lf", str(lease), "-pf", str(pid), "-sf", "/bin/true", "eth0"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    if pid.exists():
+        subprocess.run(["kill", pid.read_text().strip()], check=False)
+    assert r.returncode == 0, r.stderr[-1500:]
+    return lease.read_text()
+
+
+def udhcpc(phone: Host, tmp: Path) -> dict[str, str]:
+    need("udhcpc")
+    out = tmp / "udhcpc.env"
+    r = subprocess.run(
+        [*phone.prefix(), "udhcpc", "-i", "eth0", "-n", "-q", "-f", "-t", "5", "-O", "159",
+         "-O", "160", "-O", "tftp", "-O", "bootfile", "-s", str(HERE / "udhcpc-script.sh")],
+        capture_output=True, text=True, timeout=60, env=dict(os.environ, UDHCPC_OUT=str(out)),
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout[-1000:] + r.stderr[-1000:]
+    return dict(line.split("=", 1) for line in out.read_text().splitlines())
+
+
+def option(lease: str, name: str) -> str:
+    for line in lease.splitlines():
+        line = line.strip()
+        if line.startswith(f"option {name} "):
+            return line[len(f"option {name} ") :].rstrip(";").strip('"')
+    raise AssertionError(f"no option {name} in\n{lease}")
+
+
+def events(sp: ServerProc, kind: str) -> list[dict[str, object]]:
+    return [e for e in sp.events() if e.get("event") == kind]
+
+
+def test_dhclient_gets_a_lease_and_the_exact_strings_and_the_url_serves(
+    lab: Lab, tmp_path: Path
+) -> None:
+    srv = lab.host("srv")
+    phone = lab.host("phone", addresses=False)
+    sp = start_server(tmp_path, "--interface", "eth0", netns=srv.ns, port=8080)
+    try:
+        lease = dhclient(phone, tmp_path)
+        base = f"http://{srv.ipv4.ip}:8080"
+        assert option(lease, "pana-option-160") == base
+        assert option(lease, "pana-option-159") == base
+        assert option(lease, "tftp-server-name") == base + "/{MODEL}.cfg"
+        assert option(lease, "bootfile-name") == "{MODEL}.cfg"
+        ip = next(
+            line.split()[1].rstrip(";") for line in lease.splitlines() if "fixed-address" in line
+        )
+        assert (
+            ip.startswith(str(lab.net4.network_address)[:-1]) and int(ip.rsplit(".", 1)[1]) >= 128
+        )
+        # the phone appends {MODEL}.cfg to option 160: that URL serves the Panasonic file
+        phone.exec("ip", "addr", "add", f"{ip}/{lab.net4.prefixlen}", "dev", "eth0")
+        body = subprocess.run(
+            [*phone.prefix(), "curl", "-sS", "--max-time", "5", "-A",
+             "Panasonic_KX-HDV130/01.000 (0080f0c571eb)", base + "/KX-HDV130.cfg"],
+            capture_output=True, check=True,
+        ).stdout  # fmt: skip
+        assert lint(body) == [] and b"CFG_STANDARD_FILE_PATH" in body
+        (ack,) = [e for e in events(sp, "dhcp4.answered") if e["message"] == "DHCPACK"]
+        assert ack["ip"] == ip and ack["rule"] == "default"
+        assert {66, 67, 159, 160} <= set(ack["options"])  # type: ignore[arg-type]
+    finally:
+        assert sp.stop() == 0
+
+
+def test_udhcpc_gets_a_lease_and_the_exact_strings(lab: Lab, tmp_path: Path) -> None:
+    srv = lab.host("srv")
+    phone = lab.host("phone", addresses=False)
+    # busybox checks option 66 as a host name and prints "bad" for a URL: the host form
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("dhcp4:\n  options:\n    option66: host\n")
+    sp = start_server(
+        tmp_path, "--interface", "eth0", "--config", str(cfg), netns=srv.ns, port=8080
+    )
+    try:
+        env = udhcpc(phone, tmp_path)
+        base = f"http://{srv.ipv4.ip}:8080"
+        assert bytes.fromhex(env["opt160"]).decode() == base
+        assert bytes.fromhex(env["opt159"]).decode() == base
+        assert env["tftp"] == str(srv.ipv4.ip)
+        assert env["bootfile"] == "{MODEL}.cfg"
+        assert env["serverid"] == str(srv.ipv4.ip) and env["router"] == str(srv.ipv4.ip)
+        assert env["ip"] in {e["ip"] for e in events(sp, "dhcp4.lease")}
+    finally:
+        assert sp.stop() == 0
+
+
+RELAY_SCRIPT = r"""
+import socket, sys
+from pydhcp.packet import DHCPMessage, DHCPMessageType, DHCPOpcode
+server, relay_ip, giaddr = sys.argv[1], sys.argv[2], sys.argv[3]
+m = DHCPMessage(DHCPOpcode.BOOTREQUEST, xid=0x5150, hops=1, giaddr=giaddr,
+                chaddr=bytes.fromhex("0080f0aabbcc"))
+m.options[53] = DHCPMessageType.DHCPDISCOVER
+m.options[55] = bytes([1, 3, 66, 67, 159, 160])
+m.options[82] = bytes([1, 4]) + b"port" + bytes([2, 3]) + b"sw1"
+rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+rx.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+rx.bind((giaddr, 67))
+rx.settimeout(5)
+tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+tx.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+tx.bind((relay_ip, 67))
+tx.sendto(m.encode(), (server, 67))
+data, addr = rx.recvfrom(4096)
+sys.stdout.write(data.hex() + " " + addr[0] + " " + str(addr[1]))
+"""
+
+
+def test_relayed_discover_gets_an_offer_from_the_relay_subnet(lab: Lab, tmp_path: Path) -> None:
+    from scapy.layers.dhcp import BOOTP, DHCP
+
+    srv = lab.host("srv")
+    relay = lab.host("relay")
+    remote = "198.19.7"  # the relay's far subnet (benchmarking range)
+    relay.exec("ip", "addr", "add", f"{remote}.1/24", "dev", "eth0")
+    srv.exec("ip", "route", "add", f"{remote}.0/24", "via", str(relay.ipv4.ip))
+    cfg = tmp_path / "relay.yaml"
+    local = lab.net4
+    cfg.write_text(
+        "dhcp4:\n  subnets:\n"
+        f"    - {{subnet: {local}, pool: [{local[200]}, {local[250]}]}}\n"
+        f"    - {{subnet: {remote}.0/24, pool: [{remote}.100, {remote}.199], router: {remote}.1}}\n"
+    )
+    sp = start_server(
+        tmp_path, "--interface", "eth0", "--config", str(cfg), netns=srv.ns, port=8080
+    )
+    try:
+        r = subprocess.run(
+            [*relay.prefix(), sys.executable, "-c", RELAY_SCRIPT, str(srv.ipv4.ip),
+             str(relay.ipv4.ip), f"{remote}.1"],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr[-1500:]
+        wire_hex, src, sport = r.stdout.split()
+        assert (src, sport) == (str(srv.ipv4.ip), "67")
+        # decoded by scapy, independently of the codec that built it
+        pkt = BOOTP(bytes.fromhex(wire_hex))
+        opts = {o[0]: o[1] for o in pkt[DHCP].options if isinstance(o, tuple)}
+        assert opts["message-type"] == 2  # OFFER
+        assert (
+            pkt.yiaddr.startswith(remote + ".") and 100 <= int(pkt.yiaddr.rsplit(".", 1)[1]) <= 199
+        )
+        assert pkt.giaddr == f"{remote}.1"
+        assert opts["router"] == f"{remote}.1"
+        assert opts["relay_agent_information"] == bytes([1, 4]) + b"port" + bytes([2, 3]) + b"sw1"
+        # scapy names 160 and 159 by their IANA meanings; the payloads are the plain URLs
+        base = f"http://{srv.ipv4.ip}:8080".encode()
+        assert opts["v4-captive-portal"] == base and opts["v4-portparams"] == base
+        assert opts["tftp_server_name"] == base + b"/{MODEL}.cfg"
+        assert opts["boot-file-name"] == b"{MODEL}.cfg"
+        (offer,) = events(sp, "dhcp4.answered")
+        assert offer["to"] == f"{remote}.1:67" and offer["client"] == pkt.yiaddr
+    finally:
+        assert sp.stop() == 0

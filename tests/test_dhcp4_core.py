@@ -1,0 +1,321 @@
+"""The DHCPv4 server core with bytes and a fake clock; pydhcp builds the clients' messages."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydhcp.packet import DHCPFlags, DHCPMessage, DHCPMessageType, DHCPOpcode
+
+from preprov.config import Dhcp4Options, Rule
+from preprov.dhcp4.leases import LeaseTable, Subnet, default_subnet
+from preprov.dhcp4.server import Dhcp4Policy, Dhcp4Server
+from preprov.events import (
+    Dhcp4Answered,
+    Dhcp4Ignored,
+    Dhcp4Lease,
+    Dhcp4Nak,
+    Dhcp4Refused,
+    RequestMalformed,
+)
+from preprov.rules import RuleSet
+from preprov.safety import AllowList
+
+IFACE = ipaddress.IPv4Interface("198.18.0.1/24")
+SERVER = IFACE.ip
+RULES = RuleSet([Rule(name="d", url="http://${server}:${http_port}/{MODEL}.cfg")],
+                {"server": "198.18.0.1", "http_port": "8080"})  # fmt: skip
+MAC = "0080f0c571eb"
+PRL = bytes([1, 3, 6, 15, 42, 66, 67, 159, 160])
+T = 1_000_000.0
+
+
+def server(**kw: object) -> Dhcp4Server:
+    sub = default_subnet(IFACE)
+    table = LeaseTable([sub], kw.pop("reservations", None))  # type: ignore[arg-type]
+    return Dhcp4Server(Dhcp4Policy(server_ip=SERVER, rules=RULES, local=sub, **kw), table)  # type: ignore[arg-type]
+
+
+def msg(mtype: DHCPMessageType, mac: str = MAC, prl: bytes | None = PRL, **opts: object) -> bytes:
+    fields = {k: v for k, v in opts.items() if k in ("ciaddr", "giaddr", "flags", "xid")}
+    m = DHCPMessage(DHCPOpcode.BOOTREQUEST, chaddr=bytes.fromhex(mac), **fields)  # type: ignore[arg-type]
+    m.options[53] = mtype
+    if prl is not None:
+        m.options[55] = prl
+    for k, v in opts.items():
+        if k.startswith("o"):
+            m.options[int(k[1:])] = v  # type: ignore[assignment]
+    return m.encode()
+
+
+def reply(out: object) -> DHCPMessage:
+    (send,) = out.sends  # type: ignore[attr-defined]
+    return DHCPMessage.decode(send.data)
+
+
+def opt(m: DHCPMessage, code: int) -> bytes | None:
+    return bytes(m.options[code]) if code in m.options else None
+
+
+def option_codes(wire: bytes) -> list[int]:
+    """The option codes in the options field, in order, as they are on the wire."""
+    codes, i = [], 240
+    while i < len(wire) and wire[i] != 255:
+        if wire[i] == 0:
+            i += 1
+            continue
+        codes.append(wire[i])
+        i += 2 + wire[i + 1]
+    return codes
+
+
+def dora(s: Dhcp4Server, mac: str = MAC, now: float = T) -> ipaddress.IPv4Address:
+    offer = reply(s.datagram_received(msg(DHCPMessageType.DHCPDISCOVER, mac), ("0.0.0.0", 68), now))
+    out = s.datagram_received(
+        msg(DHCPMessageType.DHCPREQUEST, mac, o54=SERVER.packed, o50=offer.yiaddr.packed),
+        ("0.0.0.0", 68), now,
+    )  # fmt: skip
+    ack = reply(out)
+    assert opt(ack, 53) == b"\x05"
+    return ack.yiaddr
+
+
+def test_discover_offer_with_provisioning_options_and_addressing() -> None:
+    out = server().datagram_received(msg(DHCPMessageType.DHCPDISCOVER), ("0.0.0.0", 68), T)
+    offer = reply(out)
+    assert out.sends[0].addr == ("255.255.255.255", 68)
+    assert offer.op == DHCPOpcode.BOOTREPLY and offer.yiaddr == ipaddress.IPv4Address(
+        "198.18.0.128"
+    )
+    assert opt(offer, 53) == b"\x02" and opt(offer, 54) == SERVER.packed
+    assert opt(offer, 51) == (3600).to_bytes(4, "big") and opt(offer, 58) == (1800).to_bytes(
+        4, "big"
+    )
+    assert opt(offer, 1) == bytes([255, 255, 255, 0]) and opt(offer, 3) == SERVER.packed
+    assert opt(offer, 160) == b"http://198.18.0.1:8080" == opt(offer, 159)
+    assert opt(offer, 66) == b"http://198.18.0.1:8080/{MODEL}.cfg"
+    assert opt(offer, 67) == b"{MODEL}.cfg"
+    (ev,) = out.events
+    assert isinstance(ev, Dhcp4Answered) and ev.message == "DHCPOFFER" and ev.note is None
+    assert ev.mac == "0080F0C571EB" and ev.vendor == "Panasonic"
+
+
+def test_request_binds_and_the_lease_event_comes_before_the_ack() -> None:
+    s = server()
+    offer = reply(s.datagram_received(msg(DHCPMessageType.DHCPDISCOVER), ("0.0.0.0", 68), T))
+    out = s.datagram_received(
+        msg(DHCPMessageType.DHCPREQUEST, o54=SERVER.packed, o50=offer.yiaddr.packed),
+        ("0.0.0.0", 68),
+        T + 1,
+    )
+    assert [type(e) for e in out.events] == [Dhcp4Lease, Dhcp4Answered]
+    lease = out.events[0]
+    assert (
+        isinstance(lease, Dhcp4Lease) and lease.state == "bound" and lease.expires == T + 1 + 3600
+    )
+    assert reply(out).yiaddr == offer.yiaddr
+
+
+def test_selecting_another_server_frees_our_offer() -> None:
+    s = server()
+    first = reply(s.datagram_received(msg(DHCPMessageType.DHCPDISCOVER), ("0.0.0.0", 68), T)).yiaddr
+    out = s.datagram_received(
+        msg(DHCPMessageType.DHCPREQUEST, o54=bytes([198, 18, 0, 9]), o50=first.packed),
+        ("0.0.0.0", 68),
+        T,
+    )
+    assert out.sends == [] and isinstance(out.events[0], Dhcp4Ignored)
+    assert "selected server 198.18.0.9" in out.events[0].reason
+    # the held address is free again for another client
+    assert s.leases.free(first, "other", "0080F0000002", s.policy.local, T + 1)  # type: ignore[arg-type]
+
+
+def test_init_reboot_renew_rebind_and_naks() -> None:
+    s = server()
+    ip = dora(s)
+    # INIT-REBOOT with the right address: ACK; with a wrong subnet: NAK, broadcast
+    ok = s.datagram_received(
+        msg(DHCPMessageType.DHCPREQUEST, o50=ip.packed), ("0.0.0.0", 68), T + 10
+    )
+    assert opt(reply(ok), 53) == b"\x05"
+    bad = s.datagram_received(
+        msg(DHCPMessageType.DHCPREQUEST, o50=bytes([10, 0, 0, 5])), ("0.0.0.0", 68), T + 10
+    )
+    nak = reply(bad)
+    assert opt(nak, 53) == b"\x06" and bad.sends[0].addr == ("255.255.255.255", 68)
+    assert isinstance(bad.events[0], Dhcp4Nak) and "is not on 198.18.0.0/24" in bad.events[0].reason
+    # RENEWING: unicast from ciaddr, answered to ciaddr:68, lease extended
+    out = s.datagram_received(msg(DHCPMessageType.DHCPREQUEST, ciaddr=ip), (str(ip), 68), T + 1800)
+    assert out.sends[0].addr == (str(ip), 68)
+    assert out.events[0].expires == T + 1800 + 3600  # type: ignore[attr-defined]
+    # a client asking for someone else's address is refused
+    s.datagram_received(msg(DHCPMessageType.DHCPDISCOVER, "0080f0000002"), ("0.0.0.0", 68), T)
+    theirs = s.datagram_received(
+        msg(DHCPMessageType.DHCPREQUEST, "0080f0000003", o50=ip.packed), ("0.0.0.0", 68), T
+    )
+    assert "leased to another client" in theirs.events[0].reason  # type: ignore[attr-defined]
+
+
+def test_decline_quarantines_and_release_frees() -> None:
+    s = server(quarantine=600.0)
+    ip = dora(s)
+    out = s.datagram_received(
+        msg(DHCPMessageType.DHCPDECLINE, o54=SERVER.packed, o50=ip.packed), ("0.0.0.0", 68), T
+    )
+    assert out.sends == [] and out.events[0].state == "declined"  # type: ignore[attr-defined]
+    # nobody gets it during the quarantine, the next client gets it after
+    assert dora(s, "0080f0000002", T + 1) != ip
+    assert not s.leases.free(ip, "other", "0080F0000003", s.policy.local, T + 599)  # type: ignore[arg-type]
+    assert s.leases.free(ip, "other", "0080F0000003", s.policy.local, T + 601)  # type: ignore[arg-type]
+    ip2 = dora(s, "0080f0000004", T + 2)
+    rel = s.datagram_received(
+        msg(DHCPMessageType.DHCPRELEASE, "0080f0000004", ciaddr=ip2, o54=SERVER.packed),
+        (str(ip2), 68),
+        T + 3,
+    )
+    assert rel.sends == [] and rel.events[0].state == "released"  # type: ignore[attr-defined]
+    assert s.leases.free(ip2, "x", "AABBCCDDEEFF", s.policy.local, T + 4)  # type: ignore[arg-type]
+
+
+def test_inform_gets_options_and_no_lease() -> None:
+    out = server().datagram_received(
+        msg(DHCPMessageType.DHCPINFORM, ciaddr="198.18.0.77"), ("198.18.0.77", 68), T
+    )
+    ack = reply(out)
+    assert opt(ack, 53) == b"\x05" and ack.yiaddr == ipaddress.IPv4Address("0.0.0.0")
+    assert opt(ack, 51) is None and opt(ack, 160) == b"http://198.18.0.1:8080"
+    assert out.sends[0].addr == ("198.18.0.77", 68)
+    assert not any(isinstance(e, Dhcp4Lease) for e in out.events)
+
+
+def test_options_only_when_asked_unless_always_sent() -> None:
+    out = server().datagram_received(
+        msg(DHCPMessageType.DHCPDISCOVER, prl=bytes([1, 3])), ("0.0.0.0", 68), T
+    )
+    offer = reply(out)
+    assert all(opt(offer, c) is None for c in (66, 67, 159, 160))
+    assert out.events[0].note == "the client asked for none of options 66, 67, 159, 160"  # type: ignore[attr-defined]
+    always = server(options=Dhcp4Options(always_send=[160], option66="host"))
+    offer = reply(
+        always.datagram_received(
+            msg(DHCPMessageType.DHCPDISCOVER, prl=bytes([1, 66])), ("0.0.0.0", 68), T
+        )
+    )
+    assert opt(offer, 160) == b"http://198.18.0.1:8080" and opt(offer, 66) == b"198.18.0.1"
+    assert opt(offer, 159) is None
+
+
+def test_long_option_is_split_and_a_reply_that_cannot_fit_is_refused() -> None:
+    long_rules = RuleSet([Rule(name="long", url="http://h/" + "p" * 300 + "/{MODEL}.cfg")], {})
+    sub = default_subnet(IFACE)
+    s = Dhcp4Server(Dhcp4Policy(server_ip=SERVER, rules=long_rules, local=sub), LeaseTable([sub]))
+    out = s.datagram_received(
+        msg(DHCPMessageType.DHCPDISCOVER, prl=bytes([160]), o57=(1500).to_bytes(2, "big")),
+        ("0.0.0.0", 68),
+        T,
+    )
+    data = out.sends[0].data
+    assert option_codes(data).count(160) == 2  # option 160 in two parts (RFC 3396)
+    assert opt(DHCPMessage.decode(data), 160) == b"http://h/" + b"p" * 300
+    # with the default 576-octet limit 160, 159 and 66 (each over 300 octets) cannot fit
+    out = s.datagram_received(msg(DHCPMessageType.DHCPDISCOVER, "0080f0000009"), ("0.0.0.0", 68), T)
+    assert out.sends == [] and isinstance(out.events[0], Dhcp4Refused)
+    assert "does not fit in 576 octets" in out.events[0].reason
+
+
+def test_reservations_pools_and_exhaustion() -> None:
+    s = server(reservations={"0080F0000042": ipaddress.IPv4Address("198.18.0.42")})
+    assert dora(s, "0080f0000042") == ipaddress.IPv4Address("198.18.0.42")
+    small = Subnet(IFACE.network, ipaddress.IPv4Address("198.18.0.200"), ipaddress.IPv4Address("198.18.0.201"),
+                   exclude=frozenset({SERVER}))  # fmt: skip
+    t = Dhcp4Server(Dhcp4Policy(server_ip=SERVER, rules=RULES, local=small), LeaseTable([small]))
+    assert {dora(t, "0080f0000001"), dora(t, "0080f0000002")} == {
+        ipaddress.IPv4Address("198.18.0.200"),
+        ipaddress.IPv4Address("198.18.0.201"),
+    }
+    out = t.datagram_received(msg(DHCPMessageType.DHCPDISCOVER, "0080f0000003"), ("0.0.0.0", 68), T)
+    assert (
+        out.sends == [] and out.events[0].reason == "no free address in 198.18.0.200-198.18.0.201"
+    )  # type: ignore[attr-defined]
+    # an expired lease is free again
+    assert dora(t, "0080f0000003", T + 3601) in {
+        ipaddress.IPv4Address("198.18.0.200"),
+        ipaddress.IPv4Address("198.18.0.201"),
+    }
+
+
+def test_allow_list_and_dry_run() -> None:
+    only = server(allow=AllowList.build([], ["000413"], []))
+    out = only.datagram_received(msg(DHCPMessageType.DHCPDISCOVER), ("0.0.0.0", 68), T)
+    assert out.sends == [] and out.events[0].reason == "MAC 0080F0C571EB is not in the allow-list"  # type: ignore[attr-defined]
+    dry = server(dry_run=True)
+    out = dry.datagram_received(msg(DHCPMessageType.DHCPDISCOVER), ("0.0.0.0", 68), T)
+    assert out.sends == [] and out.events[0].dry_run and out.events[0].ip == "198.18.0.128"  # type: ignore[attr-defined]
+
+
+def test_same_client_keeps_its_address_and_two_clients_never_share() -> None:
+    s = server()
+    a = dora(s, "0080f0000001")
+    assert dora(s, "0080f0000001", T + 5) == a
+    ips = {dora(s, f"0080f00001{i:02x}") for i in range(50)}
+    assert len(ips) == 50 and a not in ips
+
+
+def test_lease_table_survives_a_restart() -> None:
+    s = server()
+    ip = dora(s)
+    bound = [lease for lease in s.leases.by_ip.values() if lease.state == "bound"]
+    fresh = server()
+    fresh.leases.load(bound)
+    other = dora(fresh, "0080f0000077")
+    assert other != ip and dora(fresh, MAC) == ip
+
+
+def test_relay_subnet_chosen_by_giaddr_and_broadcast_flag_on_nak() -> None:
+    local = default_subnet(IFACE)
+    far = Subnet(ipaddress.IPv4Network("198.19.7.0/24"), ipaddress.IPv4Address("198.19.7.100"),
+                 ipaddress.IPv4Address("198.19.7.199"), ipaddress.IPv4Address("198.19.7.1"))  # fmt: skip
+    s = Dhcp4Server(
+        Dhcp4Policy(server_ip=SERVER, rules=RULES, local=local), LeaseTable([local, far])
+    )
+    out = s.datagram_received(
+        msg(DHCPMessageType.DHCPDISCOVER, giaddr="198.19.7.1", o82=b"\x01\x01x"),
+        ("198.19.7.1", 67),
+        T,
+    )
+    offer = reply(out)
+    assert out.sends[0].addr == ("198.19.7.1", 67) and offer.yiaddr in far.network
+    assert opt(offer, 82) == b"\x01\x01x" and opt(offer, 3) == bytes([198, 19, 7, 1])
+    unknown = s.datagram_received(
+        msg(DHCPMessageType.DHCPDISCOVER, giaddr="198.19.9.1"), ("198.19.9.1", 67), T
+    )
+    assert unknown.events[0].reason == "no subnet configured for relay 198.19.9.1"  # type: ignore[attr-defined]
+    nak = s.datagram_received(
+        msg(DHCPMessageType.DHCPREQUEST, giaddr="198.19.7.1", o50=bytes([10, 0, 0, 1])),
+        ("198.19.7.1", 67),
+        T,
+    )
+    assert reply(nak).flags & DHCPFlags.BROADCAST
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=700))
+def test_garbage_never_raises(data: bytes) -> None:
+    out = server().datagram_received(data, ("198.18.0.9", 68), T)
+    for e in out.events:
+        assert isinstance(
+            e, (RequestMalformed, Dhcp4Answered, Dhcp4Ignored, Dhcp4Refused, Dhcp4Lease, Dhcp4Nak)
+        )
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.data())
+def test_mutated_requests_never_raise(data: st.DataObject) -> None:
+    raw = bytearray(
+        msg(DHCPMessageType.DHCPREQUEST, o54=SERVER.packed, o50=bytes([198, 18, 0, 130]))
+    )
+    for _ in range(data.draw(st.integers(1, 6))):
+        i = data.draw(st.integers(236, len(raw) - 1))  # the options
+        raw[i] = data.draw(st.integers(0, 255))
+    server().datagram_received(bytes(raw), ("0.0.0.0", 68), T)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -185,5 +186,56 @@ def test_relayed_discover_gets_an_offer_from_the_relay_subnet(lab: Lab, tmp_path
         assert opts["boot-file-name"] == b"{MODEL}.cfg"
         (offer,) = events(sp, "dhcp4.answered")
         assert offer["to"] == f"{remote}.1:67" and offer["client"] == pkt.yiaddr
+    finally:
+        assert sp.stop() == 0
+
+
+def boot_phone(phone: Host, *flags: str) -> tuple[int, dict[str, object], str]:
+    r = subprocess.run(
+        [*phone.prefix(), sys.executable, "-m", "preprov", "phone", "--interface", "eth0",
+         "--mac", "0080F0C571EB", "--json", *flags],
+        capture_output=True, text=True, timeout=90,
+    )  # fmt: skip
+    return r.returncode, json.loads(r.stdout) if r.stdout.strip() else {}, r.stderr
+
+
+def test_simulated_phone_follows_160_then_159_then_66(lab: Lab, tmp_path: Path) -> None:
+    srv = lab.host("srv")
+    phone = lab.host("phone", addresses=False)
+    sp = start_server(tmp_path, "--interface", "eth0", netns=srv.ns, port=8080)
+    try:
+        for flags, channel in [
+            ((), "dhcpv4-option-160"),
+            (("--no-option160",), "dhcpv4-option-159"),
+            (("--no-option160", "--no-option159"), "dhcpv4-option-66"),
+        ]:
+            rc, report, err = boot_phone(phone, "--no-sippnp", *flags)
+            assert rc == 0, err + json.dumps(report)[-1500:]
+            assert report["channel"] == channel and report["provisioned"]
+            assert str(report["ip"]).startswith(str(lab.net4.network_address)[:-1])
+            files = report["files"]
+            assert [f["status"] for f in files] == [200, 200, 200, 200]  # type: ignore[index]
+            # the leased address was put on the interface and taken off again
+            assert "inet " not in phone.exec("ip", "-4", "addr", "show", "dev", "eth0").stdout
+        # with a static address the phone asks with DHCPINFORM
+        phone.exec("ip", "addr", "add", f"{lab.net4[77]}/{lab.net4.prefixlen}", "dev", "eth0")
+        rc, report, err = boot_phone(phone, "--no-sippnp")
+        assert rc == 0, err
+        steps = [s["step"] for s in report["steps"]]  # type: ignore[union-attr]
+        assert "dhcpv4.inform-sent" in steps and report["channel"] == "dhcpv4-option-160"
+    finally:
+        assert sp.stop() == 0
+
+
+def test_simulated_phone_without_address_boots_dhcp_then_pnp(lab: Lab, tmp_path: Path) -> None:
+    srv = lab.host("srv")
+    phone = lab.host("phone", addresses=False)
+    sp = start_server(tmp_path, "--interface", "eth0", netns=srv.ns, port=8080)
+    try:
+        rc, report, err = boot_phone(phone)
+        assert rc == 0, err
+        steps = [s["step"] for s in report["steps"]]  # type: ignore[union-attr]
+        assert steps.index("dhcpv4.ack") < steps.index("pnp.subscribe-sent")
+        assert report["channel"] == "sip-pnp"
     finally:
         assert sp.stop() == 0

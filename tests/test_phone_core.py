@@ -47,19 +47,19 @@ def test_subscribe_is_panasonic_style() -> None:
 def test_no_answer_resends_on_t1_and_gives_up_after_5_s() -> None:
     phone = PhoneCore(PROFILE, random.Random(1))
     phone.start(100.0)
-    resent = []
+    resent: dict[tuple[str, int], list[float]] = {}
     while (t := phone.next_timer()) is not None:
-        if phone.timer_expired(t).sends:
-            resent.append(round(t - 100.0, 3))
-    assert resent == [0.5, 1.5, 3.5]
+        for send in phone.timer_expired(t).sends:
+            resent.setdefault(send.addr, []).append(round(t - 100.0, 3))
+    assert resent[PNP_GROUP] == [0.5, 1.5, 3.5]
+    # then DHCPv4 (an INFORM: the phone has an address), resent after 1 and 2 s more
+    assert resent[("255.255.255.255", 67)] == [5.0, 6.0, 8.0]
     assert phone.done and not phone.report.provisioned
     assert phone.report.channels_tried["sip-pnp"] == "no answer within 5 s"
-    assert phone.report.steps[-2] == {
-        "t_ms": 5000.0,
-        "step": "pnp.gave-up",
-        "reason": "no answer within 5 s",
-    }
-    assert "dhcpv4-option-160: not implemented" in (phone.report.reason or "")
+    steps = {s["step"]: s["t_ms"] for s in phone.report.steps}
+    assert steps["pnp.gave-up"] == 5000.0 and steps["dhcpv4.inform-sent"] == 5000.0
+    assert steps["dhcpv4.gave-up"] == 12000.0
+    assert "dhcpv4-option-160: no DHCPv4 server answered" in (phone.report.reason or "")
 
 
 def test_against_the_responder_core_then_the_chain_first_wins() -> None:
@@ -140,7 +140,7 @@ def test_a_file_breaking_the_format_fails_the_boot() -> None:
 
 
 def test_switched_off_pnp_and_ipv6_mode() -> None:
-    off = PhoneCore(PhoneProfile(mac="0080F0C571EB", channels=frozenset({"dhcpv4-option-66"})))
+    off = PhoneCore(PhoneProfile(mac="0080F0C571EB", ip="198.18.0.2", channels=frozenset()))
     assert off.start(0.0).sends == [] and off.done
     assert off.report.channels_tried["sip-pnp"] == "switched off"
     v6 = PhoneCore(PhoneProfile(mac="0080F0C571EB", ip_mode="ipv6"))
@@ -172,3 +172,78 @@ def test_phone_core_survives_garbage(datagrams: list[bytes], data: st.DataObject
             f.url, 200, data.draw(st.binary(max_size=300)), None, 6.0
         ).fetches
     assert phone.done
+
+
+def dhcp_pair(options: dict[str, object] | None = None) -> tuple[PhoneCore, object]:
+    import ipaddress
+
+    from preprov.config import Dhcp4Options
+    from preprov.dhcp4.leases import LeaseTable, default_subnet
+    from preprov.dhcp4.server import Dhcp4Policy, Dhcp4Server
+
+    iface = ipaddress.IPv4Interface("198.18.0.1/24")
+    sub = default_subnet(iface)
+    policy = Dhcp4Policy(
+        server_ip=iface.ip, rules=RULES, local=sub, options=Dhcp4Options(**(options or {}))
+    )
+    return PhoneCore, Dhcp4Server(policy, LeaseTable([sub]))
+
+
+def run_dhcp(phone: PhoneCore, server: object) -> list[str]:
+    """Carry datagrams between the two cores until the phone asks to fetch; return the URLs."""
+    acts = phone.start(0.0)
+    for _ in range(6):
+        if acts.fetches:
+            return [f.url for f in acts.fetches]
+        replies = []
+        for s in acts.sends:
+            if s.addr[1] == 67:
+                replies += server.datagram_received(s.data, ("0.0.0.0", 68), 1000.0).sends  # type: ignore[attr-defined]
+        if not replies:
+            return []
+        acts = phone.datagram_received(replies[0].data, ("198.18.0.1", 67), 0.01)
+    return []
+
+
+def test_phone_without_address_leases_one_then_takes_160_159_66_in_order() -> None:
+    channels = {"dhcpv4-option-160", "dhcpv4-option-159", "dhcpv4-option-66"}
+    for off, want_channel, want_url in [
+        (set(), "dhcpv4-option-160", "http://198.18.0.1:8080/{MODEL}.cfg"),
+        ({"dhcpv4-option-160"}, "dhcpv4-option-159", "http://198.18.0.1:8080/{MODEL}.cfg"),
+        (
+            {"dhcpv4-option-160", "dhcpv4-option-159"},
+            "dhcpv4-option-66",
+            "http://198.18.0.1:8080/{MODEL}.cfg",
+        ),
+    ]:
+        _, server = dhcp_pair()
+        phone = PhoneCore(
+            PhoneProfile(mac="0080F0C571EB", channels=frozenset(channels - off)), random.Random(3)
+        )
+        urls = run_dhcp(phone, server)
+        assert urls == ["http://198.18.0.1:8080/KX-HDV130.cfg"], off
+        assert phone.report.channel == want_channel and phone.report.url == want_url
+        assert phone.ip == "198.18.0.128"
+        for code in off:
+            assert phone.report.channels_tried[code] == "switched off"
+
+
+def test_choose_url_forms_of_66_and_67() -> None:
+    from preprov.phone.dhcp4 import choose_url
+
+    on = {"dhcpv4-option-160", "dhcpv4-option-159", "dhcpv4-option-66"}
+    assert choose_url({160: b"http://h", 67: b"pana/{MAC}.cfg"}, on) == (
+        "dhcpv4-option-160",
+        "http://h/pana/{MAC}.cfg",
+    )
+    assert choose_url({159: b"https://u:p@h:8443/x/"}, on) == (
+        "dhcpv4-option-159",
+        "https://u:p@h:8443/x/{MODEL}.cfg",
+    )
+    assert choose_url({66: b"198.18.0.1"}, on) == (
+        "dhcpv4-option-66",
+        "tftp://198.18.0.1/{MODEL}.cfg",
+    )
+    assert choose_url({66: b"http://h/d/"}, on) == ("dhcpv4-option-66", "http://h/d/{MODEL}.cfg")
+    assert choose_url({66: b"http://h/d/f.cfg"}, on) == ("dhcpv4-option-66", "http://h/d/f.cfg")
+    assert choose_url({160: b"http://h"}, {"dhcpv4-option-66"}) is None

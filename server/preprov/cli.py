@@ -249,16 +249,14 @@ def phone(
         mac = normalize_mac(mac)
     except (InterfaceError, ValueError) as e:
         _fail(f"preprov phone: {e}", 2)
-    ip = str(iface.ipv4[0].ip) if iface.ipv4 else None
-    if ip is None and ip_mode != "ipv6":
-        _fail(f"preprov phone: {interface} has no IPv4 address (a leased one comes with DHCP)", 2)
+    ip = str(iface.ipv4[0].ip) if iface.ipv4 else None  # None: DHCPv4 leases one
     channels = frozenset(ch for sw, ch in CHANNEL_SWITCHES.items() if switches[sw])
-    profile = PhoneProfile(mac=mac, model=model, fwver=fwver, ip=ip or "0.0.0.0",
-                           ip_mode=ip_mode, channels=channels)  # fmt: skip
+    profile = PhoneProfile(mac=mac, model=model, fwver=fwver, ip=ip, ip_mode=ip_mode,
+                           channels=channels)  # fmt: skip
     try:
-        report = uvloop.run(SimulatedPhone(profile).run(timeout))
+        report = uvloop.run(SimulatedPhone(profile, interface).run(timeout))
     except OSError as e:
-        _fail(f"preprov phone: {e.strerror or e} (port 5060 on {ip} busy, or not root?)", 2)
+        _fail(f"preprov phone: {e.strerror or e} (ports 5060 and 68 busy, or not root?)", 2)
         return
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))

@@ -153,7 +153,7 @@ class Dhcp4Server:
                 RequestMalformed(channel=CHANNEL, client=source[0], reason="no chaddr")
             )
             return
-        cid_raw = _raw(req, CLIENT_ID)
+        cid_raw = raw_option(req, CLIENT_ID)
         client = cid_raw.hex() if cid_raw else mac
         vclass = _text(req, VENDOR_CLASS)
         giaddr = req.giaddr if req.giaddr != ZERO else None
@@ -368,7 +368,7 @@ class Dhcp4Server:
             o[ROUTER] = subnet.router.packed
         if subnet.dns:
             o[DNS] = b"".join(d.packed for d in subnet.dns)
-        prl = set(_raw(req, PRL) or b"")
+        prl = set(raw_option(req, PRL) or b"")
         decision = p.rules.decide(facts)
         note = None
         sent_prov: list[int] = []
@@ -383,11 +383,11 @@ class Dhcp4Server:
                     sent_prov.append(code)
             if not prl & set(PROVISIONING):
                 note = "the client asked for none of options 66, 67, 159, 160"
-        relay_info = _raw(req, RELAY_INFO)
+        relay_info = raw_option(req, RELAY_INFO)
         if relay_info is not None and req.giaddr != ZERO:
             o[RELAY_INFO] = relay_info  # echoed: RFC 3046 §2.2
         max_size = 576
-        raw = _raw(req, MAX_SIZE)
+        raw = raw_option(req, MAX_SIZE)
         if raw is not None and len(raw) == 2:
             max_size = max(576, int.from_bytes(raw, "big"))
         name = _msg_type(req)
@@ -458,14 +458,14 @@ class Dhcp4Server:
         return (BROADCAST, CLIENT_PORT)
 
 
-def _raw(req: DHCPMessage, code: int) -> bytes | None:
+def raw_option(req: DHCPMessage, code: int) -> bytes | None:
     """An option's payload as received: pydhcp's typed codecs are not asked."""
     value = req.options[code] if code in req.options else None  # noqa: SIM401 (get decodes)
     return bytes(value) if value is not None else None
 
 
 def _msg_type(req: DHCPMessage) -> DHCPMessageType | None:
-    raw = _raw(req, MSG_TYPE)
+    raw = raw_option(req, MSG_TYPE)
     try:
         return DHCPMessageType(raw[0]) if raw is not None and len(raw) == 1 else None
     except ValueError:
@@ -473,12 +473,12 @@ def _msg_type(req: DHCPMessage) -> DHCPMessageType | None:
 
 
 def _ip_option(req: DHCPMessage, code: int) -> IPv4 | None:
-    raw = _raw(req, code)
+    raw = raw_option(req, code)
     return ipaddress.IPv4Address(raw) if raw is not None and len(raw) == 4 else None
 
 
 def _text(req: DHCPMessage, code: int) -> str | None:
-    raw = _raw(req, code)
+    raw = raw_option(req, code)
     if not raw:
         return None
     return raw.decode("utf-8", "replace").strip("\x00") or None

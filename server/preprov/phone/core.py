@@ -20,6 +20,8 @@ from sipmessage import URI, Request, Response
 from ..files.lint import lint, parse
 from ..macros import UrlError, expand_macros, parse_url
 from ..sip import message as sipm
+from .dhcp4 import SERVER as DHCP_SERVER
+from .dhcp4 import Dhcp4Client, Lease, choose_url
 
 PNP_GROUP = ("224.0.1.75", 5060)
 PNP_WINDOW = 5.0  # "waits a maximum of 5 seconds for a response" (KX-UTG200 guide §2.2.1)
@@ -40,7 +42,7 @@ class PhoneProfile:
     mac: str  # 12 upper-case hex digits
     model: str = "KX-HDV130"
     fwver: str = "01.000"
-    ip: str = "0.0.0.0"
+    ip: str | None = None  # None: the interface has no address, DHCPv4 gives one
     sip_port: int = 5060
     ip_mode: str = "ipv4"
     channels: frozenset[str] = frozenset(
@@ -68,6 +70,7 @@ class Fetch:
 class Actions:
     sends: list[Send] = field(default_factory=list)
     fetches: list[Fetch] = field(default_factory=list)
+    configure: str | None = None  # an address for the interface, e.g. 198.18.0.130/24
 
 
 @dataclass
@@ -87,6 +90,7 @@ class Report:
     model: str
     fwver: str
     ip_mode: str
+    ip: str | None = None
     provisioned: bool = False
     channel: str | None = None
     url: str | None = None
@@ -121,20 +125,42 @@ class PhoneCore:
         # fetch state
         self._pending: list[tuple[str, str | None]] = []
         self._fetching: tuple[str, str | None, float] | None = None
-        self._base_url = ""
+        # DHCPv4 state
+        self.ip = profile.ip
+        self.report.ip = profile.ip
+        self._dhcp: Dhcp4Client | None = None
+        self._dhcp_for = ""  # "address" at boot, or "options" for the DHCPv4 channels
+        self._dhcp_lease: Lease | None = None
 
     # -- driver calls ------------------------------------------------------------
 
     def start(self, now: float) -> Actions:
         self._t0 = now
         self._step(now, "boot", ip=self.p.ip, mode=self.p.ip_mode)
+        if self.ip is None and self.p.ip_mode in ("ipv4", "dual"):
+            # no address yet: the phone's first DHCPv4 exchange gives one (and options)
+            return self._start_dhcp(now, "address")
         return self._next_channel(now)
 
     def next_timer(self) -> float | None:
-        return None if self.done else self._timer
+        if self.done:
+            return None
+        if self._phase == "dhcp" and self._dhcp is not None:
+            return self._dhcp.deadline
+        return self._timer
 
     def timer_expired(self, now: float) -> Actions:
-        if self.done or self._timer is None or now < self._timer:
+        if self.done:
+            return Actions()
+        if self._phase == "dhcp" and self._dhcp is not None:
+            if self._dhcp.deadline is None or now < self._dhcp.deadline:
+                return Actions()
+            again = self._dhcp.timer_expired(now)
+            if again is not None:
+                self._step(now, "dhcpv4.resent")
+                return Actions(sends=[Send(again, DHCP_SERVER)])
+            return self._dhcp_failed(now)
+        if self._timer is None or now < self._timer:
             return Actions()
         if self._phase == "pnp":
             if now >= self._pnp_deadline:
@@ -149,6 +175,8 @@ class PhoneCore:
         return Actions()
 
     def datagram_received(self, data: bytes, source: tuple[str, int], now: float) -> Actions:
+        if source[1] == DHCP_SERVER[1]:
+            return self._dhcp_received(data, source, now)
         if not self._call_id:
             return Actions()
         try:
@@ -211,11 +239,92 @@ class PhoneCore:
                 self.report.channels_tried[ch] = "switched off"
                 continue
             if ch == "sip-pnp":
+                if self.ip is None:
+                    self.report.channels_tried[ch] = "no IPv4 address"
+                    continue
                 return self._start_pnp(now)
-            # The DHCP channels arrive with their own issues.
+            if ch.startswith("dhcpv4-"):
+                if self._dhcp_lease is None:
+                    self._queue.insert(0, ch)
+                    return self._start_dhcp(now, "options")
+                actions = self._use_dhcp_options(now)
+                if actions is not None:
+                    return actions
+                continue
+            # DHCPv6 arrives with its own issue.
             self.report.channels_tried[ch] = "not implemented in this version"
         tried = "; ".join(f"{k}: {v}" for k, v in self.report.channels_tried.items())
         return self._finish(now, False, f"no channel gave a URL ({tried})")
+
+    # -- DHCPv4 ------------------------------------------------------------------
+
+    def _start_dhcp(self, now: float, purpose: str) -> Actions:
+        self._phase = "dhcp"
+        self._dhcp_for = purpose
+        self._dhcp = Dhcp4Client(self.p.mac, self.rng, ciaddr=self.ip)
+        first = self._dhcp.start(now)
+        what = "DHCPINFORM" if self.ip else "DHCPDISCOVER"
+        self._step(now, f"dhcpv4.{what.lower()[4:]}-sent")
+        return Actions(sends=[Send(first, DHCP_SERVER)])
+
+    def _dhcp_received(self, data: bytes, source: tuple[str, int], now: float) -> Actions:
+        if self._phase != "dhcp" or self._dhcp is None:
+            return Actions()
+        send, lease = self._dhcp.datagram_received(data, now)
+        if send is not None:
+            self._step(now, "dhcpv4.offer", server=source[0])
+            return Actions(sends=[Send(send, DHCP_SERVER)])
+        if lease is None:
+            return Actions()
+        self._dhcp_lease = lease
+        self._step(now, "dhcpv4.ack", server=lease.server, ip=str(lease.ip) if lease.ip else None,
+                   options=sorted(c for c in lease.options if c in (66, 67, 159, 160)))  # fmt: skip
+        actions = Actions()
+        if lease.ip is not None and self.ip is None:
+            self.ip = str(lease.ip.ip)
+            self.report.ip = self.ip
+            actions.configure = str(lease.ip)
+        nxt = self._next_channel(now)
+        nxt.configure = actions.configure
+        return nxt
+
+    def _dhcp_failed(self, now: float) -> Actions:
+        self._dhcp = None
+        why = "no DHCPv4 server answered"
+        self._step(now, "dhcpv4.gave-up", reason=why)
+        if self._dhcp_for == "address":
+            self._dhcp_lease = Lease(None, "", None, {})  # no options either
+            self.report.channels_tried["dhcpv4"] = why + " (so no address)"
+        for ch in CHANNELS_BY_MODE["ipv4"]:
+            if ch.startswith("dhcpv4-") and ch in self._queue:
+                self._queue.remove(ch)
+                self.report.channels_tried[ch] = why
+        return self._next_channel(now)
+
+    def _use_dhcp_options(self, now: float) -> Actions | None:
+        """Take the URL from the DHCPv4 answer: 160, then 159, then 66."""
+        assert self._dhcp_lease is not None
+        enabled = {c for c in self._queue if c.startswith("dhcpv4-")} | {
+            c for c in CHANNELS_BY_MODE["ipv4"] if c.startswith("dhcpv4-") and c in self.p.channels
+        }
+        enabled &= set(self.p.channels)
+        chosen = choose_url(self._dhcp_lease.options, enabled)
+        for ch in [c for c in self._queue if c.startswith("dhcpv4-")]:
+            self._queue.remove(ch)
+        for code in (160, 159, 66):
+            ch = f"dhcpv4-option-{code}"
+            if ch not in self.p.channels:
+                self.report.channels_tried[ch] = "switched off"
+            elif chosen and chosen[0] == ch:
+                self.report.channels_tried[ch] = "gave the URL"
+                break
+            else:
+                self.report.channels_tried[ch] = f"option {code} not in the answer"
+        if chosen is None:
+            return None
+        actions = Actions()
+        self._got_url(now, chosen[0], chosen[1], actions)
+        return actions
 
     def _start_pnp(self, now: float) -> Actions:
         self._phase = "pnp"

@@ -10,6 +10,7 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
+from ..net import SO_BINDTODEVICE
 from .core import Actions, PhoneCore, PhoneProfile, Report
 
 
@@ -41,12 +42,31 @@ def pnp_socket(ip: str, port: int) -> socket.socket:
     return s
 
 
+def dhcp_client_socket(ifname: str) -> socket.socket:
+    """Port 68 on the wildcard address, pinned to the interface: it can broadcast from
+    0.0.0.0 before the phone has an address, and hears the server's broadcasts."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+        s.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, ifname.encode())
+        s.bind(("0.0.0.0", 68))
+        s.setblocking(False)
+    except OSError:
+        s.close()
+        raise
+    return s
+
+
 class SimulatedPhone:
-    def __init__(self, profile: PhoneProfile, http_timeout: float = 5.0) -> None:
+    def __init__(self, profile: PhoneProfile, interface: str, http_timeout: float = 5.0) -> None:
         self.core = PhoneCore(profile)
         self.profile = profile
+        self.interface = interface
         self.http_timeout = http_timeout
         self._transport: asyncio.DatagramTransport | None = None
+        self._dhcp: asyncio.DatagramTransport | None = None
+        self._configured: str | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._session: aiohttp.ClientSession | None = None
         self._done = asyncio.Event()
@@ -54,11 +74,10 @@ class SimulatedPhone:
 
     async def run(self, timeout: float = 60.0) -> Report:
         loop = asyncio.get_running_loop()
-        if "sip-pnp" in self.profile.channels and self.profile.ip_mode in ("ipv4", "dual"):
-            sock = pnp_socket(self.profile.ip, self.profile.sip_port)
-            self._transport, _ = await loop.create_datagram_endpoint(
-                lambda: _Proto(self), sock=sock
-            )
+        if self.profile.ip_mode in ("ipv4", "dual"):
+            sock = dhcp_client_socket(self.interface)
+            self._dhcp, _ = await loop.create_datagram_endpoint(lambda: _Proto(self), sock=sock)
+        await self._open_pnp()
         self._session = aiohttp.ClientSession(
             headers={"User-Agent": self.profile.user_agent},
             timeout=aiohttp.ClientTimeout(total=self.http_timeout),
@@ -70,13 +89,16 @@ class SimulatedPhone:
             except TimeoutError:
                 self.core.give_up(time.monotonic(), f"gave up after {timeout:g} s")
         finally:
-            for t in self._tasks:
-                t.cancel()
+            for task in self._tasks:
+                task.cancel()
             if self._timer is not None:
                 self._timer.cancel()
-            if self._transport is not None:
-                self._transport.close()
+            for transport in (self._transport, self._dhcp):
+                if transport is not None:
+                    transport.close()
             await self._session.close()
+            if self._configured is not None:
+                await _ip("addr", "del", self._configured, "dev", self.interface)
         return self.core.report
 
     # -- feeding the core ---------------------------------------------------------
@@ -89,9 +111,14 @@ class SimulatedPhone:
         self._apply(self.core.timer_expired(time.monotonic()))
 
     def _apply(self, actions: Actions) -> None:
+        if actions.configure is not None:
+            # the leased address goes on the interface before anything is fetched
+            task = asyncio.get_running_loop().create_task(self._configure(actions))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return
         for s in actions.sends:
-            if self._transport is not None:
-                self._transport.sendto(s.data, s.addr)
+            self._send(s.data, s.addr)
         for f in actions.fetches:
             task = asyncio.get_running_loop().create_task(self._fetch(f.url))
             self._tasks.add(task)
@@ -106,6 +133,31 @@ class SimulatedPhone:
             )
         if self.core.done:
             self._done.set()
+
+    def _send(self, data: bytes, addr: tuple[str, int]) -> None:
+        transport = self._dhcp if addr[1] == 67 else self._transport
+        if transport is not None:
+            transport.sendto(data, addr)
+
+    async def _open_pnp(self) -> None:
+        if (
+            self._transport is None
+            and self.core.ip is not None
+            and ("sip-pnp" in self.profile.channels)
+        ):
+            loop = asyncio.get_running_loop()
+            sock = pnp_socket(self.core.ip, self.profile.sip_port)
+            self._transport, _ = await loop.create_datagram_endpoint(
+                lambda: _Proto(self), sock=sock
+            )
+
+    async def _configure(self, actions: Actions) -> None:
+        assert actions.configure is not None
+        await _ip("addr", "add", actions.configure, "dev", self.interface)
+        self._configured = actions.configure
+        actions.configure = None
+        await self._open_pnp()
+        self._apply(actions)
 
     async def _fetch(self, url: str) -> None:
         assert self._session is not None
@@ -135,3 +187,12 @@ class SimulatedPhone:
                 return r.status, await r.read()
         async with self._session.get(plain, auth=aiohttp.BasicAuth(login, password)) as r:
             return r.status, await r.read()
+
+
+async def _ip(*args: str) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        "ip", *args, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+    )
+    _, err = await proc.communicate()
+    if proc.returncode != 0:
+        raise OSError(f"ip {' '.join(args)}: {err.decode().strip()}")

@@ -239,3 +239,100 @@ def test_simulated_phone_without_address_boots_dhcp_then_pnp(lab: Lab, tmp_path:
         assert report["channel"] == "sip-pnp"
     finally:
         assert sp.stop() == 0
+
+
+def perfdhcp(client: Host, server: str, rate: int, clients: int, seconds: int) -> str:
+    need("perfdhcp")
+    r = subprocess.run(
+        [*client.prefix(), "perfdhcp", "-4", "-r", str(rate), "-R", str(clients), "-p", str(seconds),
+         "-l", "eth0", server],
+        capture_output=True, text=True, timeout=seconds + 60,
+    )  # fmt: skip
+    return r.stdout + r.stderr
+
+
+def perf_figures(out: str) -> list[dict[str, int]]:
+    """sent, received, drops and non unique addresses of DISCOVER-OFFER and REQUEST-ACK."""
+    blocks = out.split("***Statistics for: ")[1:]
+    figures = []
+    for b in blocks:
+        f = {}
+        for key in ("sent packets", "received packets", "drops", "non unique addresses"):
+            line = next(line for line in b.splitlines() if line.startswith(key + ":"))
+            f[key] = int(line.split(":")[1].split()[0])
+        figures.append(f)
+    return figures
+
+
+def addresses_given_twice(state: Path) -> dict[str, set[str]]:
+    """Addresses bound to more than one client in the event log, with no release between."""
+    import sqlite3
+
+    db = sqlite3.connect(state / "preprov.db")
+    rows = db.execute(
+        "SELECT json_extract(data, '$.ip'), json_extract(data, '$.client_id'), "
+        "json_extract(data, '$.state') FROM events WHERE kind = 'dhcp4.lease' ORDER BY id"
+    ).fetchall()
+    db.close()
+    holder: dict[str, str] = {}
+    twice: dict[str, set[str]] = {}
+    for ip, client, state_ in rows:
+        if state_ == "bound":
+            if ip in holder and holder[ip] != client:
+                twice.setdefault(ip, set()).update({holder[ip], client})
+            holder[ip] = client
+        else:
+            holder.pop(ip, None)
+    return twice
+
+
+def test_perfdhcp_at_a_moderate_rate_no_drops_no_address_twice(lab: Lab, tmp_path: Path) -> None:
+    srv = lab.host("srv")
+    client = lab.host("perf")
+    sp = start_server(tmp_path, "--interface", "eth0", netns=srv.ns, port=8080)
+    try:
+        out = perfdhcp(client, str(srv.ipv4.ip), rate=200, clients=100, seconds=5)
+    finally:
+        assert sp.stop() == 0
+    do, ra = perf_figures(out)
+    assert do["sent packets"] >= 900 and do["drops"] == 0 and ra["drops"] == 0, out[-2000:]
+    assert do["non unique addresses"] == 0 and ra["non unique addresses"] == 0
+    assert addresses_given_twice(sp.state_dir) == {}
+
+
+def test_kill_9_during_perfdhcp_then_restart_gives_no_address_twice(
+    lab: Lab, tmp_path: Path
+) -> None:
+    import signal
+    import time
+
+    need("perfdhcp")
+    srv = lab.host("srv")
+    client = lab.host("perf")
+    sp = start_server(tmp_path, "--interface", "eth0", netns=srv.ns, port=8080)
+    perf = subprocess.Popen(
+        [*client.prefix(), "perfdhcp", "-4", "-r", "300", "-R", "120", "-p", "6", "-l", "eth0",
+         str(srv.ipv4.ip)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    time.sleep(2.0)
+    sp.proc.send_signal(signal.SIGKILL)
+    sp.proc.wait()
+    before = addresses_given_twice(sp.state_dir)
+    import sqlite3
+
+    db = sqlite3.connect(sp.state_dir / "preprov.db")
+    (bound_before,) = db.execute("SELECT count(*) FROM leases WHERE state = 'bound'").fetchone()
+    db.close()
+    assert bound_before >= 100, (
+        "the server should have bound most of the 120 clients before the kill"
+    )
+    sp2 = start_server(tmp_path, "--interface", "eth0", netns=srv.ns, port=8080)
+    try:
+        perf.communicate(timeout=60)
+        out = perfdhcp(client, str(srv.ipv4.ip), rate=200, clients=120, seconds=3)
+    finally:
+        assert sp2.stop() == 0
+    assert before == {}
+    assert addresses_given_twice(sp.state_dir) == {}
+    _, ra = perf_figures(out)
+    assert ra["received packets"] > 0 and ra["non unique addresses"] == 0, out[-1500:]

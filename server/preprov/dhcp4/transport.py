@@ -14,7 +14,7 @@ import socket
 import time
 from typing import Any
 
-from ..events import EventBus
+from ..events import Dhcp4Lease, EventBus
 from ..net import SO_BINDTODEVICE, Interface, big_receive_buffer
 from .server import Dhcp4Server, Output
 
@@ -62,8 +62,13 @@ class Dhcp4Endpoint:
         out = self.server.datagram_received(data, source, time.time())
         for ev in out.events:
             self.bus.emit(ev)
-        if out.sends:
+        if not out.sends:
+            return
+        if any(isinstance(ev, Dhcp4Lease) for ev in out.events):
+            # an ACK leaves once its lease is committed
             self.bus.after_settled(lambda error: self._send(out, error))
+        else:
+            self._send(out, None)  # an OFFER or a NAK binds nothing
 
     def _send(self, out: Output, error: BaseException | None) -> None:
         if error is not None or self._transport is None:

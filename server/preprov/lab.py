@@ -68,13 +68,16 @@ class Lab:
 
     index: int = field(default_factory=lambda: os.getpid() % 200 + 20)
     prefix: str = ""
+    wide: bool = False  # a /16 (198.19.0.0/16) instead of a /24, for benchmarks with many clients
     hosts: list[Host] = field(default_factory=list)
     _made: list[str] = field(default_factory=list)
     _ports: int = 0
 
     def __post_init__(self) -> None:
         self.prefix = self.prefix or f"pp{self.index}-"
-        self.net4 = ipaddress.IPv4Network(f"198.18.{self.index}.0/24")
+        self.net4 = ipaddress.IPv4Network(
+            "198.19.0.0/16" if self.wide else f"198.18.{self.index}.0/24"
+        )
         self.net6 = ipaddress.IPv6Network(f"fd00:{self.index:x}::/64")
         assert self.net4.subnet_of(LAB_V4) and self.net6.subnet_of(LAB_V6)
         self.switch = self.prefix + "sw"

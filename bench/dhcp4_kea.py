@@ -1,0 +1,251 @@
+"""DHCPv4 under load: perfdhcp against preprov and against ISC Kea, in one run.
+
+One namespace lab on 198.19.0.0/16 (benchmarking range): the server namespace
+runs preprov (`serve --interface eth0`, inventory and event log on) and then
+kea-dhcp4 (memfile lease file with persist on), each pinned to CPU 0, each
+with the same pool (198.19.1.0-198.19.255.254), lease time and the same
+provisioning options always sent (66, 67, 159, 160). perfdhcp, pinned to CPU 1
+in a client namespace, runs full DORA exchanges at rising rates for --step
+seconds each, from --clients distinct MACs. A rate is sustained when both
+DISCOVER-OFFER and REQUEST-ACK drop at most 2.5 %. Prints the highest rate each
+sustains and the ratio.
+
+Then preprov's resident memory with 100,000 bound leases loaded from its store.
+
+    ./run bench dhcp4_kea [--step 5] [--clients 50000] [--rates 1000,2000,...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import os
+import re
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+
+from preprov.lab import Host, Lab, netns_unavailable  # noqa: E402
+
+POOL = ("198.19.1.0", "198.19.255.254")
+URL = "http://198.19.0.1:8080"
+LEASE_TIME = 3600
+
+PREPROV_CONFIG = f"""
+dhcp4:
+  lease_time: {LEASE_TIME}
+  subnets:
+    - {{subnet: 198.19.0.0/16, pool: [{POOL[0]}, {POOL[1]}], router: 198.19.0.1}}
+  options:
+    always_send: [66, 67, 159, 160]
+pnp:
+  enabled: false
+log:
+  format: json
+"""
+
+
+def kea_config(work: Path) -> dict[str, object]:
+    def hexs(s: str) -> str:
+        return s.encode().hex()
+
+    return {
+        "Dhcp4": {
+            "interfaces-config": {"interfaces": ["eth0"], "dhcp-socket-type": "udp"},
+            "lease-database": {
+                "type": "memfile", "persist": True, "lfc-interval": 0,
+                "name": str(work / "kea-leases4.csv"),
+            },
+            "valid-lifetime": LEASE_TIME,
+            "subnet4": [{
+                "id": 1, "subnet": "198.19.0.0/16",
+                "pools": [{"pool": f"{POOL[0]} - {POOL[1]}"}],
+                "option-data": [
+                    {"name": "routers", "data": "198.19.0.1"},
+                    {"code": 160, "csv-format": False, "data": hexs(URL), "always-send": True},
+                    {"code": 159, "csv-format": False, "data": hexs(URL), "always-send": True},
+                    {"name": "tftp-server-name", "data": URL + "/{MODEL}.cfg", "always-send": True},
+                    {"name": "boot-file-name", "data": "{MODEL}.cfg", "always-send": True},
+                ],
+            }],
+            "loggers": [{
+                "name": "kea-dhcp4", "severity": "WARN",
+                "output_options": [{"output": str(work / "kea.log")}],
+            }],
+        }
+    }  # fmt: skip
+
+
+def pin(cpu: int) -> list[str]:
+    return ["taskset", "-c", str(cpu)] if shutil.which("taskset") else []
+
+
+def perfdhcp(client: Host, server: str, rate: int, seconds: int, clients: int) -> dict[str, float]:
+    r = subprocess.run(
+        [*client.prefix(), *pin(1), "perfdhcp", "-4", "-r", str(rate), "-R", str(clients),
+         "-p", str(seconds), "-l", "eth0", server],
+        capture_output=True, text=True, timeout=seconds + 60,
+    )  # fmt: skip
+    out = r.stdout
+    achieved = re.search(r"Rate: ([\d.]+) 4-way exchanges/second", out)
+    drops = [float(x) for x in re.findall(r"drops ratio: ([\d.]+) %", out)]
+    sent = [int(x) for x in re.findall(r"sent packets: (\d+)", out)]
+    if not achieved or len(drops) < 2:
+        return {"rate": rate, "achieved": 0.0, "drops_do": 100.0, "drops_ra": 100.0, "sent": 0}
+    return {"rate": rate, "achieved": float(achieved.group(1)), "drops_do": drops[0],
+            "drops_ra": drops[1], "sent": sent[0] if sent else 0}  # fmt: skip
+
+
+def sweep(
+    client: Host, server: str, rates: list[int], step: int, clients: int
+) -> tuple[int, list[dict[str, float]]]:
+    best = 0
+    rows = []
+    for rate in rates:
+        row = perfdhcp(client, server, rate, step, clients)
+        rows.append(row)
+        ok = row["drops_do"] <= 2.5 and row["drops_ra"] <= 2.5 and row["achieved"] >= 0.95 * rate
+        verdict = "ok" if ok else "NOT sustained"
+        print(
+            f"  rate {rate:>6}/s: achieved {row['achieved']:>8.0f}/s, "
+            f"drops DO {row['drops_do']:.2f} %, RA {row['drops_ra']:.2f} %  {verdict}",
+            flush=True,
+        )
+        if not ok:
+            break
+        best = rate
+    return best, rows
+
+
+def start_and_wait(
+    cmd: list[str], log: Path, ready: bytes, timeout: float = 20.0
+) -> subprocess.Popen[bytes]:
+    with open(log, "wb") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ready in log.read_bytes():
+            return proc
+        if proc.poll() is not None:
+            raise SystemExit(f"{cmd[0]} exited:\n{log.read_text()[-2000:]}")
+        time.sleep(0.1)
+    return proc  # Kea says little at WARN: it is given the time and probed by perfdhcp
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def store_with_leases(state: Path, n: int) -> None:
+    """A state directory whose store holds n bound leases."""
+    from preprov.inventory.store import SQLiteStore
+
+    state.mkdir()
+    SQLiteStore(state / "preprov.db").close()
+    db = sqlite3.connect(state / "preprov.db")
+    base = int(ipaddress.IPv4Address("198.19.1.0"))
+    now = time.time()
+    db.executemany(
+        "INSERT INTO leases (ip, client_id, mac, state, expires, hostname, updated)"
+        " VALUES (?, ?, ?, 'bound', ?, NULL, ?)",
+        ((str(ipaddress.IPv4Address(base + i)), f"{i:012X}", f"{i:012X}", now + 86400, now)
+         for i in range(n)),
+    )  # fmt: skip
+    db.commit()
+    db.close()
+
+
+def rss_mib(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(status.split("VmRSS:")[1].split()[0]) / 1024
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--step", type=int, default=5, help="seconds at each rate")
+    ap.add_argument("--clients", type=int, default=50000)
+    ap.add_argument("--rates", default="500,1000,1500,2000,2500,3000,3500,4000,5000,6000,7000,8000")
+    args = ap.parse_args()
+    rates = [int(r) for r in args.rates.split(",")]
+    why = netns_unavailable()
+    if why:
+        raise SystemExit(f"this benchmark builds network namespaces: {why}")
+    for tool in ("perfdhcp", "kea-dhcp4"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} is not installed (Debian: kea-admin, kea-dhcp4-server)")
+    work = Path(tempfile.mkdtemp(prefix="preprov-bench-dhcp4-"))
+    results: dict[str, object] = {}
+    try:
+        with Lab(wide=True) as lab:
+            srv = lab.host("srv")
+            client = lab.host("perf")
+            server_ip = str(srv.ipv4.ip)
+            (work / "preprov.yaml").write_text(PREPROV_CONFIG)
+            print("preprov:", flush=True)
+            pp = start_and_wait(
+                [*srv.prefix(), *pin(0), sys.executable, "-m", "preprov", "serve", "--config",
+                 str(work / "preprov.yaml"), "--interface", "eth0", "--state-dir",
+                 str(work / "state")], work / "preprov.log", b'"server.started"',
+            )  # fmt: skip
+            try:
+                best_pp, rows_pp = sweep(client, server_ip, rates, args.step, args.clients)
+            finally:
+                stop(pp)
+            print("kea-dhcp4 (memfile, persist on):", flush=True)
+            (work / "kea.json").write_text(json.dumps(kea_config(work)))
+            env_dir = work / "kea-run"
+            env_dir.mkdir()
+            os.environ["KEA_PIDFILE_DIR"] = str(env_dir)
+            os.environ["KEA_LOCKFILE_DIR"] = str(env_dir)
+            kea = start_and_wait(
+                [*srv.prefix(), *pin(0), "kea-dhcp4", "-c", str(work / "kea.json")],
+                work / "kea.out",
+                b"\x00",
+                timeout=3.0,
+            )
+            try:
+                best_kea, rows_kea = sweep(client, server_ip, rates, args.step, args.clients)
+            finally:
+                stop(kea)
+            # preprov started on a store of 100,000 bound leases: its resident memory
+            state = work / "state-100k"
+            store_with_leases(state, 100_000)
+            big = start_and_wait(
+                [*srv.prefix(), sys.executable, "-m", "preprov", "serve", "--config",
+                 str(work / "preprov.yaml"), "--interface", "eth0", "--state-dir", str(state)],
+                work / "preprov-100k.log", b'"server.started"', timeout=120,
+            )  # fmt: skip
+            try:
+                rss = rss_mib(big.pid)
+            finally:
+                stop(big)
+        ratio = best_pp / best_kea if best_kea else float("nan")
+        print(f"highest rate with <= 2.5 % drops: preprov {best_pp}/s, kea {best_kea}/s, "
+              f"ratio {ratio:.2f} (target >= 0.5)")  # fmt: skip
+        print(f"preprov resident memory with 100,000 leases: {rss:.0f} MiB (target <= 250)")
+        results = {"preprov": rows_pp, "kea": rows_kea, "best_preprov": best_pp,
+                   "best_kea": best_kea, "ratio": ratio, "rss_mib_100k": rss}  # fmt: skip
+        out = HERE / "results"
+        out.mkdir(exist_ok=True)
+        (out / "dhcp4_kea.json").write_text(json.dumps(results, indent=2))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

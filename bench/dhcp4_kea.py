@@ -178,7 +178,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--step", type=int, default=5, help="seconds at each rate")
     ap.add_argument("--clients", type=int, default=50000)
-    ap.add_argument("--rates", default="500,1000,1500,2000,2500,3000,3500,4000,5000,6000,7000,8000")
+    ap.add_argument(
+        "--rates", default="1000,2000,3000,4000,5000,6000,7000,8000,9000,10000,12000,14000"
+    )
     args = ap.parse_args()
     rates = [int(r) for r in args.rates.split(",")]
     why = netns_unavailable()

@@ -181,6 +181,7 @@ def main() -> int:
     ap.add_argument(
         "--rates", default="1000,2000,3000,4000,5000,6000,7000,8000,9000,10000,12000,14000"
     )
+    ap.add_argument("--only", choices=["preprov", "kea"], help="run one server only")
     args = ap.parse_args()
     rates = [int(r) for r in args.rates.split(",")]
     why = netns_unavailable()
@@ -204,9 +205,13 @@ def main() -> int:
                  str(work / "state")], work / "preprov.log", b'"server.started"',
             )  # fmt: skip
             try:
-                best_pp, rows_pp = sweep(client, server_ip, rates, args.step, args.clients)
+                best_pp, rows_pp = (0, [])
+                if args.only != "kea":
+                    best_pp, rows_pp = sweep(client, server_ip, rates, args.step, args.clients)
             finally:
                 stop(pp)
+            if args.only == "preprov":
+                return 0
             print("kea-dhcp4 (memfile, persist on):", flush=True)
             (work / "kea.json").write_text(json.dumps(kea_config(work)))
             env_dir = work / "kea-run"

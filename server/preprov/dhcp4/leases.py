@@ -33,10 +33,12 @@ class Subnet:
     dns: tuple[IPv4, ...] = ()
     exclude: frozenset[IPv4] = frozenset()  # the server's own addresses
     _cursor: int = field(default=0, repr=False)
+    size: int = field(init=False, repr=False)
+    label: str = field(init=False, repr=False)  # "198.18.0.0/24", computed once
 
-    @property
-    def size(self) -> int:
-        return int(self.last) - int(self.first) + 1
+    def __post_init__(self) -> None:
+        self.size = int(self.last) - int(self.first) + 1
+        self.label = str(self.network)
 
     def __contains__(self, ip: object) -> bool:
         return isinstance(ip, IPv4) and ip in self.network

@@ -16,10 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
-
-from pydhcp.exceptions import DHCPError
-from pydhcp.options import DHCPOptions
-from pydhcp.packet import DHCPFlags, DHCPMessage, DHCPMessageType, DHCPOpcode
+from enum import IntEnum
 
 from ..config import Dhcp4Options
 from ..events import (
@@ -36,6 +33,9 @@ from ..ident import DeviceFacts
 from ..macros import url_dir
 from ..rules import Decision, RuleSet
 from ..safety import AllowList
+from .codec import BOOTREPLY, BOOTREQUEST, BROADCAST_FLAG, ZERO4, CodecError, Overflow, Packet
+from .codec import decode as decode_packet
+from .codec import encode as encode_packet
 from .leases import IPv4, Lease, LeaseTable, NoAddress, Subnet
 
 CHANNEL = "dhcpv4"
@@ -43,7 +43,20 @@ SERVER_PORT = 67
 CLIENT_PORT = 68
 BROADCAST = "255.255.255.255"
 PROVISIONING = (160, 159, 66, 67)
-ZERO = IPv4("0.0.0.0")
+
+
+class DHCPMessageType(IntEnum):
+    """Option 53 (RFC 2132 §9.6)."""
+
+    DHCPDISCOVER = 1
+    DHCPOFFER = 2
+    DHCPREQUEST = 3
+    DHCPDECLINE = 4
+    DHCPACK = 5
+    DHCPNAK = 6
+    DHCPRELEASE = 7
+    DHCPINFORM = 8
+
 
 # option codes (RFC 2132)
 MASK, ROUTER, DNS, HOSTNAME, REQUESTED_IP, LEASE_TIME = 1, 3, 6, 12, 50, 51
@@ -106,8 +119,17 @@ def provisioning_options(decision: Decision, opts: Dhcp4Options) -> dict[int, by
 
 class Dhcp4Server:
     def __init__(self, policy: Dhcp4Policy, leases: LeaseTable) -> None:
-        self.policy = policy
         self.leases = leases
+        self.policy = policy
+
+    @property
+    def policy(self) -> Dhcp4Policy:
+        return self._policy
+
+    @policy.setter
+    def policy(self, policy: Dhcp4Policy) -> None:
+        self._policy = policy
+        self._provisioning: dict[str, dict[int, bytes]] = {}  # per rule: its rule URL's options
 
     def datagram_received(self, data: bytes, source: Addr, now: float) -> Output:
         out = Output()
@@ -129,13 +151,13 @@ class Dhcp4Server:
         p = self.policy
         # 1. decode
         try:
-            req = DHCPMessage.decode(data)
-        except (DHCPError, ValueError) as e:
+            req = decode_packet(data)
+        except CodecError as e:
             out.events.append(
                 RequestMalformed(channel=CHANNEL, client=source[0], reason=str(e)[:300])
             )
             return
-        if req.op != DHCPOpcode.BOOTREQUEST:
+        if req.op != BOOTREQUEST:
             return  # a reply from another server on the segment
         mtype = _msg_type(req)
         if mtype is None:
@@ -157,12 +179,12 @@ class Dhcp4Server:
         cid_raw = raw_option(req, CLIENT_ID)
         client = cid_raw.hex() if cid_raw else mac
         vclass = _text(req, VENDOR_CLASS)
-        giaddr = req.giaddr if req.giaddr != ZERO else None
+        giaddr = IPv4(req.giaddr) if req.giaddr != ZERO4 else None
         facts = DeviceFacts(
             mac=mac, vendor_class=vclass, relay=str(giaddr) if giaddr else None
         ).with_vendor_from_oui()
         name = mtype.name
-        dev = _dev(facts, str(req.ciaddr) if req.ciaddr != ZERO else None)
+        dev = _dev(facts, str(IPv4(req.ciaddr)) if req.ciaddr != ZERO4 else None)
         # 3. allow-list (for a lab sharing its segment with another DHCP server)
         why = p.allow.why_not(mac, str(giaddr or source[0]))
         if why:
@@ -176,9 +198,7 @@ class Dhcp4Server:
                 Dhcp4Refused(**dev, reason=f"no subnet configured for {where}", request=name)
             )
             return
-        facts = DeviceFacts(
-            mac, None, None, facts.vendor, None, vclass, str(subnet.network), facts.relay
-        )
+        facts = DeviceFacts(mac, None, None, facts.vendor, None, vclass, subnet.label, facts.relay)
         # 5. the message
         handler = {
             DHCPMessageType.DHCPDISCOVER: self._discover,
@@ -196,7 +216,7 @@ class Dhcp4Server:
 
     def _discover(
         self,
-        req: DHCPMessage,
+        req: Packet,
         facts: DeviceFacts,
         client: str,
         subnet: Subnet,
@@ -217,7 +237,7 @@ class Dhcp4Server:
 
     def _request(
         self,
-        req: DHCPMessage,
+        req: Packet,
         facts: DeviceFacts,
         client: str,
         subnet: Subnet,
@@ -227,7 +247,7 @@ class Dhcp4Server:
         p = self.policy
         server_id = _ip_option(req, SERVER_ID)
         requested = _ip_option(req, REQUESTED_IP)
-        ciaddr = req.ciaddr if req.ciaddr != ZERO else None
+        ciaddr = IPv4(req.ciaddr) if req.ciaddr != ZERO4 else None
         mac = facts.mac or ""
         current = self.leases.current(client, now)
         if server_id is not None:
@@ -269,7 +289,7 @@ class Dhcp4Server:
 
     def _decline(
         self,
-        req: DHCPMessage,
+        req: Packet,
         facts: DeviceFacts,
         client: str,
         subnet: Subnet,
@@ -291,20 +311,20 @@ class Dhcp4Server:
 
     def _release(
         self,
-        req: DHCPMessage,
+        req: Packet,
         facts: DeviceFacts,
         client: str,
         subnet: Subnet,
         now: float,
         out: Output,
     ) -> None:
-        lease = self.leases.release(client, req.ciaddr, now)
+        lease = self.leases.release(client, IPv4(req.ciaddr), now)
         if lease is None:
             out.events.append(
                 Dhcp4Ignored(
-                    **_dev(facts, str(req.ciaddr)),
+                    **_dev(facts, str(IPv4(req.ciaddr))),
                     request="DHCPRELEASE",
-                    reason=f"no lease of {req.ciaddr} for this client",
+                    reason=f"no lease of {IPv4(req.ciaddr)} for this client",
                 )
             )
             return
@@ -312,7 +332,7 @@ class Dhcp4Server:
 
     def _inform(
         self,
-        req: DHCPMessage,
+        req: Packet,
         facts: DeviceFacts,
         client: str,
         subnet: Subnet,
@@ -326,7 +346,7 @@ class Dhcp4Server:
 
     def _reply(
         self,
-        req: DHCPMessage,
+        req: Packet,
         facts: DeviceFacts,
         subnet: Subnet,
         mtype: DHCPMessageType,
@@ -341,12 +361,12 @@ class Dhcp4Server:
             facts.model,
             facts.fwver,
             facts.vendor,
-            str(ip or req.ciaddr),
+            str(ip or IPv4(req.ciaddr)),
             facts.vendor_class,
             facts.network,
             facts.relay,
         )
-        o: dict[int, bytes] = {MSG_TYPE: bytes([mtype]), SERVER_ID: p.server_ip.packed}
+        o: dict[int, bytes] = {MSG_TYPE: bytes((mtype,)), SERVER_ID: p.server_ip.packed}
         if not inform:
             o[LEASE_TIME] = p.lease_time.to_bytes(4, "big")
             o[T1] = (p.lease_time // 2).to_bytes(4, "big")
@@ -363,7 +383,11 @@ class Dhcp4Server:
         if decision is None:
             note = p.rules.explain(facts)
         else:
-            values = provisioning_options(decision, p.options)
+            values = self._provisioning.get(decision.rule)
+            if values is None:
+                values = self._provisioning[decision.rule] = provisioning_options(
+                    decision, p.options
+                )
             wanted = prl | set(p.options.always_send)
             for code in PROVISIONING:
                 if code in values and code in wanted:
@@ -372,28 +396,28 @@ class Dhcp4Server:
             if not prl & set(PROVISIONING):
                 note = "the client asked for none of options 66, 67, 159, 160"
         relay_info = raw_option(req, RELAY_INFO)
-        if relay_info is not None and req.giaddr != ZERO:
+        if relay_info is not None and req.giaddr != ZERO4:
             o[RELAY_INFO] = relay_info  # echoed: RFC 3046 §2.2
         max_size = 576
         raw = raw_option(req, MAX_SIZE)
         if raw is not None and len(raw) == 2:
             max_size = max(576, int.from_bytes(raw, "big"))
         name = _msg_type(req)
-        rep = DHCPMessage(
-            DHCPOpcode.BOOTREPLY,
+        rep = Packet(
+            op=BOOTREPLY,
             htype=req.htype,
             xid=req.xid,
             flags=req.flags,
             ciaddr=req.ciaddr,
-            yiaddr=ip or ZERO,
-            siaddr=p.server_ip,
+            yiaddr=ip.packed if ip else ZERO4,
+            siaddr=p.server_ip.packed,
             giaddr=req.giaddr,
             chaddr=req.chaddr,
-            options=options_bag(o),
+            options=o,
         )
         try:
-            wire = rep.encode(max_packetsize=max_size)
-        except (OverflowError, DHCPError, ValueError) as e:
+            wire = encode_packet(rep, max_size)
+        except Overflow as e:
             out.events.append(
                 Dhcp4Refused(
                     **_dev(facts, str(ip) if ip else None),
@@ -407,7 +431,7 @@ class Dhcp4Server:
             out.sends.append(Send(wire, dest))
         out.events.append(
             Dhcp4Answered(
-                **_dev(facts, str(ip) if ip else str(req.ciaddr)),
+                **_dev(facts, str(ip) if ip else str(IPv4(req.ciaddr))),
                 message=mtype.name,
                 request=name.name if name else "?",
                 xid=f"{req.xid:08x}",
@@ -422,24 +446,24 @@ class Dhcp4Server:
         )
 
     def _nak(
-        self, req: DHCPMessage, facts: DeviceFacts, ip: IPv4 | None, reason: str, out: Output
+        self, req: Packet, facts: DeviceFacts, ip: IPv4 | None, reason: str, out: Output
     ) -> None:
         nak = {
-            MSG_TYPE: bytes([DHCPMessageType.DHCPNAK]),
+            MSG_TYPE: bytes((DHCPMessageType.DHCPNAK,)),
             SERVER_ID: self.policy.server_ip.packed,
             56: reason.encode()[:250],  # option 56: message
         }
-        rep = DHCPMessage(
-            DHCPOpcode.BOOTREPLY,
+        rep = Packet(
+            op=BOOTREPLY,
             htype=req.htype,
             xid=req.xid,
-            flags=req.flags | DHCPFlags.BROADCAST if req.giaddr != ZERO else req.flags,
+            flags=req.flags | BROADCAST_FLAG if req.giaddr != ZERO4 else req.flags,
             giaddr=req.giaddr,
             chaddr=req.chaddr,
-            options=options_bag(nak),
+            options=nak,
         )
         if not self.policy.dry_run:
-            out.sends.append(Send(rep.encode(), self._destination(req, nak=True)))
+            out.sends.append(Send(encode_packet(rep), self._destination(req, nak=True)))
         out.events.append(
             Dhcp4Nak(
                 **_dev(facts, None),
@@ -451,35 +475,21 @@ class Dhcp4Server:
         )
 
     @staticmethod
-    def _destination(req: DHCPMessage, nak: bool) -> Addr:
+    def _destination(req: Packet, nak: bool) -> Addr:
         """RFC 2131 §4.1. To a client without an address the reply is broadcast: unicast
         to yiaddr would need an ARP entry the kernel does not have (the RFC allows it)."""
-        if req.giaddr != ZERO:
-            return (str(req.giaddr), SERVER_PORT)
-        if not nak and req.ciaddr != ZERO:
-            return (str(req.ciaddr), CLIENT_PORT)
+        if req.giaddr != ZERO4:
+            return (str(IPv4(req.giaddr)), SERVER_PORT)
+        if not nak and req.ciaddr != ZERO4:
+            return (str(IPv4(req.ciaddr)), CLIENT_PORT)
         return (BROADCAST, CLIENT_PORT)
 
 
-def options_bag(values: dict[int, bytes]) -> DHCPOptions:
-    """pydhcp's option bag, built from raw TLVs (a value over 255 octets as several,
-    RFC 3396). Assigning raw bytes item by item costs pydhcp a runtime Protocol check
-    per option: 107 µs for a reply's eleven options, against 4 µs this way."""
-    tlv = bytearray()
-    for code, value in values.items():
-        for i in range(0, max(len(value), 1), 255):
-            part = value[i : i + 255]
-            tlv += bytes((code, len(part))) + part
-    return DHCPOptions.decode(bytes(tlv))
+def raw_option(req: Packet, code: int) -> bytes | None:
+    return req.options.get(code)
 
 
-def raw_option(req: DHCPMessage, code: int) -> bytes | None:
-    """An option's payload as received: pydhcp's typed codecs are not asked."""
-    value = req.options[code] if code in req.options else None  # noqa: SIM401 (get decodes)
-    return bytes(value) if value is not None else None
-
-
-def _msg_type(req: DHCPMessage) -> DHCPMessageType | None:
+def _msg_type(req: Packet) -> DHCPMessageType | None:
     raw = raw_option(req, MSG_TYPE)
     try:
         return DHCPMessageType(raw[0]) if raw is not None and len(raw) == 1 else None
@@ -487,12 +497,12 @@ def _msg_type(req: DHCPMessage) -> DHCPMessageType | None:
         return None
 
 
-def _ip_option(req: DHCPMessage, code: int) -> IPv4 | None:
+def _ip_option(req: Packet, code: int) -> IPv4 | None:
     raw = raw_option(req, code)
     return ipaddress.IPv4Address(raw) if raw is not None and len(raw) == 4 else None
 
 
-def _text(req: DHCPMessage, code: int) -> str | None:
+def _text(req: Packet, code: int) -> str | None:
     raw = raw_option(req, code)
     if not raw:
         return None

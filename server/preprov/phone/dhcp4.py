@@ -11,8 +11,6 @@ from dataclasses import dataclass, field
 from pydhcp.exceptions import DHCPError
 from pydhcp.packet import DHCPFlags, DHCPMessage, DHCPMessageType, DHCPOpcode
 
-from ..dhcp4.server import raw_option
-
 # What a Panasonic phone asks for (PROTOCOL.md §4): mask, router, DNS, domain,
 # NTP, and the provisioning options.
 PARAMETER_REQUEST_LIST = bytes([1, 3, 6, 15, 42, 66, 67, 159, 160])
@@ -48,6 +46,12 @@ def choose_url(options: dict[int, bytes], enabled: set[str]) -> tuple[str, str] 
             return "dhcpv4-option-66", v66 + "{MODEL}.cfg"
         return "dhcpv4-option-66", v66
     return None
+
+
+def raw_option(m: DHCPMessage, code: int) -> bytes | None:
+    """An option's payload as received (pydhcp's `get` would decode it by its IANA type)."""
+    value = m.options[code] if code in m.options else None  # noqa: SIM401
+    return bytes(value) if value is not None else None
 
 
 class Dhcp4Client:

@@ -94,11 +94,15 @@ def _json_line(obj: Any, **_kw: Any) -> bytes:
 
 
 class LogSink:
-    """Renders every event on the bus as one log line."""
+    """Renders every event on the bus as one log line. Console lines leave out empty
+    fields; JSON lines keep them as null (cheaper, and a reader's schema is steady)."""
 
-    def __init__(self) -> None:
+    def __init__(self, fmt: str = "console") -> None:
         self.log = structlog.get_logger("preprov")
+        self.compact = fmt != "json"
 
     def __call__(self, event: Event) -> None:
-        fields = {k: v for k, v in event.fields().items() if v is not None and v != ()}
+        fields = event.fields()
+        if self.compact:
+            fields = {k: v for k, v in fields.items() if v is not None and v != ()}
         getattr(self.log, event.level)(event.kind, **fields)

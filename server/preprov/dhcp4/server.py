@@ -17,6 +17,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 from enum import IntEnum
+from socket import inet_ntoa
 
 from ..config import Dhcp4Options
 from ..events import (
@@ -184,7 +185,7 @@ class Dhcp4Server:
             mac=mac, vendor_class=vclass, relay=str(giaddr) if giaddr else None
         ).with_vendor_from_oui()
         name = mtype.name
-        dev = _dev(facts, str(IPv4(req.ciaddr)) if req.ciaddr != ZERO4 else None)
+        dev = _dev(facts, inet_ntoa(req.ciaddr) if req.ciaddr != ZERO4 else None)
         # 3. allow-list (for a lab sharing its segment with another DHCP server)
         why = p.allow.why_not(mac, str(giaddr or source[0]))
         if why:
@@ -356,12 +357,13 @@ class Dhcp4Server:
     ) -> None:
         p = self.policy
         inform = ip is None
+        ip_s = inet_ntoa(ip.packed if ip else req.ciaddr)
         facts = DeviceFacts(
             facts.mac,
             facts.model,
             facts.fwver,
             facts.vendor,
-            str(ip or IPv4(req.ciaddr)),
+            ip_s,
             facts.vendor_class,
             facts.network,
             facts.relay,
@@ -420,7 +422,7 @@ class Dhcp4Server:
         except Overflow as e:
             out.events.append(
                 Dhcp4Refused(
-                    **_dev(facts, str(ip) if ip else None),
+                    **_dev(facts, ip_s if ip else None),
                     request=name.name if name else None,
                     reason=f"the {mtype.name} does not fit in {max_size} octets: {e}",
                 )
@@ -431,11 +433,11 @@ class Dhcp4Server:
             out.sends.append(Send(wire, dest))
         out.events.append(
             Dhcp4Answered(
-                **_dev(facts, str(ip) if ip else str(IPv4(req.ciaddr))),
+                **_dev(facts, ip_s),
                 message=mtype.name,
                 request=name.name if name else "?",
                 xid=f"{req.xid:08x}",
-                ip=str(ip) if ip else None,
+                ip=ip_s if ip else None,
                 to=f"{dest[0]}:{dest[1]}",
                 options=tuple(sorted(o)),
                 url=decision.url if decision else None,
@@ -479,9 +481,9 @@ class Dhcp4Server:
         """RFC 2131 §4.1. To a client without an address the reply is broadcast: unicast
         to yiaddr would need an ARP entry the kernel does not have (the RFC allows it)."""
         if req.giaddr != ZERO4:
-            return (str(IPv4(req.giaddr)), SERVER_PORT)
+            return (inet_ntoa(req.giaddr), SERVER_PORT)
         if not nak and req.ciaddr != ZERO4:
-            return (str(IPv4(req.ciaddr)), CLIENT_PORT)
+            return (inet_ntoa(req.ciaddr), CLIENT_PORT)
         return (BROADCAST, CLIENT_PORT)
 
 
@@ -522,8 +524,8 @@ def _dev(facts: DeviceFacts, client: str | None) -> DeviceFields:
 
 def _lease_event(facts: DeviceFacts, lease: Lease, client: str) -> Dhcp4Lease:
     return Dhcp4Lease(
-        **_dev(facts, str(lease.ip)),
-        ip=str(lease.ip),
+        **_dev(facts, inet_ntoa(lease.ip.packed)),
+        ip=inet_ntoa(lease.ip.packed),
         client_id=client,
         state=lease.state,
         expires=lease.expires,

@@ -97,11 +97,14 @@ class LogSink:
     """Renders every event on the bus as one log line. Console lines leave out empty
     fields; JSON lines keep them as null (cheaper, and a reader's schema is steady)."""
 
-    def __init__(self, fmt: str = "console") -> None:
+    def __init__(self, fmt: str = "console", level: str = "info") -> None:
         self.log = structlog.get_logger("preprov")
         self.compact = fmt != "json"
+        self.threshold = _LEVELS[level]
 
     def __call__(self, event: Event) -> None:
+        if _LEVELS[event.level] < self.threshold:
+            return  # below the log level: not even rendered
         fields = event.fields()
         if self.compact:
             fields = {k: v for k, v in fields.items() if v is not None and v != ()}

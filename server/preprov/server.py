@@ -121,7 +121,7 @@ class Server:
         config, file = self.load()
         rt = build_runtime(config, file)
         setup_logging(config.log.format, config.log.level)
-        self.bus.subscribe(LogSink(config.log.format))
+        self.bus.subscribe(LogSink(config.log.format, config.log.level))
         self.runtime = rt
         state = config.server.state_dir
         self.store = SQLiteStore(

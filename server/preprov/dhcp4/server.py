@@ -1,4 +1,4 @@
-"""The DHCPv4 server core: no sockets, no clock (STYLE.md §1). pydhcp is the codec.
+"""The DHCPv4 server core: no sockets, no clock (STYLE.md §1), on codec.py.
 
 `datagram_received(data, source, now)` returns the datagrams to send and the
 events. A request goes through named stages (STYLE.md §2), and the stage that
@@ -7,9 +7,9 @@ interface's, or the relay's by giaddr), message type, address, options, size.
 
 Provisioning options come from the same rules as everything else (PROTOCOL.md
 §4): 160 and 159 carry the rule URL's folder as plain ASCII (not their IANA
-meanings: pydhcp's typed codecs are bypassed by setting raw bytes), 66 the
-whole URL, its folder or its host, 67 its file name. They are sent when the
-client's parameter request list asks for them, or always when configured.
+meanings), 66 the whole URL, its folder or its host, 67 its file name. They
+are sent when the client's parameter request list asks for them, or always
+when configured.
 """
 
 from __future__ import annotations
@@ -181,13 +181,12 @@ class Dhcp4Server:
         client = cid_raw.hex() if cid_raw else mac
         vclass = _text(req, VENDOR_CLASS)
         giaddr = IPv4(req.giaddr) if req.giaddr != ZERO4 else None
-        facts = DeviceFacts(
-            mac=mac, vendor_class=vclass, relay=str(giaddr) if giaddr else None
-        ).with_vendor_from_oui()
+        giaddr_s = inet_ntoa(req.giaddr) if giaddr else None
+        facts = DeviceFacts(mac=mac, vendor_class=vclass, relay=giaddr_s).with_vendor_from_oui()
         name = mtype.name
         dev = _dev(facts, inet_ntoa(req.ciaddr) if req.ciaddr != ZERO4 else None)
         # 3. allow-list (for a lab sharing its segment with another DHCP server)
-        why = p.allow.why_not(mac, str(giaddr or source[0]))
+        why = p.allow.why_not(mac, giaddr_s or source[0])
         if why:
             out.events.append(Dhcp4Refused(**dev, reason=why, request=name))
             return

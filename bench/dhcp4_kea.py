@@ -6,8 +6,8 @@ kea-dhcp4 (memfile lease file with persist on), each pinned to CPU 0, each
 with the same pool (198.19.1.0-198.19.255.254), lease time and the same
 provisioning options always sent (66, 67, 159, 160), and both logging at
 WARN (Kea's per-lease lines are INFO; preprov's per-packet event lines too):
-preprov still stores every event and lease in its inventory before answering. perfdhcp, pinned to CPU 1
-in a client namespace, runs full DORA exchanges at rising rates for --step
+preprov still stores every event and lease in its inventory before answering.
+perfdhcp, pinned to CPU 1 in a client namespace, runs full DORA exchanges at rising rates for --step
 seconds each, from --clients distinct MACs. A rate is sustained when both
 DISCOVER-OFFER and REQUEST-ACK drop at most 2.5 %. Prints the highest rate each
 sustains and the ratio.
@@ -234,9 +234,13 @@ def main() -> int:
             # preprov started on a store of 100,000 bound leases: its resident memory
             state = work / "state-100k"
             store_with_leases(state, 100_000)
+            # the same configuration at INFO, so that "server.started" says when it is up
+            (work / "preprov-info.yaml").write_text(
+                PREPROV_CONFIG.replace("level: warning", "level: info")
+            )
             big = start_and_wait(
                 [*srv.prefix(), sys.executable, "-m", "preprov", "serve", "--config",
-                 str(work / "preprov.yaml"), "--interface", "eth0", "--state-dir", str(state)],
+                 str(work / "preprov-info.yaml"), "--interface", "eth0", "--state-dir", str(state)],
                 work / "preprov-100k.log", b'"server.started"', timeout=120,
             )  # fmt: skip
             try:

@@ -7,7 +7,6 @@ layer emits them here.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -26,17 +25,10 @@ class Event:
         both ask): treat the dict as read-only."""
         cached: dict[str, Any] | None = self.__dict__.get("_fields")
         if cached is None:
-            names = _FIELDS.get(type(self))
-            if names is None:
-                names = _FIELDS[type(self)] = tuple(
-                    f.name for f in dataclasses.fields(self) if f.name != "ts"
-                )
-            cached = {n: getattr(self, n) for n in names}
+            cached = self.__dict__.copy()  # the dataclass fields, in their order
+            del cached["ts"]
             object.__setattr__(self, "_fields", cached)
         return cached
-
-
-_FIELDS: dict[type, tuple[str, ...]] = {}
 
 
 @dataclass(frozen=True, kw_only=True)

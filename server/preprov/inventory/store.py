@@ -254,7 +254,7 @@ class SQLiteStore:
         self.db.close()
 
 
-FLUSH_DELAY = 0.001  # seconds: a group commit gathers what arrives within it
+FLUSH_DELAY = 0.002  # seconds: a group commit gathers what arrives within it
 
 
 class Recorder:

@@ -254,16 +254,20 @@ class SQLiteStore:
         self.db.close()
 
 
-FLUSH_DELAY = 0.002  # seconds: a group commit gathers what arrives within it
+# A group commit waits while events keep arriving, loop turn after loop turn,
+# for at most FLUSH_MAX seconds; it commits as soon as a turn brings nothing new.
+# Closed-loop clients (an HTTP client waiting for its answer) are then answered
+# at once, and a flood of datagrams is committed in batches of FLUSH_MAX.
+FLUSH_MAX = 0.002
 
 
 class Recorder:
     """The inventory's subscription to the event bus, with group commit.
 
-    Events are written in one transaction FLUSH_DELAY after the first one of a
-    batch; callbacks registered with after_commit run once that transaction is
-    committed (or failed), so an answer can wait for its event to be stored
-    without a task or a future per request.
+    Events are written in one transaction (see FLUSH_MAX); callbacks registered
+    with after_commit run once that transaction is committed (or failed), so an
+    answer can wait for its event to be stored without a task or a future per
+    request.
     """
 
     def __init__(self, store: Store) -> None:
@@ -271,6 +275,8 @@ class Recorder:
         self._pending: list[Event] = []
         self._callbacks: list[Callable[[BaseException | None], None]] = []
         self._scheduled = False
+        self._since = 0.0
+        self._seen = 0
         self._registered: set[str] = store.registered()
         self.failures = 0
 
@@ -278,7 +284,17 @@ class Recorder:
         self._pending.append(event)
         if not self._scheduled:
             self._scheduled = True
-            asyncio.get_running_loop().call_later(FLUSH_DELAY, self._flush)
+            self._since = time.monotonic()
+            self._seen = len(self._pending)
+            asyncio.get_running_loop().call_soon(self._maybe_flush)
+
+    def _maybe_flush(self) -> None:
+        n = len(self._pending)
+        if n > self._seen and time.monotonic() - self._since < FLUSH_MAX:
+            self._seen = n  # more came during this turn: wait one more
+            asyncio.get_running_loop().call_soon(self._maybe_flush)
+        else:
+            self._flush()
 
     def registered(self, mac: str) -> bool:
         """Listed by the operator: served even when auto-add is off."""

@@ -20,6 +20,7 @@ from enum import IntEnum
 from socket import inet_ntoa
 
 from ..config import Dhcp4Options
+from ..datagrams import Addr, Output, Send
 from ..events import (
     DeviceFields,
     Dhcp4Answered,
@@ -27,7 +28,6 @@ from ..events import (
     Dhcp4Lease,
     Dhcp4Nak,
     Dhcp4Refused,
-    Event,
     RequestMalformed,
 )
 from ..ident import DeviceFacts
@@ -63,21 +63,6 @@ class DHCPMessageType(IntEnum):
 MASK, ROUTER, DNS, HOSTNAME, REQUESTED_IP, LEASE_TIME = 1, 3, 6, 12, 50, 51
 MSG_TYPE, SERVER_ID, PRL, MAX_SIZE, T1, T2, VENDOR_CLASS, CLIENT_ID = 53, 54, 55, 57, 58, 59, 60, 61
 RELAY_INFO = 82
-
-Addr = tuple[str, int]
-
-
-@dataclass(frozen=True)
-class Send:
-    data: bytes
-    addr: Addr
-
-
-@dataclass
-class Output:
-    sends: list[Send] = field(default_factory=list)
-    events: list[Event] = field(default_factory=list)
-
 
 @dataclass
 class Dhcp4Policy:

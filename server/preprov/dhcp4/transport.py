@@ -14,9 +14,10 @@ import socket
 import time
 from typing import Any
 
+from ..datagrams import Output
 from ..events import Dhcp4Lease, EventBus
 from ..net import SO_BINDTODEVICE, Interface, big_receive_buffer
-from .server import Dhcp4Server, Output
+from .server import Dhcp4Server
 
 
 def dhcp_socket(iface: Interface, port: int) -> socket.socket:

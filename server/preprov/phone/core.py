@@ -17,6 +17,7 @@ from typing import Any
 
 from sipmessage import URI, Request, Response
 
+from ..datagrams import Send
 from ..files.lint import lint, parse
 from ..macros import UrlError, expand_macros, parse_url
 from ..sip import message as sipm
@@ -53,12 +54,6 @@ class PhoneProfile:
     @property
     def user_agent(self) -> str:
         return f"Panasonic_{self.model}/{self.fwver} ({self.mac.lower()})"
-
-
-@dataclass(frozen=True)
-class Send:
-    data: bytes
-    addr: tuple[str, int]
 
 
 @dataclass(frozen=True)

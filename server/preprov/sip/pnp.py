@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 
 from sipmessage import Response
 
+from ..datagrams import Addr, Output, Send
 from ..events import (
     DeviceFields,
-    Event,
     PnpAnswered,
     PnpIgnored,
     PnpNotifyAcked,
@@ -41,21 +41,6 @@ T1 = 0.5  # RFC 3261 §17.1.2
 T2 = 4.0
 TIMER_F = 64 * T1
 LINGER = 64 * T1  # how long an answered SUBSCRIBE is remembered for its retransmissions
-
-Addr = tuple[str, int]
-
-
-@dataclass(frozen=True)
-class Send:
-    data: bytes
-    addr: Addr
-
-
-@dataclass
-class Output:
-    sends: list[Send] = field(default_factory=list)
-    events: list[Event] = field(default_factory=list)
-
 
 @dataclass
 class _Tx:

@@ -15,9 +15,10 @@ import socket
 import time
 from typing import Any
 
+from ..datagrams import Addr, Output
 from ..events import EventBus
 from ..net import Interface, multicast_listener, unicast_socket
-from .pnp import Addr, Output, PnpResponder
+from .pnp import PnpResponder
 
 
 class _Proto(asyncio.DatagramProtocol):

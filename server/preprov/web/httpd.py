@@ -4,7 +4,7 @@ Written here instead of using aiohttp's server because that was measured to
 be the larger part of the cost of a request: the same file path answered
 13,400 requests/s through aiohttp's low-level server and 15,200 through this
 one on one core, in the same benchmark (README, "Speed"); the rest of the gain
-to 17,700-19,400 came from the inventory and log changes around it. It does
+to about 20,000 came from the inventory and log changes around it. It does
 only what phones need: GET and HEAD, keep-alive and pipelining, answers in
 order, and each answer leaves once its event is committed to the inventory
 (no task or future per request: a callback of the group commit). Everything a

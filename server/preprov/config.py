@@ -245,6 +245,43 @@ class Dhcp4Section(Strict):
     dry_run: bool = Field(default=False, description="log what would be answered, send nothing")
 
 
+class Dhcp6Subnet(Strict):
+    prefix: ipaddress.IPv6Network
+    pool: tuple[ipaddress.IPv6Address, ipaddress.IPv6Address]
+
+    @model_validator(mode="after")
+    def _pool_in_prefix(self) -> Dhcp6Subnet:
+        lo, hi = self.pool
+        if lo not in self.prefix or hi not in self.prefix:
+            raise _LocatedValueError(("pool",), f"pool {lo}-{hi} is not inside {self.prefix}")
+        if int(hi) < int(lo):
+            raise _LocatedValueError(("pool",), f"pool {lo}-{hi} ends before it starts")
+        return self
+
+
+class Dhcp6Section(Strict):
+    """A DHCPv6 server for the staging segment (RFC 8415; option 17: PROTOCOL.md §5)."""
+
+    enabled: bool = True
+    port: Annotated[int, Field(ge=1, le=65535)] = 547
+    preferred_lifetime: Annotated[int, Field(ge=60)] = 3600
+    valid_lifetime: Annotated[int, Field(ge=60)] = 7200
+    rapid_commit: bool = Field(default=True, description="answer SOLICIT with REPLY on request")
+    offer_hold: Annotated[float, Field(gt=0)] = 30.0
+    subnets: list[Dhcp6Subnet] | None = Field(
+        default=None, description="default: each interface's prefix, ::1000-::ffff as the pool"
+    )
+    enterprise: Annotated[int, Field(ge=0, le=2**32 - 1)] = Field(
+        default=258, description="option 17's enterprise number (PEN 258: Matsushita/Panasonic)"
+    )
+    suboption: Annotated[int, Field(ge=0, le=65535)] = Field(
+        default=1, description="the sub-option of option 17 that carries the URL"
+    )
+    always_send: bool = Field(default=False, description="send option 17 even when not in ORO")
+    allow: Allow = Allow()
+    dry_run: bool = False
+
+
 class LogSection(Strict):
     format: Literal["console", "json"] = "console"
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -260,6 +297,7 @@ class Config(Strict):
     http: HttpSection = HttpSection()
     pnp: PnpSection = PnpSection()
     dhcp4: Dhcp4Section = Dhcp4Section()
+    dhcp6: Dhcp6Section = Dhcp6Section()
     files: FilesSection = FilesSection()
     inventory: InventorySection = InventorySection()
     models: list[str] = Field(default=DEFAULT_MODELS, min_length=1)

@@ -189,6 +189,44 @@ class Dhcp4Refused(DeviceEvent):
 
 
 @dataclass(frozen=True, kw_only=True)
+class Dhcp6Answered(DeviceEvent):
+    """An ADVERTISE or REPLY sent (or, in dry-run, that would have been)."""
+
+    kind: ClassVar[str] = "dhcp6.answered"
+    message: str
+    request: str
+    xid: str
+    ips: tuple[str, ...] = ()
+    to: str = ""
+    options: tuple[int, ...] = ()
+    url: str | None = None
+    rule: str | None = None
+    status: str | None = None  # a status code other than Success, with its reason
+    note: str | None = None
+    relayed: int = 0  # relay hops
+    dry_run: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class Dhcp6Lease(DeviceEvent):
+    """A DHCPv6 binding changed; stored before the REPLY leaves."""
+
+    kind: ClassVar[str] = "dhcp6.lease"
+    ip: str
+    client_id: str  # DUID and IAID, hex
+    state: str
+    expires: float
+    hostname: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Dhcp6Ignored(DeviceEvent):
+    kind: ClassVar[str] = "dhcp6.ignored"
+    reason: str
+    request: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
 class RequestMalformed(Event):
     """Bytes that did not parse as a request of the channel's protocol."""
 

@@ -122,6 +122,8 @@ class Lab:
         if addresses:
             run("ip", "addr", "add", str(v4), "dev", ifname, ns=ns)
             run("ip", "-6", "addr", "add", str(v6), "dev", ifname, "nodad", ns=ns)
+        # no duplicate address detection: the link-local address is usable at once
+        run("sysctl", "-qw", f"net.ipv6.conf.{ifname}.accept_dad=0", ns=ns, check=False)
         run("ip", "link", "set", ifname, "up", ns=ns)
         if ifname == "eth0":
             # multicast leaves by eth0, as on a phone whose default route is its LAN

@@ -29,6 +29,7 @@ class Site:
     placeholders: dict[str, str]
     rules: RuleSet
     addresses: frozenset[str]
+    rules6: RuleSet  # the same rules with ${server} as the IPv6 address, for DHCPv6
 
     @property
     def server(self) -> str:
@@ -87,7 +88,14 @@ def placeholders_for(config: Config, iface: Interface | None) -> dict[str, str]:
 def _site(config: Config, iface: Interface | None) -> Site:
     p = placeholders_for(config, iface)
     addrs = {str(a.ip) for a in (iface.ipv4 + iface.ipv6)} if iface else set()
-    return Site(iface.name if iface else None, p, RuleSet(config.rules, p), frozenset(addrs))
+    p6 = dict(p, server=p.get("server6", p["server"]))  # an IPv6-only phone reaches this
+    return Site(
+        iface.name if iface else None,
+        p,
+        RuleSet(config.rules, p),
+        frozenset(addrs),
+        RuleSet(config.rules, p6),
+    )
 
 
 def build_runtime(config: Config, config_file: str | None, secret: bytes | None = None) -> Runtime:

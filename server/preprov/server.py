@@ -6,6 +6,7 @@ import asyncio
 import ipaddress
 import signal
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,6 +14,8 @@ from .config import Config, ConfigError
 from .dhcp4.leases import Lease, LeaseTable, Subnet, default_subnet
 from .dhcp4.server import Dhcp4Policy, Dhcp4Server
 from .dhcp4.transport import Dhcp4Endpoint
+from .dhcp6.server import Binding, Dhcp6Policy, Dhcp6Server, Leases6, Pool6, default_pool
+from .dhcp6.transport import Dhcp6Endpoint
 from .events import (
     ConfigRejected,
     ConfigReloaded,
@@ -89,6 +92,47 @@ def dhcp4_policy(rt: Runtime, iface: Interface, table: LeaseTable, server_ip: st
     )
 
 
+def dhcp6_pools(rt: Runtime) -> list[Pool6]:
+    c = rt.config.dhcp6
+    own = {i.ip for iface in rt.interfaces for i in iface.ipv6}
+    if c.subnets is None:
+        return [default_pool(iface.ipv6[0]) for iface in rt.interfaces if iface.ipv6]
+    return [
+        Pool6(sn.prefix, sn.pool[0], sn.pool[1], frozenset(a for a in own if a in sn.prefix))
+        for sn in c.subnets
+    ]
+
+
+def dhcp6_policy(rt: Runtime, iface: Interface, leases: Leases6, duid: bytes) -> Dhcp6Policy:
+    c = rt.config.dhcp6
+    own = iface.ipv6[0].ip if iface.ipv6 else None
+    return Dhcp6Policy(
+        duid=duid,
+        rules=rt.site_for(interface=iface.name).rules6,
+        local=leases.pool_of(own) if own else None,
+        enterprise=c.enterprise,
+        suboption=c.suboption,
+        always_send=c.always_send,
+        preferred=c.preferred_lifetime,
+        valid=c.valid_lifetime,
+        rapid_commit=c.rapid_commit,
+        offer_hold=c.offer_hold,
+        allow=AllowList.build(c.allow.mac, c.allow.oui, [str(n) for n in c.allow.subnets or []]),
+        dry_run=c.dry_run,
+    )
+
+
+def server_duid(state_dir: Path) -> bytes:
+    """DUID-UUID (RFC 6355), made once and kept in the state directory (RFC 8415 §11)."""
+    path = state_dir / "server-duid6"
+    if path.exists():
+        return bytes.fromhex(path.read_text().strip())
+    duid = b"\x00\x04" + uuid.uuid4().bytes
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(duid.hex() + "\n")
+    return duid
+
+
 def listen_addresses(rt: Runtime) -> list[str]:
     if rt.config.http.listen is not None:
         return [str(a) for a in rt.config.http.listen]
@@ -110,6 +154,7 @@ class Server:
         self.pnp: list[PnpEndpoint] = []
         self.dhcp4: list[Dhcp4Endpoint] = []
         self.leases4: LeaseTable | None = None
+        self.dhcp6: list[Dhcp6Endpoint] = []
         self.listening: list[str] = []
         self._stop = asyncio.Event()
 
@@ -163,6 +208,13 @@ class Server:
                 await self._start_dhcp4(rt, notes)
                 if self.dhcp4:
                     services.append("dhcpv4")
+        if config.dhcp6.enabled:
+            if not rt.interfaces:
+                notes.append("dhcpv6 off: it needs --interface (a phone-facing interface)")
+            else:
+                await self._start_dhcp6(rt, notes)
+                if self.dhcp6:
+                    services.append("dhcpv6")
         self.bus.emit(
             ServerStarted(
                 services=tuple(services),
@@ -186,7 +238,7 @@ class Server:
                 Lease(ipaddress.IPv4Address(x["ip"]), x["client_id"], x["mac"], x["state"],
                       x["expires"], x["hostname"])
                 for x in self.store.leases()
-                if x["expires"] > now and x["state"] in ("bound", "declined")
+                if x["expires"] > now and x["state"] in ("bound", "declined") and ":" not in x["ip"]
             ]
         )  # fmt: skip
         self.leases4 = table
@@ -203,6 +255,32 @@ class Server:
             self.dhcp4.append(ep)
             pools = ", ".join(f"{sn.first}-{sn.last}" for sn in table.subnets)
             self.listening.append(f"dhcpv4://0.0.0.0:{c.port}%{iface.name} (pools {pools})")
+
+    async def _start_dhcp6(self, rt: Runtime, notes: list[str]) -> None:
+        assert self.store is not None
+        c = rt.config.dhcp6
+        leases = Leases6(dhcp6_pools(rt))
+        now = time.time()
+        leases.load(
+            [
+                Binding(ipaddress.IPv6Address(x["ip"]), x["client_id"], x["mac"], x["state"],
+                        x["expires"])
+                for x in self.store.leases()
+                if ":" in x["ip"] and x["expires"] > now and x["state"] in ("bound", "declined")
+            ]
+        )  # fmt: skip
+        duid = server_duid(Path(rt.config.server.state_dir))
+        for iface in rt.interfaces:
+            if not iface.ipv6 and c.subnets is None:
+                notes.append(f"dhcpv6 off on {iface.name}: it has no global or ULA IPv6 address")
+                continue
+            ep = Dhcp6Endpoint(
+                iface, c.port, Dhcp6Server(dhcp6_policy(rt, iface, leases, duid), leases), self.bus
+            )
+            await ep.start()
+            self.dhcp6.append(ep)
+            pools = ", ".join(f"{p.first}-{p.last}" for p in leases.pools)
+            self.listening.append(f"dhcpv6://[::]:{c.port}%{iface.name} (pools {pools})")
 
     def reload(self) -> bool:
         """Re-read the configuration; keep the old one when the new one is bad."""
@@ -228,6 +306,8 @@ class Server:
         for d in self.dhcp4:
             server_ip = str(d.server.policy.server_ip)
             d.server.policy = dhcp4_policy(rt, d.iface, d.server.leases, server_ip)
+        for d6 in self.dhcp6:
+            d6.server.policy = dhcp6_policy(rt, d6.iface, d6.server.leases, d6.server.policy.duid)
         self.bus.emit(ConfigReloaded(config=file, notes=tuple(notes)))
         return True
 
@@ -251,6 +331,8 @@ class Server:
             ep.close()
         for d in self.dhcp4:
             d.close()
+        for d6 in self.dhcp6:
+            d6.close()
         if self.http is not None:
             await self.http.close()
         if self.recorder is not None:

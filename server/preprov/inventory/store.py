@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from ..events import DeviceEvent, Dhcp4Lease, Event
+from ..events import DeviceEvent, Dhcp4Lease, Dhcp6Lease, Event
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS devices (
@@ -161,7 +161,7 @@ class SQLiteStore:
         devices: dict[str, dict[str, Any]] = {}
         for ev in events:
             data = ev.fields()
-            if isinstance(ev, Dhcp4Lease):
+            if isinstance(ev, (Dhcp4Lease, Dhcp6Lease)):
                 leases.append(
                     (ev.ip, ev.client_id, ev.mac, ev.state, ev.expires, ev.hostname, ev.ts)
                 )

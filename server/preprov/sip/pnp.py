@@ -42,6 +42,7 @@ T2 = 4.0
 TIMER_F = 64 * T1
 LINGER = 64 * T1  # how long an answered SUBSCRIBE is remembered for its retransmissions
 
+
 @dataclass
 class _Tx:
     key: tuple[str, str, str]  # Call-ID, CSeq, top Via branch of the SUBSCRIBE

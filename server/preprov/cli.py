@@ -251,7 +251,8 @@ def phone(
         _fail(f"preprov phone: {e}", 2)
     ip = str(iface.ipv4[0].ip) if iface.ipv4 else None  # None: DHCPv4 leases one
     channels = frozenset(ch for sw, ch in CHANNEL_SWITCHES.items() if switches[sw])
-    profile = PhoneProfile(mac=mac, model=model, fwver=fwver, ip=ip, ip_mode=ip_mode,
+    ip6 = str(iface.ipv6[0].ip) if iface.ipv6 else None  # None: DHCPv6 leases one
+    profile = PhoneProfile(mac=mac, model=model, fwver=fwver, ip=ip, ip6=ip6, ip_mode=ip_mode,
                            channels=channels)  # fmt: skip
     try:
         report = uvloop.run(SimulatedPhone(profile, interface).run(timeout))

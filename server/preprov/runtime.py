@@ -30,6 +30,11 @@ class Site:
     rules: RuleSet
     addresses: frozenset[str]
     rules6: RuleSet  # the same rules with ${server} as the IPv6 address, for DHCPv6
+    placeholders6: dict[str, str]  # what an IPv6-only phone is told: ${server} is IPv6
+
+    def family(self, ipv6: bool) -> tuple[dict[str, str], RuleSet]:
+        """The placeholders and rules for a phone that came over IPv6, or over IPv4."""
+        return (self.placeholders6, self.rules6) if ipv6 else (self.placeholders, self.rules)
 
     @property
     def server(self) -> str:
@@ -37,7 +42,11 @@ class Site:
 
     @property
     def base_url(self) -> str:
-        return f"http://{self.placeholders['server']}:{self.placeholders['http_port']}"
+        return base_url(self.placeholders)
+
+
+def base_url(placeholders: dict[str, str]) -> str:
+    return f"http://{placeholders['server']}:{placeholders['http_port']}"
 
 
 @dataclass
@@ -95,6 +104,7 @@ def _site(config: Config, iface: Interface | None) -> Site:
         RuleSet(config.rules, p),
         frozenset(addrs),
         RuleSet(config.rules, p6),
+        p6,
     )
 
 

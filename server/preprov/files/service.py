@@ -16,7 +16,7 @@ from ..events import DeviceEvent, FileRefused, FileServed
 from ..ident import DeviceFacts, facts_from_user_agent
 from ..macros import mac_colon, url_dir
 from ..rules import Decision
-from ..runtime import Runtime, Site
+from ..runtime import Runtime, base_url
 from .templates import Resolved, TemplateError, UnsafePath, check_request_path
 
 
@@ -47,7 +47,7 @@ def facts_from_path(resolved: Resolved, client: str | None = None) -> DeviceFact
 
 
 def template_context(
-    rt: Runtime, site: Site, facts: DeviceFacts, decision: Decision | None
+    rt: Runtime, placeholders: dict[str, str], facts: DeviceFacts, decision: Decision | None
 ) -> dict[str, object]:
     """What a template sees: built-in variables, then the rule's, then the device's."""
     ctx: dict[str, object] = {
@@ -58,12 +58,12 @@ def template_context(
         "model": facts.model or "",
         "fwver": facts.fwver or "",
         "vendor": facts.vendor or "",
-        "server": site.placeholders["server"],
-        "server6": site.placeholders.get("server6", ""),
-        "http_port": site.placeholders["http_port"],
-        "base_url": site.base_url,
+        "server": placeholders["server"],
+        "server6": placeholders.get("server6", ""),
+        "http_port": placeholders["http_port"],
+        "base_url": base_url(placeholders),
         "url": decision.url if decision else "",
-        "url_dir": url_dir(decision.url) if decision else site.base_url + "/",
+        "url_dir": url_dir(decision.url) if decision else base_url(placeholders) + "/",
         "rule": decision.rule if decision else "",
     }
     device_vars = rt.variables.get(facts.mac, {}) if facts.mac else {}
@@ -126,9 +126,12 @@ def fetch(
 
     # 5. rule
     site = rt.site_for(req.local)
-    decision = site.rules.decide(facts)
+    # a phone that came over IPv6 is sent IPv6 URLs in its files
+    ipv6 = req.local is not None and ":" in req.local
+    placeholders, rules = site.family(ipv6)
+    decision = rules.decide(facts)
     if decision is None:
-        return refuse(403, site.rules.explain(facts), facts, entry.name)
+        return refuse(403, rules.explain(facts), facts, entry.name)
 
     # 6. authentication, when the rule's URL carries user:password
     creds = decision.credentials
@@ -148,10 +151,11 @@ def fetch(
             )
 
     # 7. rendering
-    cache_key = (facts.mac, facts.model, facts.fwver, facts.vendor, decision.rule, site.interface)
+    cache_key = (facts.mac, facts.model, facts.fwver, facts.vendor, decision.rule, site.interface,
+                 ipv6)  # fmt: skip
     try:
         body = rt.templates.render(
-            entry, lambda: template_context(rt, site, facts, decision), cache_key
+            entry, lambda: template_context(rt, placeholders, facts, decision), cache_key
         )
     except TemplateError as e:
         return refuse(500, f"template {e}", facts, entry.name, decision.rule)

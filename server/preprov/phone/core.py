@@ -23,6 +23,8 @@ from ..macros import UrlError, expand_macros, parse_url
 from ..sip import message as sipm
 from .dhcp4 import SERVER as DHCP_SERVER
 from .dhcp4 import Dhcp4Client, Lease, choose_url
+from .dhcp6 import SERVERS as DHCP6_SERVERS
+from .dhcp6 import Dhcp6Client
 
 PNP_GROUP = ("224.0.1.75", 5060)
 PNP_WINDOW = 5.0  # "waits a maximum of 5 seconds for a response" (KX-UTG200 guide §2.2.1)
@@ -44,6 +46,7 @@ class PhoneProfile:
     model: str = "KX-HDV130"
     fwver: str = "01.000"
     ip: str | None = None  # None: the interface has no address, DHCPv4 gives one
+    ip6: str | None = None  # a global or ULA IPv6 address; None: DHCPv6 gives one
     sip_port: int = 5060
     ip_mode: str = "ipv4"
     channels: frozenset[str] = frozenset(
@@ -86,6 +89,7 @@ class Report:
     fwver: str
     ip_mode: str
     ip: str | None = None
+    ip6: str | None = None
     provisioned: bool = False
     channel: str | None = None
     url: str | None = None
@@ -126,6 +130,8 @@ class PhoneCore:
         self._dhcp: Dhcp4Client | None = None
         self._dhcp_for = ""  # "address" at boot, or "options" for the DHCPv4 channels
         self._dhcp_lease: Lease | None = None
+        self.ip6 = profile.ip6
+        self._dhcp6: Dhcp6Client | None = None
 
     # -- driver calls ------------------------------------------------------------
 
@@ -142,6 +148,8 @@ class PhoneCore:
             return None
         if self._phase == "dhcp" and self._dhcp is not None:
             return self._dhcp.deadline
+        if self._phase == "dhcp6" and self._dhcp6 is not None:
+            return self._dhcp6.deadline
         return self._timer
 
     def timer_expired(self, now: float) -> Actions:
@@ -155,6 +163,17 @@ class PhoneCore:
                 self._step(now, "dhcpv4.resent")
                 return Actions(sends=[Send(again, DHCP_SERVER)])
             return self._dhcp_failed(now)
+        if self._phase == "dhcp6" and self._dhcp6 is not None:
+            if self._dhcp6.deadline is None or now < self._dhcp6.deadline:
+                return Actions()
+            again6 = self._dhcp6.timer_expired(now)
+            if again6 is not None:
+                self._step(now, "dhcpv6.resent")
+                return Actions(sends=[Send(again6, DHCP6_SERVERS)])
+            self._dhcp6 = None
+            self._step(now, "dhcpv6.gave-up", reason="no DHCPv6 server answered")
+            self.report.channels_tried["dhcpv6-option-17"] = "no DHCPv6 server answered"
+            return self._next_channel(now)
         if self._timer is None or now < self._timer:
             return Actions()
         if self._phase == "pnp":
@@ -172,6 +191,8 @@ class PhoneCore:
     def datagram_received(self, data: bytes, source: tuple[str, int], now: float) -> Actions:
         if source[1] == DHCP_SERVER[1]:
             return self._dhcp_received(data, source, now)
+        if source[1] == DHCP6_SERVERS[1]:
+            return self._dhcp6_received(data, source, now)
         if not self._call_id:
             return Actions()
         try:
@@ -246,8 +267,8 @@ class PhoneCore:
                 if actions is not None:
                     return actions
                 continue
-            # DHCPv6 arrives with its own issue.
-            self.report.channels_tried[ch] = "not implemented in this version"
+            if ch == "dhcpv6-option-17":
+                return self._start_dhcp6(now)
         tried = "; ".join(f"{k}: {v}" for k, v in self.report.channels_tried.items())
         return self._finish(now, False, f"no channel gave a URL ({tried})")
 
@@ -282,6 +303,41 @@ class PhoneCore:
         nxt = self._next_channel(now)
         nxt.configure = actions.configure
         return nxt
+
+    def _start_dhcp6(self, now: float) -> Actions:
+        self._phase = "dhcp6"
+        stateless = self.ip6 is not None
+        self._dhcp6 = Dhcp6Client(self.p.mac, self.rng, stateless)
+        first = self._dhcp6.start(now)
+        self._step(now, "dhcpv6.information-request-sent" if stateless else "dhcpv6.solicit-sent")
+        return Actions(sends=[Send(first, DHCP6_SERVERS)])
+
+    def _dhcp6_received(self, data: bytes, source: tuple[str, int], now: float) -> Actions:
+        if self._phase != "dhcp6" or self._dhcp6 is None:
+            return Actions()
+        send, answer = self._dhcp6.datagram_received(data, source[0], now)
+        if send is not None:
+            self._step(now, "dhcpv6.advertise", server=source[0])
+            return Actions(sends=[Send(send, DHCP6_SERVERS)])
+        if answer is None:
+            return Actions()
+        self._step(now, "dhcpv6.reply", server=source[0],
+                   ip=str(answer.address) if answer.address else None, url=answer.url)  # fmt: skip
+        actions = Actions()
+        if answer.address is not None and self.ip6 is None:
+            self.ip6 = str(answer.address)
+            # /64: the server's prefix is on-link (a real phone learns that from RAs)
+            actions.configure = f"{answer.address}/64"
+        if answer.url is None:
+            self.report.channels_tried["dhcpv6-option-17"] = (
+                "option 17 (or its URL) not in the answer"
+            )
+            nxt = self._next_channel(now)
+            nxt.configure = actions.configure
+            return nxt
+        self.report.channels_tried["dhcpv6-option-17"] = "gave the URL"
+        self._got_url(now, "dhcpv6-option-17", answer.url, actions)
+        return actions
 
     def _dhcp_failed(self, now: float) -> Actions:
         self._dhcp = None

@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
-from ..net import SO_BINDTODEVICE
+from ..net import SO_BINDTODEVICE, Interface, interface
 from .core import Actions, PhoneCore, PhoneProfile, Report
 
 
@@ -58,6 +58,24 @@ def dhcp_client_socket(ifname: str) -> socket.socket:
     return s
 
 
+def dhcp6_client_socket(iface: Interface) -> socket.socket:
+    """UDP 546 on the wildcard address, pinned to the interface; multicast to
+    ff02::1:2 leaves by it from the link-local address."""
+    s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        s.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, iface.name.encode())
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, iface.index)
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 1)
+        s.bind(("::", 546))
+        s.setblocking(False)
+    except OSError:
+        s.close()
+        raise
+    return s
+
+
 class SimulatedPhone:
     def __init__(self, profile: PhoneProfile, interface: str, http_timeout: float = 5.0) -> None:
         self.core = PhoneCore(profile)
@@ -66,7 +84,8 @@ class SimulatedPhone:
         self.http_timeout = http_timeout
         self._transport: asyncio.DatagramTransport | None = None
         self._dhcp: asyncio.DatagramTransport | None = None
-        self._configured: str | None = None
+        self._dhcp6: asyncio.DatagramTransport | None = None
+        self._configured: list[str] = []
         self._timer: asyncio.TimerHandle | None = None
         self._session: aiohttp.ClientSession | None = None
         self._done = asyncio.Event()
@@ -77,6 +96,9 @@ class SimulatedPhone:
         if self.profile.ip_mode in ("ipv4", "dual"):
             sock = dhcp_client_socket(self.interface)
             self._dhcp, _ = await loop.create_datagram_endpoint(lambda: _Proto(self), sock=sock)
+        if self.profile.ip_mode in ("ipv6", "dual") and "dhcpv6-option-17" in self.profile.channels:
+            sock6 = dhcp6_client_socket(interface(self.interface))
+            self._dhcp6, _ = await loop.create_datagram_endpoint(lambda: _Proto(self), sock=sock6)
         await self._open_pnp()
         self._session = aiohttp.ClientSession(
             headers={"User-Agent": self.profile.user_agent},
@@ -93,12 +115,12 @@ class SimulatedPhone:
                 task.cancel()
             if self._timer is not None:
                 self._timer.cancel()
-            for transport in (self._transport, self._dhcp):
+            for transport in (self._transport, self._dhcp, self._dhcp6):
                 if transport is not None:
                     transport.close()
             await self._session.close()
-            if self._configured is not None:
-                await _ip("addr", "del", self._configured, "dev", self.interface)
+            for address in self._configured:
+                await _ip("addr", "del", address, "dev", self.interface)
         return self.core.report
 
     # -- feeding the core ---------------------------------------------------------
@@ -135,7 +157,7 @@ class SimulatedPhone:
             self._done.set()
 
     def _send(self, data: bytes, addr: tuple[str, int]) -> None:
-        transport = self._dhcp if addr[1] == 67 else self._transport
+        transport = {67: self._dhcp, 547: self._dhcp6}.get(addr[1], self._transport)
         if transport is not None:
             transport.sendto(data, addr)
 
@@ -153,8 +175,9 @@ class SimulatedPhone:
 
     async def _configure(self, actions: Actions) -> None:
         assert actions.configure is not None
-        await _ip("addr", "add", actions.configure, "dev", self.interface)
-        self._configured = actions.configure
+        extra = ["nodad"] if ":" in actions.configure else []
+        await _ip("addr", "add", actions.configure, "dev", self.interface, *extra)
+        self._configured.append(actions.configure)
         actions.configure = None
         await self._open_pnp()
         self._apply(actions)

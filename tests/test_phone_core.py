@@ -143,35 +143,19 @@ def test_switched_off_pnp_and_ipv6_mode() -> None:
     off = PhoneCore(PhoneProfile(mac="0080F0C571EB", ip="198.18.0.2", channels=frozenset()))
     assert off.start(0.0).sends == [] and off.done
     assert off.report.channels_tried["sip-pnp"] == "switched off"
+    # IPv6 mode: DHCPv6 alone, a SOLICIT with IA_NA and ORO 17 when there is no address
+    from preprov.dhcp6 import codec
+
     v6 = PhoneCore(PhoneProfile(mac="0080F0C571EB", ip_mode="ipv6"))
-    assert v6.start(0.0).sends == [] and list(v6.report.channels_tried) == ["dhcpv6-option-17"]
-
-
-@settings(max_examples=300, deadline=None)
-@given(st.lists(st.binary(max_size=400), max_size=5), st.data())
-def test_phone_core_survives_garbage(datagrams: list[bytes], data: st.DataObject) -> None:
-    phone = PhoneCore(PROFILE, random.Random(1))
-    server = PnpResponder(SERVER, PnpPolicy(rules=RULES), random.Random(2))
-    notify = server.datagram_received(phone.start(0.0).sends[0].data, (PHONE_IP, 5060), 0.0).sends[
-        1
-    ]
-    # mutated NOTIFYs and random bytes, in any order, never raise
-    fetches = []
-    for d in datagrams:
-        fetches += phone.datagram_received(d, SERVER, 0.1).fetches
-        mutated = bytearray(notify.data)
-        i = data.draw(st.integers(0, len(mutated) - 1))
-        mutated[i] = data.draw(st.integers(0, 255))
-        fetches += phone.datagram_received(bytes(mutated), SERVER, 0.2).fetches
-    while (t := phone.next_timer()) is not None:
-        fetches += phone.timer_expired(t).fetches
-    # and whatever it fetched answers garbage
-    while fetches:
-        f = fetches.pop()
-        fetches += phone.fetch_done(
-            f.url, 200, data.draw(st.binary(max_size=300)), None, 6.0
-        ).fetches
-    assert phone.done
+    (send,) = v6.start(0.0).sends
+    assert send.addr == ("ff02::1:2", 547)
+    m = codec.decode(send.data)
+    assert isinstance(m, codec.Message) and m.msg_type == codec.SOLICIT
+    assert codec.decode_oro(m.get(codec.ORO) or b"") == {17} and m.get(codec.IA_NA) is not None
+    # with an address: INFORMATION-REQUEST
+    stateless = PhoneCore(PhoneProfile(mac="0080F0C571EB", ip_mode="ipv6", ip6="fd00::9"))
+    m = codec.decode(stateless.start(0.0).sends[0].data)
+    assert isinstance(m, codec.Message) and m.msg_type == codec.INFORMATION_REQUEST
 
 
 def dhcp_pair(options: dict[str, object] | None = None) -> tuple[PhoneCore, object]:

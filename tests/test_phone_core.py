@@ -158,6 +158,33 @@ def test_switched_off_pnp_and_ipv6_mode() -> None:
     assert isinstance(m, codec.Message) and m.msg_type == codec.INFORMATION_REQUEST
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=400), max_size=5), st.data())
+def test_phone_core_survives_garbage(datagrams: list[bytes], data: st.DataObject) -> None:
+    phone = PhoneCore(PROFILE, random.Random(1))
+    server = PnpResponder(SERVER, PnpPolicy(rules=RULES), random.Random(2))
+    notify = server.datagram_received(phone.start(0.0).sends[0].data, (PHONE_IP, 5060), 0.0).sends[
+        1
+    ]
+    # mutated NOTIFYs and random bytes, in any order, never raise
+    fetches = []
+    for d in datagrams:
+        fetches += phone.datagram_received(d, SERVER, 0.1).fetches
+        mutated = bytearray(notify.data)
+        i = data.draw(st.integers(0, len(mutated) - 1))
+        mutated[i] = data.draw(st.integers(0, 255))
+        fetches += phone.datagram_received(bytes(mutated), SERVER, 0.2).fetches
+    while (t := phone.next_timer()) is not None:
+        fetches += phone.timer_expired(t).fetches
+    # and whatever it fetched answers garbage
+    while fetches:
+        f = fetches.pop()
+        fetches += phone.fetch_done(
+            f.url, 200, data.draw(st.binary(max_size=300)), None, 6.0
+        ).fetches
+    assert phone.done
+
+
 def dhcp_pair(options: dict[str, object] | None = None) -> tuple[PhoneCore, object]:
     import ipaddress
 

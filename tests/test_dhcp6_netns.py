@@ -90,3 +90,66 @@ def test_simulated_phone_ipv6_and_dual_modes(lab: Lab, tmp_path: Path) -> None:
             assert [f["status"] for f in report["files"]] == [200, 200, 200, 200]
     finally:
         assert sp.stop() == 0
+
+
+RELAY6_SCRIPT = r"""
+import ipaddress, socket, sys
+from preprov.dhcp6 import codec as c
+server, relay_ip, link = sys.argv[1], sys.argv[2], sys.argv[3]
+duid = b"\x00\x03\x00\x01\x00\x80\xf0\xaa\xbb\xcc"
+inner = c.encode(c.Message(c.SOLICIT, 0x5150, [(c.CLIENTID, duid), (c.ORO, b"\x00\x11"),
+                 (c.RAPID_COMMIT, b""), (c.IA_NA, c.IaNa(1, 0, 0).encode())]))
+forw = c.Relay(c.RELAY_FORW, 0, ipaddress.IPv6Address(link), ipaddress.IPv6Address("fe80::99"),
+               [(c.INTERFACE_ID, b"sw1-port7"), (c.RELAY_MSG, inner)])
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((relay_ip, 547))
+s.settimeout(5)
+s.sendto(c.encode(forw), (server, 547))
+data, addr = s.recvfrom(4096)
+sys.stdout.write(data.hex() + " " + addr[0] + " " + str(addr[1]))
+"""
+
+
+def test_handcrafted_relay_forw_gets_a_relay_repl(lab: Lab, tmp_path: Path) -> None:
+    import ipaddress
+
+    from preprov.dhcp6 import codec as c
+
+    srv = lab.host("srv")
+    relay = lab.host("relay")
+    cfg = tmp_path / "relay6.yaml"
+    cfg.write_text(
+        "dhcp6:\n  subnets:\n"
+        f"    - {{prefix: '{lab.net6}', pool: ['{lab.net6[0x1000]}', '{lab.net6[0x1FFF]}']}}\n"
+        "    - {prefix: 'fd00:77::/64', pool: ['fd00:77::100', 'fd00:77::1ff']}\n"
+    )
+    sp = start_server(
+        tmp_path, "--interface", "eth0", "--config", str(cfg), netns=srv.ns, port=8080
+    )
+    try:
+        r = subprocess.run(
+            [*relay.prefix(), sys.executable, "-c", RELAY6_SCRIPT, str(srv.ipv6.ip),
+             str(relay.ipv6.ip), "fd00:77::1"],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr[-1500:]
+        wire, src, port = r.stdout.split()
+        assert (src, port) == (str(srv.ipv6.ip), "547")
+        repl = c.decode(bytes.fromhex(wire))
+        assert isinstance(repl, c.Relay) and repl.msg_type == c.RELAY_REPL
+        assert repl.link_address == ipaddress.IPv6Address("fd00:77::1")
+        assert repl.get(c.INTERFACE_ID) == b"sw1-port7"
+        inner = c.decode(repl.get(c.RELAY_MSG) or b"")
+        assert isinstance(inner, c.Message) and inner.msg_type == c.REPLY
+        (addr,) = c.IaNa.decode(inner.get(c.IA_NA) or b"").addresses
+        assert addr.address in ipaddress.IPv6Network("fd00:77::/64")
+        enterprise, subs = c.decode_vendor_opts(inner.get(c.VENDOR_OPTS) or b"")
+        assert (enterprise, dict(subs)[1]) == (
+            258,
+            f"http://[{srv.ipv6.ip}]:8080/{{MODEL}}.cfg".encode(),
+        )
+        (ev,) = events(sp, "dhcp6.answered")
+        assert ev["relayed"] == 1
+    finally:
+        assert sp.stop() == 0

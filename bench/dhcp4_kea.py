@@ -92,9 +92,11 @@ def pin(cpu: int) -> list[str]:
     return ["taskset", "-c", str(cpu)] if shutil.which("taskset") else []
 
 
-def perfdhcp(client: Host, server: str, rate: int, seconds: int, clients: int) -> dict[str, float]:
+def perfdhcp(
+    client: Host, server: str, rate: int, seconds: int, clients: int, family: str = "-4"
+) -> dict[str, float]:
     r = subprocess.run(
-        [*client.prefix(), *pin(1), "perfdhcp", "-4", "-r", str(rate), "-R", str(clients),
+        [*client.prefix(), *pin(1), "perfdhcp", family, "-r", str(rate), "-R", str(clients),
          "-p", str(seconds), "-l", "eth0", server],
         capture_output=True, text=True, timeout=seconds + 60,
     )  # fmt: skip
@@ -109,12 +111,12 @@ def perfdhcp(client: Host, server: str, rate: int, seconds: int, clients: int) -
 
 
 def sweep(
-    client: Host, server: str, rates: list[int], step: int, clients: int
+    client: Host, server: str, rates: list[int], step: int, clients: int, family: str = "-4"
 ) -> tuple[int, list[dict[str, float]]]:
     best = 0
     rows = []
     for rate in rates:
-        row = perfdhcp(client, server, rate, step, clients)
+        row = perfdhcp(client, server, rate, step, clients, family)
         rows.append(row)
         ok = row["drops_do"] <= 2.5 and row["drops_ra"] <= 2.5 and row["achieved"] >= 0.95 * rate
         verdict = "ok" if ok else "NOT sustained"

@@ -93,11 +93,12 @@ def pin(cpu: int) -> list[str]:
 
 
 def perfdhcp(
-    client: Host, server: str, rate: int, seconds: int, clients: int, family: str = "-4"
-) -> dict[str, float]:
+    client: Host, server: str, rate: int, seconds: int, clients: int, family: str = "-4",
+    extra: tuple[str, ...] = (),
+) -> dict[str, float]:  # fmt: skip
     r = subprocess.run(
-        [*client.prefix(), *pin(1), "perfdhcp", family, "-r", str(rate), "-R", str(clients),
-         "-p", str(seconds), "-l", "eth0", server],
+        [*client.prefix(), *pin(1), "perfdhcp", family, *extra, "-r", str(rate),
+         "-R", str(clients), "-p", str(seconds), "-l", "eth0", server],
         capture_output=True, text=True, timeout=seconds + 60,
     )  # fmt: skip
     out = r.stdout
@@ -111,12 +112,13 @@ def perfdhcp(
 
 
 def sweep(
-    client: Host, server: str, rates: list[int], step: int, clients: int, family: str = "-4"
-) -> tuple[int, list[dict[str, float]]]:
+    client: Host, server: str, rates: list[int], step: int, clients: int, family: str = "-4",
+    extra: tuple[str, ...] = (),
+) -> tuple[int, list[dict[str, float]]]:  # fmt: skip
     best = 0
     rows = []
     for rate in rates:
-        row = perfdhcp(client, server, rate, step, clients, family)
+        row = perfdhcp(client, server, rate, step, clients, family, extra)
         rows.append(row)
         ok = row["drops_do"] <= 2.5 and row["drops_ra"] <= 2.5 and row["achieved"] >= 0.95 * rate
         verdict = "ok" if ok else "NOT sustained"

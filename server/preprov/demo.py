@@ -6,7 +6,7 @@ defaults in the first, `preprov phone` in the others, all at once; a table of
 each phone's steps and timings; and the lab torn down again, whatever happens.
 Phones take turns: one with a static address (SIP PnP), one without (DHCPv4
 lease, then SIP PnP), one without and with SIP PnP switched off (DHCPv4
-option 160).
+option 160), one in IPv6 mode (DHCPv6 option 17).
 """
 
 from __future__ import annotations
@@ -70,9 +70,10 @@ def run_demo(phones: int, echo: Any = print) -> int:
                 mac, model = DEMO_PHONES[i % len(DEMO_PHONES)]
                 if i >= len(DEMO_PHONES):
                     mac = f"0080F0{0xD00000 + i:06X}"
-                kind = i % 3  # 0: static address, 1: DHCPv4 then PnP, 2: DHCPv4 alone
+                # 0: static address, 1: DHCPv4 then PnP, 2: DHCPv4 alone, 3: IPv6 mode
+                kind = i % 4
                 host = lab.host(f"ph{i}", addresses=kind == 0)
-                extra = ["--no-sippnp"] if kind == 2 else []
+                extra = {2: ["--no-sippnp"], 3: ["--ip-mode", "ipv6"]}.get(kind, [])
                 procs.append(
                     (mac, model, host.ipv4.ip if kind == 0 else "dhcp", subprocess.Popen(
                         [*host.prefix(), sys.executable, "-m", "preprov", "phone",
@@ -99,24 +100,23 @@ def run_demo(phones: int, echo: Any = print) -> int:
 
 def _print_table(rows: list[tuple[str, str, Any, dict[str, Any]]], echo: Any) -> None:
     echo("")
-    echo(f"{'MAC':<13} {'MODEL':<11} {'PHONE IP':<15} {'CHANNEL':<18} {'URL AT':>8} "
+    echo(f"{'MAC':<13} {'MODEL':<11} {'PHONE IP':<16} {'CHANNEL':<18} {'URL AT':>8} "
          f"{'FILES':>6} {'DONE':>8}  RESULT")  # fmt: skip
     for mac, model, ip, r in rows:
         steps = {s["step"]: s["t_ms"] for s in r.get("steps", [])}
         files = r.get("files", [])
         good = sum(1 for f in files if f.get("status") == 200)
-        got_url = steps.get("pnp.notify", steps.get("dhcpv4.ack"))
+        got_url = steps.get("pnp.notify", steps.get("dhcpv4.ack", steps.get("dhcpv6.reply")))
         done = steps.get("provisioned", steps.get("failed"))
         result = "provisioned" if r.get("provisioned") else f"FAILED: {r.get('reason')}"
-        shown_ip = r.get("ip") or ip
-        if ip == "dhcp" and r.get("ip"):
-            shown_ip = f"{r['ip']}*"
+        leased = r.get("ip") or r.get("ip6")
+        shown_ip = f"{leased}*" if ip == "dhcp" and leased else ip
         echo(
-            f"{mac:<13} {model:<11} {shown_ip!s:<15} {r.get('channel') or '-':<18} "
+            f"{mac:<13} {model:<11} {shown_ip!s:<16} {r.get('channel') or '-':<18} "
             f"{_ms(got_url):>8} {f'{good}/{len(files)}':>6} {_ms(done):>8}  {result}"
         )
     echo("(URL AT: time from boot to the NOTIFY or DHCP ACK that gave the URL; DONE: to the")
-    echo(" last file fetched; * an address leased by DHCPv4, put on the phone's interface)")
+    echo(" last file fetched; * an address leased by DHCP, put on the phone's interface)")
     echo("")
 
 

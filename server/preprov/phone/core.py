@@ -127,6 +127,7 @@ class PhoneCore:
         # DHCPv4 state
         self.ip = profile.ip
         self.report.ip = profile.ip
+        self.report.ip6 = profile.ip6
         self._dhcp: Dhcp4Client | None = None
         self._dhcp_for = ""  # "address" at boot, or "options" for the DHCPv4 channels
         self._dhcp_lease: Lease | None = None
@@ -326,6 +327,7 @@ class PhoneCore:
         actions = Actions()
         if answer.address is not None and self.ip6 is None:
             self.ip6 = str(answer.address)
+            self.report.ip6 = self.ip6
             # /64: the server's prefix is on-link (a real phone learns that from RAs)
             actions.configure = f"{answer.address}/64"
         if answer.url is None:

@@ -275,7 +275,7 @@ def phone(
 
 
 @main.command()
-@click.option("--phones", default=3, show_default=True, help="how many phones boot (1-250)")
+@click.option("--phones", default=4, show_default=True, help="how many phones boot (1-250)")
 def demo(phones: int) -> None:
     """As root: build a lab of network namespaces, start a server with the defaults, boot
     simulated phones against it, print each phone's steps and timings, tear the lab down."""

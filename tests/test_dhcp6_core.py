@@ -259,3 +259,30 @@ def test_mac_from_duid() -> None:
         == "0080F0C571EB"
     )
     assert mac_of_duid(SERVER_DUID) is None
+
+
+def test_bindings_survive_a_restart() -> None:
+    s = server()
+    out = s.datagram_received(msg(c.SOLICIT, ia(), (c.RAPID_COMMIT, b"")), CLIENT, T)
+    lease = next(e for e in out.events if isinstance(e, Dhcp6Lease))
+    # what serve loads from the store at start (server.py, _start_dhcp6)
+    from preprov.dhcp6.server import Binding
+
+    fresh = server()
+    fresh.leases.load(
+        [
+            Binding(
+                ipaddress.IPv6Address(lease.ip),
+                lease.client_id,
+                lease.mac,
+                lease.state,
+                lease.expires,
+            )
+        ]
+    )
+    other = answer(
+        fresh.datagram_received(msg(c.SOLICIT, ia(), duid=DUID[:-1] + b"\x01"), CLIENT, T + 1)
+    )
+    assert str(c.IaNa.decode(other.get(c.IA_NA) or b"").addresses[0].address) != lease.ip
+    again = answer(fresh.datagram_received(msg(c.SOLICIT, ia()), CLIENT, T + 2))
+    assert str(c.IaNa.decode(again.get(c.IA_NA) or b"").addresses[0].address) == lease.ip

@@ -282,6 +282,16 @@ class Dhcp6Section(Strict):
     dry_run: bool = False
 
 
+class TftpSection(Strict):
+    """Read-only TFTP for option 66 without a scheme (RFC 1350, 2347-2349)."""
+
+    enabled: bool = True
+    port: Annotated[int, Field(ge=1, le=65535)] = 69
+    blksize_max: Annotated[int, Field(ge=8, le=65464)] = 1468
+    timeout: Annotated[float, Field(gt=0, le=255)] = 1.0
+    retries: Annotated[int, Field(ge=0, le=20)] = 5
+
+
 class LogSection(Strict):
     format: Literal["console", "json"] = "console"
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -298,6 +308,7 @@ class Config(Strict):
     pnp: PnpSection = PnpSection()
     dhcp4: Dhcp4Section = Dhcp4Section()
     dhcp6: Dhcp6Section = Dhcp6Section()
+    tftp: TftpSection = TftpSection()
     files: FilesSection = FilesSection()
     inventory: InventorySection = InventorySection()
     models: list[str] = Field(default=DEFAULT_MODELS, min_length=1)

@@ -31,6 +31,7 @@ from .runtime import Runtime, SetupError, build_runtime
 from .safety import AllowList, RateLimiter
 from .sip.pnp import PnpPolicy, PnpResponder
 from .sip.transport import PnpEndpoint
+from .tftp.transport import TftpListener
 from .web.httpd import FileServer
 
 Loader = Callable[[], tuple[Config, str | None]]
@@ -155,6 +156,7 @@ class Server:
         self.dhcp4: list[Dhcp4Endpoint] = []
         self.leases4: LeaseTable | None = None
         self.dhcp6: list[Dhcp6Endpoint] = []
+        self.tftp: list[TftpListener] = []
         self.listening: list[str] = []
         self._stop = asyncio.Event()
 
@@ -208,6 +210,22 @@ class Server:
                 await self._start_dhcp4(rt, notes)
                 if self.dhcp4:
                     services.append("dhcpv4")
+        if config.tftp.enabled:
+            if not rt.interfaces:
+                notes.append("tftp off: it needs --interface (a phone-facing interface)")
+            for iface in rt.interfaces:
+                tftp_addr = pnp_local_address(rt, iface)
+                if tftp_addr is None:
+                    continue
+                t = config.tftp
+                listener = TftpListener(iface, tftp_addr, self.current, self.bus,
+                                        self.recorder.registered, t.blksize_max, t.timeout,
+                                        t.retries)  # fmt: skip
+                await listener.start(t.port)
+                self.tftp.append(listener)
+                self.listening.append(f"tftp://{tftp_addr}:{t.port}/ (on {iface.name})")
+            if self.tftp:
+                services.append("tftp")
         if config.dhcp6.enabled:
             if not rt.interfaces:
                 notes.append("dhcpv6 off: it needs --interface (a phone-facing interface)")
@@ -333,6 +351,8 @@ class Server:
             d.close()
         for d6 in self.dhcp6:
             d6.close()
+        for tl in self.tftp:
+            tl.close()
         if self.http is not None:
             await self.http.close()
         if self.recorder is not None:

@@ -1,0 +1,116 @@
+"""TFTP: the core with bytes; tftp-hpa against `preprov serve --interface` across namespaces."""
+
+from __future__ import annotations
+
+import shutil
+import struct
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from preprov.files.lint import lint
+from preprov.lab import Lab
+from preprov.tftp.core import (
+    ACCESS_VIOLATION,
+    ACK,
+    DATA,
+    OACK,
+    NotARequest,
+    ReadRequest,
+    TftpError,
+    Transfer,
+    parse_request,
+)
+from serverproc import start_server
+
+
+def rrq(name: str, mode: str = "octet", **opts: str) -> bytes:
+    body = name.encode() + b"\x00" + mode.encode() + b"\x00"
+    for k, v in opts.items():
+        body += k.encode() + b"\x00" + v.encode() + b"\x00"
+    return struct.pack("!H", 1) + body
+
+
+def ack(n: int) -> bytes:
+    return struct.pack("!HH", ACK, n)
+
+
+def test_requests_parsed_and_refused() -> None:
+    r = parse_request(rrq("KX-HDV130.cfg", "OCTET", blksize="1468", tsize="0"))
+    assert r == ReadRequest("KX-HDV130.cfg", "octet", {"blksize": "1468", "tsize": "0"})
+    with pytest.raises(TftpError) as e:
+        parse_request(struct.pack("!H", 2) + b"x\x00octet\x00")
+    assert e.value.code == ACCESS_VIOLATION and "read-only" in e.value.message
+    with pytest.raises(TftpError, match="mode 'mail'"):
+        parse_request(rrq("x", "mail"))
+    with pytest.raises(TftpError, match="NUL-terminated"):
+        parse_request(struct.pack("!H", 1) + b"x\x00octet")
+    with pytest.raises(NotARequest):
+        parse_request(ack(3))
+
+
+def test_blocks_of_512_then_a_short_one_and_resends() -> None:
+    body = bytes(range(256)) * 5  # 1280 octets: 512, 512, 256
+    t = Transfer(body, ReadRequest("f", "octet"), timeout=1.0, retries=2)
+    first = t.start()
+    assert first[:4] == struct.pack("!HH", DATA, 1) and len(first) == 4 + 512
+    assert t.on_packet(ack(1))[4:] == body[512:1024]  # type: ignore[index]
+    assert t.on_packet(ack(1)) is None  # a duplicate ACK is not answered
+    assert t.on_timeout() == struct.pack("!HH", DATA, 2) + body[512:1024]
+    last = t.on_packet(ack(2))
+    assert last is not None and last[4:] == body[1024:] and not t.done
+    assert t.on_packet(ack(3)) is None and t.done
+
+
+def test_exact_multiple_ends_with_an_empty_block_and_give_up() -> None:
+    t = Transfer(b"x" * 1024, ReadRequest("f", "octet"), retries=1)
+    t.start()
+    t.on_packet(ack(1))
+    empty = t.on_packet(ack(2))
+    assert empty == struct.pack("!HH", DATA, 3)  # RFC 1350: a block under 512 ends it
+    assert t.on_timeout() == empty and t.on_timeout() is None and t.done
+
+
+def test_option_negotiation() -> None:
+    req = ReadRequest("f", "octet", {"blksize": "9000", "tsize": "0", "timeout": "3", "x": "1"})
+    t = Transfer(b"y" * 3000, req, blksize_max=1468)
+    oack = t.start()
+    assert oack == struct.pack("!H", OACK) + b"blksize\x001468\x00tsize\x003000\x00timeout\x003\x00"
+    first = t.on_packet(ack(0))
+    assert first is not None and len(first) == 4 + 1468 and t.timeout == 3.0
+    assert Transfer(b"z", ReadRequest("f", "netascii")).body == b"z"
+    assert Transfer(b"a\nb", ReadRequest("f", "netascii")).body == b"a\r\nb"
+
+
+def test_tftp_hpa_fetches_the_zero_config_file(lab: Lab, tmp_path: Path) -> None:
+    if shutil.which("tftp") is None:
+        pytest.skip("tftp-hpa is not installed")
+    srv = lab.host("srv")
+    phone = lab.host("phone")
+    sp = start_server(tmp_path, "--interface", "eth0", netns=srv.ns, port=8080)
+    try:
+        got = tmp_path / "KX-HDV130.cfg"
+        r = subprocess.run(
+            [*phone.prefix(), "tftp", "-m", "binary", str(srv.ipv4.ip), "-c", "get",
+             "KX-HDV130.cfg", str(got)], capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert r.returncode == 0 and got.exists(), r.stdout + r.stderr
+        body = got.read_bytes()
+        assert lint(body) == [] and b"CFG_STANDARD_FILE_PATH" in body
+        # netascii: the client turns the CRLF lines back into its own line ends
+        text = tmp_path / "KX-HDV130.txt"
+        subprocess.run([*phone.prefix(), "tftp", "-m", "netascii", str(srv.ipv4.ip), "-c", "get",
+                        "KX-HDV130.cfg", str(text)], capture_output=True, timeout=30, check=True)  # fmt: skip
+        assert text.read_bytes() == body.replace(b"\r\n", b"\n")
+        r = subprocess.run(
+            [*phone.prefix(), "tftp", str(srv.ipv4.ip), "-c", "get", "../../etc/passwd",
+             str(tmp_path / "x")], capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert (
+            "Error code 2" in r.stdout + r.stderr and b"root:" not in (tmp_path / "x").read_bytes()
+        )
+        served = [e for e in sp.events() if e.get("event") == "file.served"]
+        assert [(e["channel"], e["path"]) for e in served][:1] == [("tftp", "/KX-HDV130.cfg")]
+    finally:
+        assert sp.stop() == 0

@@ -29,6 +29,14 @@ class ServerProc:
     _offset: int = field(default=0)
 
     @property
+    def admin(self) -> str:
+        """The administration listener's base URL, from the server.started event."""
+        for item in self.wait_event("server.started")["listening"]:  # type: ignore[union-attr]
+            if str(item).startswith("admin "):
+                return str(item).split()[1].removesuffix("/api/")
+        raise AssertionError("no admin listener")
+
+    @property
     def base(self) -> str:
         h = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{h}:{self.port}"
@@ -83,6 +91,8 @@ def start_server(
         "serve",
         "--http-port",
         str(port),
+        "--admin-port",
+        "0",
         "--state-dir",
         str(state),
         "--log-format",

@@ -35,6 +35,7 @@ def _overrides(**flags: Any) -> dict[str, Any]:
     put("server", "state_dir", flags.get("state_dir"))
     put("server", "address", flags.get("address"))
     put("http", "port", flags.get("http_port"))
+    put("admin", "port", flags.get("admin_port"))
     put("log", "format", flags.get("log_format"))
     put("log", "level", flags.get("log_level"))
     put("files", "templates", flags.get("templates"))
@@ -73,6 +74,7 @@ def main() -> None:
 @interface_option
 @state_option
 @click.option("--http-port", type=int, help="port phones fetch files from (default 8080)")
+@click.option("--admin-port", type=int, help="port of the API and metrics (default 8081; 0: any)")
 @click.option("--address", help="IPv4 address put in URLs (default: the interface's)")
 @click.option("--templates", help="template directory (default: the bundled configs/templates)")
 @click.option("--variables", help="per-device variables, CSV or YAML")

@@ -292,6 +292,20 @@ class TftpSection(Strict):
     retries: Annotated[int, Field(ge=0, le=20)] = 5
 
 
+class AdminSection(Strict):
+    """The administration listener: REST API, OpenAPI document, Prometheus metrics."""
+
+    enabled: bool = True
+    listen: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = Field(
+        default=[ipaddress.IPv4Address("127.0.0.1")],
+        description="addresses to bind; default loopback only",
+    )
+    port: Annotated[int, Field(ge=0, le=65535)] = 8081
+    token: str | None = Field(
+        default=None, description="changes need 'Authorization: Bearer <token>'; none: refused"
+    )
+
+
 class LogSection(Strict):
     format: Literal["console", "json"] = "console"
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -309,6 +323,7 @@ class Config(Strict):
     dhcp4: Dhcp4Section = Dhcp4Section()
     dhcp6: Dhcp6Section = Dhcp6Section()
     tftp: TftpSection = TftpSection()
+    admin: AdminSection = AdminSection()
     files: FilesSection = FilesSection()
     inventory: InventorySection = InventorySection()
     models: list[str] = Field(default=DEFAULT_MODELS, min_length=1)

@@ -10,6 +10,8 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+from aiohttp import web
+
 from .config import Config, ConfigError
 from .dhcp4.leases import Lease, LeaseTable, Subnet, default_subnet
 from .dhcp4.server import Dhcp4Policy, Dhcp4Server
@@ -32,6 +34,7 @@ from .safety import AllowList, RateLimiter
 from .sip.pnp import PnpPolicy, PnpResponder
 from .sip.transport import PnpEndpoint
 from .tftp.transport import TftpListener
+from .web.admin import Metrics, make_admin_app
 from .web.httpd import FileServer
 
 Loader = Callable[[], tuple[Config, str | None]]
@@ -157,6 +160,9 @@ class Server:
         self.leases4: LeaseTable | None = None
         self.dhcp6: list[Dhcp6Endpoint] = []
         self.tftp: list[TftpListener] = []
+        self.metrics = Metrics()
+        self.bus.subscribe(self.metrics)
+        self.admin: web.AppRunner | None = None
         self.listening: list[str] = []
         self._stop = asyncio.Event()
 
@@ -178,7 +184,9 @@ class Server:
         self.bus.subscribe_durable(self.recorder)
         services = []
         if config.http.enabled:
-            self.http = FileServer(self.current, self.bus, self.recorder.registered)
+            self.http = FileServer(
+                self.current, self.bus, self.recorder.registered, self.metrics.observer("http")
+            )
             for addr in listen_addresses(rt):
                 await self.http.listen(addr, config.http.port)
                 host = f"[{addr}]" if ":" in addr else addr
@@ -210,6 +218,17 @@ class Server:
                 await self._start_dhcp4(rt, notes)
                 if self.dhcp4:
                     services.append("dhcpv4")
+        if config.admin.enabled:
+            self.admin = web.AppRunner(make_admin_app(self, self.metrics), access_log=None,
+                                       handle_signals=False)  # fmt: skip
+            await self.admin.setup()
+            for a in config.admin.listen:
+                site = web.TCPSite(self.admin, str(a), config.admin.port, reuse_address=True)
+                await site.start()
+            for bound in self.admin.addresses:
+                host = f"[{bound[0]}]" if ":" in str(bound[0]) else str(bound[0])
+                self.listening.append(f"admin http://{host}:{bound[1]}/api/ /metrics")
+            services.append("admin")
         if config.tftp.enabled:
             if not rt.interfaces:
                 notes.append("tftp off: it needs --interface (a phone-facing interface)")
@@ -269,6 +288,7 @@ class Server:
             if policy.local is None:
                 notes.append(f"dhcpv4 on {iface.name}: no subnet of dhcp4.subnets holds {addr}")
             ep = Dhcp4Endpoint(iface, c.port, Dhcp4Server(policy, table), self.bus)
+            ep.observe = self.metrics.observer("dhcpv4")
             await ep.start()
             self.dhcp4.append(ep)
             pools = ", ".join(f"{sn.first}-{sn.last}" for sn in table.subnets)
@@ -295,6 +315,7 @@ class Server:
             ep = Dhcp6Endpoint(
                 iface, c.port, Dhcp6Server(dhcp6_policy(rt, iface, leases, duid), leases), self.bus
             )
+            ep.observe = self.metrics.observer("dhcpv6")
             await ep.start()
             self.dhcp6.append(ep)
             pools = ", ".join(f"{p.first}-{p.last}" for p in leases.pools)
@@ -355,6 +376,8 @@ class Server:
             tl.close()
         if self.http is not None:
             await self.http.close()
+        if self.admin is not None:
+            await self.admin.cleanup()
         if self.recorder is not None:
             self.recorder.flush_now()
         flush_logs()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ..datagrams import Output
@@ -47,6 +48,8 @@ class _Proto(asyncio.DatagramProtocol):
 
 
 class Dhcp4Endpoint:
+    observe: Callable[[float], None] | None = None  # seconds from a request to its answer
+
     def __init__(self, iface: Interface, port: int, server: Dhcp4Server, bus: EventBus) -> None:
         self.iface = iface
         self.port = port
@@ -60,6 +63,7 @@ class Dhcp4Endpoint:
         self._transport, _ = await loop.create_datagram_endpoint(lambda: _Proto(self), sock=sock)
 
     def received(self, data: bytes, source: tuple[str, int]) -> None:
+        started = time.monotonic()
         out = self.server.datagram_received(data, source, time.time())
         for ev in out.events:
             self.bus.emit(ev)
@@ -67,11 +71,13 @@ class Dhcp4Endpoint:
             return
         if any(isinstance(ev, Dhcp4Lease) for ev in out.events):
             # an ACK leaves once its lease is committed
-            self.bus.after_settled(lambda error: self._send(out, error))
+            self.bus.after_settled(lambda error: self._send(out, error, started))
         else:
-            self._send(out, None)  # an OFFER or a NAK binds nothing
+            self._send(out, None, started)  # an OFFER or a NAK binds nothing
 
-    def _send(self, out: Output, error: BaseException | None) -> None:
+    def _send(self, out: Output, error: BaseException | None, started: float) -> None:
+        if self.observe is not None:
+            self.observe(time.monotonic() - started)
         if error is not None or self._transport is None:
             return  # not stored, so not answered: the client will retry
         for s in out.sends:

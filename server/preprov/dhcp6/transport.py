@@ -13,6 +13,7 @@ import asyncio
 import socket
 import struct
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ..datagrams import Output
@@ -52,6 +53,8 @@ class _Proto(asyncio.DatagramProtocol):
 
 
 class Dhcp6Endpoint:
+    observe: Callable[[float], None] | None = None  # seconds from a request to its answer
+
     def __init__(self, iface: Interface, port: int, server: Dhcp6Server, bus: EventBus) -> None:
         self.iface = iface
         self.port = port
@@ -65,17 +68,20 @@ class Dhcp6Endpoint:
         self._transport, _ = await loop.create_datagram_endpoint(lambda: _Proto(self), sock=sock)
 
     def received(self, data: bytes, source: tuple[str, int]) -> None:
+        started = time.monotonic()
         out = self.server.datagram_received(data, source, time.time())
         for ev in out.events:
             self.bus.emit(ev)
         if not out.sends:
             return
         if any(isinstance(ev, Dhcp6Lease) for ev in out.events):
-            self.bus.after_settled(lambda error: self._send(out, error))
+            self.bus.after_settled(lambda error: self._send(out, error, started))
         else:
-            self._send(out, None)
+            self._send(out, None, started)
 
-    def _send(self, out: Output, error: BaseException | None) -> None:
+    def _send(self, out: Output, error: BaseException | None, started: float) -> None:
+        if self.observe is not None:
+            self.observe(time.monotonic() - started)
         if error is not None or self._transport is None:
             return
         for s in out.sends:

@@ -81,12 +81,14 @@ class FileServerProtocol(asyncio.Protocol):
         registered: Callable[[str], bool],
         connections: set[FileServerProtocol],
         channel: str = "http",
+        observe: Callable[[float], None] | None = None,
     ) -> None:
         self.runtime = runtime
         self.bus = bus
         self.registered = registered
         self.connections = connections
         self.channel = channel
+        self.observe = observe
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.peer: str | None = None
@@ -179,13 +181,21 @@ class FileServerProtocol(asyncio.Protocol):
         self.bus.emit(answer.event)
         # The answer leaves only once its event is stored: nothing served is
         # missing from the inventory after a kill -9.
-        self.bus.after_settled(lambda error: self._ready(cell, data, keep_alive, error))
+        started = time.monotonic()
+        self.bus.after_settled(lambda error: self._ready(cell, data, keep_alive, error, started))
 
     # -- answering ---------------------------------------------------------------
 
     def _ready(
-        self, cell: list[bytes | None], data: bytes, keep_alive: bool, error: BaseException | None
+        self,
+        cell: list[bytes | None],
+        data: bytes,
+        keep_alive: bool,
+        error: BaseException | None,
+        started: float,
     ) -> None:
+        if self.observe is not None:
+            self.observe(time.monotonic() - started)
         if error is not None:
             data = response_bytes(503, b"inventory unavailable\n", "text/plain", [], False)
             keep_alive = False
@@ -233,11 +243,16 @@ class FileServer:
     """The listeners of one HTTP service, and the sweep that closes idle connections."""
 
     def __init__(
-        self, runtime: Callable[[], Runtime], bus: EventBus, registered: Callable[[str], bool]
+        self,
+        runtime: Callable[[], Runtime],
+        bus: EventBus,
+        registered: Callable[[str], bool],
+        observe: Callable[[float], None] | None = None,
     ) -> None:
         self.runtime = runtime
         self.bus = bus
         self.registered = registered
+        self.observe = observe
         self.connections: set[FileServerProtocol] = set()
         self.servers: list[asyncio.Server] = []
         self._sweeper: asyncio.TimerHandle | None = None
@@ -245,7 +260,9 @@ class FileServer:
     async def listen(self, host: str, port: int) -> None:
         loop = asyncio.get_running_loop()
         srv = await loop.create_server(
-            lambda: FileServerProtocol(self.runtime, self.bus, self.registered, self.connections),
+            lambda: FileServerProtocol(
+                self.runtime, self.bus, self.registered, self.connections, observe=self.observe
+            ),
             host, port, reuse_address=True, backlog=1024,
         )  # fmt: skip
         self.servers.append(srv)

@@ -1,0 +1,224 @@
+"""The administration listener: REST API (JSON, with its OpenAPI document) and
+Prometheus metrics, on an aiohttp Application of its own, separate from the
+listener phones fetch files from and bound where `admin.listen` says.
+
+Reading is open; changing anything needs `Authorization: Bearer <admin.token>`
+(with no token configured, changes are refused).
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+from ..events import DeviceEvent, Event, PnpNotifyAcked
+from ..macros import MacError, normalize_mac
+
+if TYPE_CHECKING:
+    from ..server import Server
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class Metrics:
+    """The metrics, fed by the event bus like the log and the inventory."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.events = Counter("preprov_events", "Events by kind and channel", ["kind", "channel"],
+                              registry=self.registry)  # fmt: skip
+        self.refusals = Counter("preprov_refusals", "Requests refused or ignored, by channel",
+                                ["channel", "kind"], registry=self.registry)  # fmt: skip
+        self.answer_seconds = Histogram(
+            "preprov_answer_seconds", "From request to answer, per channel", ["channel"],
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0),
+            registry=self.registry,
+        )  # fmt: skip
+        self.pnp_ack_seconds = Histogram(
+            "preprov_pnp_notify_ack_seconds", "From the first NOTIFY to the phone's 200",
+            buckets=(0.001, 0.002, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0), registry=self.registry,
+        )  # fmt: skip
+        self.devices = Gauge("preprov_devices", "Devices in the inventory by their last event",
+                             ["last_event"], registry=self.registry)  # fmt: skip
+        self.leases = Gauge("preprov_leases_in_use", "Bound leases", ["family"],
+                            registry=self.registry)  # fmt: skip
+
+    def observer(self, channel: str) -> Callable[[float], None]:
+        """What a transport calls with the seconds from a request to its answer."""
+        return self.answer_seconds.labels(channel).observe
+
+    def __call__(self, event: Event) -> None:
+        channel = event.channel if isinstance(event, DeviceEvent) else getattr(event, "channel", "")
+        self.events.labels(event.kind, channel or "").inc()
+        if event.level != "info" or event.kind.endswith((".ignored", ".refused", ".malformed")):
+            self.refusals.labels(channel or "", event.kind).inc()
+        if isinstance(event, PnpNotifyAcked):
+            self.pnp_ack_seconds.observe(event.ms / 1000)
+
+
+def bearer_ok(request: web.Request, token: str | None) -> str | None:
+    """None when the request may change things, else the reason it may not."""
+    if not token:
+        return "changes are refused: no admin.token is configured"
+    got = request.headers.get("Authorization", "")
+    if not got.startswith("Bearer ") or not hmac.compare_digest(got[7:].strip(), token):
+        return "changes need 'Authorization: Bearer <admin.token>'"
+    return None
+
+
+def make_admin_app(server: Server, metrics: Metrics) -> web.Application:
+    def store() -> Any:
+        assert server.store is not None
+        return server.store
+
+    def guarded(handler: Handler) -> Handler:
+        async def wrapper(request: web.Request) -> web.StreamResponse:
+            why = bearer_ok(request, server.current().config.admin.token)
+            if why:
+                return web.json_response({"error": why}, status=401 if "Bearer" in why else 403)
+            return await handler(request)
+
+        return wrapper
+
+    async def devices(_: web.Request) -> web.Response:
+        return web.json_response([d.__dict__ for d in store().devices()])
+
+    async def device(request: web.Request) -> web.Response:
+        try:
+            mac = normalize_mac(request.match_info["mac"])
+        except MacError as e:
+            return web.json_response({"error": str(e)}, status=400)
+        d = store().device(mac)
+        if d is None:
+            return web.json_response({"error": f"{mac} is not in the inventory"}, status=404)
+        return web.json_response(d.__dict__)
+
+    async def device_events(request: web.Request) -> web.Response:
+        try:
+            mac = normalize_mac(request.match_info["mac"])
+        except MacError as e:
+            return web.json_response({"error": str(e)}, status=400)
+        return web.json_response(store().events(mac, limit=_limit(request)))
+
+    async def events(request: web.Request) -> web.Response:
+        return web.json_response(store().events(None, limit=_limit(request)))
+
+    async def leases(_: web.Request) -> web.Response:
+        return web.json_response(store().leases())
+
+    async def reload(_: web.Request) -> web.Response:
+        ok = server.reload()
+        return web.json_response({"reloaded": ok}, status=200 if ok else 422)
+
+    async def register(request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+            macs = [normalize_mac(m) for m in body["macs"]]
+        except (ValueError, KeyError, TypeError) as e:
+            return web.json_response({"error": f'expected {{"macs": [...]}}: {e}'}, status=400)
+        assert server.recorder is not None
+        for m in macs:
+            server.recorder.register(m)
+        return web.json_response({"registered": macs})
+
+    async def metrics_view(_: web.Request) -> web.Response:
+        metrics.devices.clear()
+        for d in store().devices():
+            metrics.devices.labels(d.last_event or "none").inc()
+        metrics.leases.labels("ipv4").set(
+            sum(1 for x in store().leases() if x["state"] == "bound" and ":" not in x["ip"])
+        )
+        metrics.leases.labels("ipv6").set(
+            sum(1 for x in store().leases() if x["state"] == "bound" and ":" in x["ip"])
+        )
+        return web.Response(body=generate_latest(metrics.registry),
+                            headers={"Content-Type": CONTENT_TYPE_LATEST})  # fmt: skip
+
+    async def openapi(_: web.Request) -> web.Response:
+        return web.json_response(OPENAPI)
+
+    app = web.Application()
+    app.router.add_get("/api/devices", devices)
+    app.router.add_get("/api/devices/{mac}", device)
+    app.router.add_get("/api/devices/{mac}/events", device_events)
+    app.router.add_get("/api/events", events)
+    app.router.add_get("/api/leases", leases)
+    app.router.add_post("/api/reload", guarded(reload))
+    app.router.add_post("/api/devices", guarded(register))
+    app.router.add_get("/api/openapi.json", openapi)
+    app.router.add_get("/metrics", metrics_view)
+    return app
+
+
+def _limit(request: web.Request) -> int:
+    try:
+        return max(1, min(int(request.query.get("limit", "100")), 10000))
+    except ValueError:
+        return 100
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+_json = {"application/json": {"schema": {"type": "object"}}}
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.0.3",
+    "info": {"title": "preprov administration API", "version": "1"},
+    "components": {
+        "securitySchemes": {"token": {"type": "http", "scheme": "bearer"}},
+        "schemas": {
+            "Device": {"type": "object", "properties": {
+                k: {"type": t} for k, t in [
+                    ("mac", "string"), ("model", "string"), ("fwver", "string"),
+                    ("vendor", "string"), ("ipv4", "string"), ("ipv6", "string"),
+                    ("first_seen", "number"), ("last_seen", "number"),
+                    ("last_event", "string"), ("last_error", "string")]}},
+            "Event": {"type": "object", "properties": {
+                "id": {"type": "integer"}, "ts": {"type": "number"}, "mac": {"type": "string"},
+                "kind": {"type": "string"}}, "additionalProperties": True},
+        },
+    },
+    "paths": {
+        "/api/devices": {
+            "get": {"summary": "Devices seen", "responses": {"200": {"description": "list",
+                    "content": {"application/json": {"schema": {"type": "array",
+                                                                 "items": _ref("Device")}}}}}},
+            "post": {"summary": "Register MACs (served with auto-add off)",
+                     "security": [{"token": []}],
+                     "requestBody": {"content": _json},
+                     "responses": {"200": {"description": "registered"},
+                                   "401": {"description": "no or wrong token"}}},
+        },
+        "/api/devices/{mac}": {"get": {"summary": "One device", "parameters": [
+            {"name": "mac", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "responses": {"200": {"description": "device"}, "404": {"description": "unknown"}}}},
+        "/api/devices/{mac}/events": {"get": {"summary": "A device's timeline", "parameters": [
+            {"name": "mac", "in": "path", "required": True, "schema": {"type": "string"}},
+            {"name": "limit", "in": "query", "schema": {"type": "integer"}}],
+            "responses": {"200": {"description": "events"}}}},
+        "/api/events": {"get": {"summary": "The latest events", "parameters": [
+            {"name": "limit", "in": "query", "schema": {"type": "integer"}}],
+            "responses": {"200": {"description": "events"}}}},
+        "/api/leases": {"get": {"summary": "DHCPv4 and DHCPv6 leases",
+                                "responses": {"200": {"description": "leases"}}}},
+        "/api/reload": {"post": {"summary": "Reload the configuration (as SIGHUP)",
+                                 "security": [{"token": []}],
+                                 "responses": {"200": {"description": "reloaded"},
+                                               "422": {"description": "refused, old kept"},
+                                               "401": {"description": "no or wrong token"}}}},
+        "/metrics": {"get": {"summary": "Prometheus metrics",
+                             "responses": {"200": {"description": "text"}}}},
+    },
+}  # fmt: skip

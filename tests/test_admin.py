@@ -1,0 +1,88 @@
+"""The administration listener: REST API, token, OpenAPI, Prometheus metrics."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from conftest import UA
+from serverproc import ServerProc, start_server
+
+
+def call(
+    url: str, method: str = "GET", body: object = None, token: str | None = None
+) -> tuple[int, bytes]:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method)
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    if data:
+        req.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def fetch_as_phone(sp: ServerProc, path: str) -> int:
+    req = urllib.request.Request(sp.base + path, headers={"User-Agent": UA})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def test_api_reads_are_open_and_changes_need_the_token(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("admin:\n  token: s3cret-token\ninventory:\n  auto_add: false\n")
+    sp = start_server(tmp_path, "--config", str(cfg))
+    try:
+        admin = sp.admin
+        assert fetch_as_phone(sp, "/Config0080F0C571EB.cfg") == 404  # auto-add off
+        status, body = call(admin + "/api/devices")
+        assert status == 200 and json.loads(body)[0]["mac"] == "0080F0C571EB"
+        status, body = call(admin + "/api/devices/00:80:f0:c5:71:eb/events")
+        assert status == 200 and json.loads(body)[-1]["reason"].startswith(
+            "MAC 0080F0C571EB not in the inventory"
+        )
+        assert call(admin + "/api/devices/0080F0000000")[0] == 404
+        assert call(admin + "/api/devices/nonsense")[0] == 400
+        # changes: refused without the token, and with a wrong one
+        assert call(admin + "/api/devices", "POST", {"macs": ["0080F0C571EB"]})[0] == 401
+        assert call(admin + "/api/reload", "POST", token="wrong")[0] == 401
+        status, body = call(
+            admin + "/api/devices", "POST", {"macs": ["00-80-F0-C5-71-EB"]}, "s3cret-token"
+        )
+        assert status == 200 and json.loads(body) == {"registered": ["0080F0C571EB"]}
+        assert fetch_as_phone(sp, "/Config0080F0C571EB.cfg") == 200  # registered now
+        assert call(admin + "/api/reload", "POST", token="s3cret-token") == (
+            200,
+            b'{"reloaded": true}',
+        )
+        spec = json.loads(call(admin + "/api/openapi.json")[1])
+        assert spec["openapi"].startswith("3.") and "/api/devices/{mac}/events" in spec["paths"]
+        assert call(admin + "/api/leases")[0] == 200
+        status, text = call(admin + "/metrics")
+        metrics = text.decode()
+        assert status == 200
+        assert 'preprov_events_total{channel="http",kind="file.served"} 1.0' in metrics
+        assert 'preprov_refusals_total{channel="http",kind="file.refused"} 1.0' in metrics
+        assert 'preprov_devices{last_event="file.served"} 1.0' in metrics
+        assert "preprov_leases_in_use" in metrics
+        # answer latency: the two phone requests were observed
+        assert 'preprov_answer_seconds_count{channel="http"} 2.0' in metrics
+    finally:
+        assert sp.stop() == 0
+
+
+def test_without_a_token_changes_are_refused(tmp_path: Path) -> None:
+    sp = start_server(tmp_path)
+    try:
+        status, body = call(sp.admin + "/api/reload", "POST", token="anything")
+        assert status == 403 and b"no admin.token is configured" in body
+    finally:
+        assert sp.stop() == 0

@@ -22,7 +22,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from ..events import DeviceEvent, Event, PnpNotifyAcked
+from ..events import Event, PnpNotifyAcked
 from ..macros import MacError, normalize_mac
 
 if TYPE_CHECKING:
@@ -53,16 +53,25 @@ class Metrics:
                              ["last_event"], registry=self.registry)  # fmt: skip
         self.leases = Gauge("preprov_leases_in_use", "Bound leases", ["family"],
                             registry=self.registry)  # fmt: skip
+        self._children: dict[tuple[type, str], list[Callable[[], None]]] = {}
 
     def observer(self, channel: str) -> Callable[[float], None]:
         """What a transport calls with the seconds from a request to its answer."""
         return self.answer_seconds.labels(channel).observe
 
     def __call__(self, event: Event) -> None:
-        channel = event.channel if isinstance(event, DeviceEvent) else getattr(event, "channel", "")
-        self.events.labels(event.kind, channel or "").inc()
-        if event.level != "info" or event.kind.endswith((".ignored", ".refused", ".malformed")):
-            self.refusals.labels(channel or "", event.kind).inc()
+        # per (event type, channel), the counters' children, looked up once: labels()
+        # takes a lock and builds a key each time, on the hot path of every request
+        key = (type(event), getattr(event, "channel", ""))
+        incs = self._children.get(key)
+        if incs is None:
+            kind, channel = event.kind, key[1] or ""
+            incs = [self.events.labels(kind, channel).inc]
+            if event.level != "info" or kind.endswith((".ignored", ".refused", ".malformed")):
+                incs.append(self.refusals.labels(channel, kind).inc)
+            self._children[key] = incs
+        for inc in incs:
+            inc()
         if isinstance(event, PnpNotifyAcked):
             self.pnp_ack_seconds.observe(event.ms / 1000)
 

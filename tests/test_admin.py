@@ -86,3 +86,48 @@ def test_without_a_token_changes_are_refused(tmp_path: Path) -> None:
         assert status == 403 and b"no admin.token is configured" in body
     finally:
         assert sp.stop() == 0
+
+
+def test_https_with_the_lab_ca_downloaded_from_the_api(tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+
+    from serverproc import free_port
+
+    if shutil.which("curl") is None:
+        import pytest
+
+        pytest.skip("curl is not installed")
+    https_port = free_port()
+    cfg = tmp_path / "tls.yaml"
+    cfg.write_text(
+        f"https:\n  enabled: true\n  port: {https_port}\n  names: [provisioning.lab]\n"
+        "rules:\n  - name: tls\n    url: https://${server}:${https_port}/{MODEL}.cfg\n"
+    )
+    sp = start_server(tmp_path, "--config", str(cfg))
+    try:
+        status, ca = call(sp.admin + "/api/ca.crt")
+        assert status == 200 and ca.startswith(b"-----BEGIN CERTIFICATE-----")
+        (tmp_path / "ca.crt").write_bytes(ca)
+        url = f"https://127.0.0.1:{https_port}/KX-HDV130.cfg"
+        r = subprocess.run(["curl", "-sS", "--cacert", str(tmp_path / "ca.crt"), "-A", UA, url],
+                           capture_output=True, timeout=10)  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        # the pre-provisioning file names the HTTPS URLs of its rule
+        assert (
+            f'CFG_STANDARD_FILE_PATH="https://127.0.0.1:{https_port}/Config{{MAC}}.cfg"'.encode()
+            in r.stdout
+        )
+        # without the CA the certificate is refused
+        bad = subprocess.run(["curl", "-sS", url], capture_output=True, timeout=10)
+        assert bad.returncode == 60  # curl: peer certificate cannot be authenticated
+        served = [e for e in sp.events() if e.get("event") == "file.served"]
+        assert served[-1]["channel"] == "https"
+    finally:
+        assert sp.stop() == 0
+    # the CA is kept: after a restart the same one is served
+    sp2 = start_server(tmp_path, "--config", str(cfg))
+    try:
+        assert call(sp2.admin + "/api/ca.crt") == (200, ca)
+    finally:
+        assert sp2.stop() == 0

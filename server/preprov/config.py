@@ -55,6 +55,7 @@ _WORST_CASE_PLACEHOLDERS = {
     "server": "255.255.255.255",
     "server6": "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]",
     "http_port": "65535",
+    "https_port": "65535",
 }
 
 
@@ -118,7 +119,7 @@ class Rule(Strict):
         if bad:
             raise ValueError(
                 f"unknown placeholder ${{{bad[0]}}} (known: ${{server}}, ${{server6}}, "
-                "${http_port})"
+                "${http_port}, ${https_port})"
             )
         try:
             parse_url(fill_placeholders(v, _WORST_CASE_PLACEHOLDERS))
@@ -143,6 +144,16 @@ class HttpSection(Strict):
         default=None, description="addresses to bind; default: the interfaces' addresses"
     )
     realm: str = "preprov"
+
+
+class HttpsSection(Strict):
+    """HTTPS for the same files, with a lab CA made in the state directory."""
+
+    enabled: bool = False
+    port: Annotated[int, Field(ge=1, le=65535)] = 8443
+    names: list[str] = Field(
+        default=[], description="host names for the certificate besides the server's addresses"
+    )
 
 
 class FilesSection(Strict):
@@ -319,6 +330,7 @@ class Config(Strict):
     server: ServerSection = ServerSection()
     log: LogSection = LogSection()
     http: HttpSection = HttpSection()
+    https: HttpsSection = HttpsSection()
     pnp: PnpSection = PnpSection()
     dhcp4: Dhcp4Section = Dhcp4Section()
     dhcp6: Dhcp6Section = Dhcp6Section()
@@ -356,6 +368,7 @@ class Config(Strict):
         if not worst_case and not self.server.address and self.server.address6:
             values["server"] = values["server6"]
         values["http_port"] = str(self.http.port)
+        values["https_port"] = str(self.https.port)
         return values
 
 

@@ -72,7 +72,7 @@ def expand_macros(url: str, mac: str | None, model: str | None, fwver: str | Non
 
 # Placeholders that preprov itself fills in before a URL leaves the server;
 # written ${...} so they never collide with the phone's {...} macros.
-SERVER_PLACEHOLDERS = ("server", "server6", "http_port")
+SERVER_PLACEHOLDERS = ("server", "server6", "http_port", "https_port")
 _PLACEHOLDER = re.compile(r"\$\{([A-Za-z0-9_]+)\}")
 
 

@@ -82,7 +82,7 @@ class Runtime:
 def placeholders_for(config: Config, iface: Interface | None) -> dict[str, str]:
     v4 = config.server.address or (iface.ipv4[0].ip if iface and iface.ipv4 else None)
     v6 = config.server.address6 or (iface.ipv6[0].ip if iface and iface.ipv6 else None)
-    out = {"http_port": str(config.http.port)}
+    out = {"http_port": str(config.http.port), "https_port": str(config.https.port)}
     if v6 is not None:
         out["server6"] = f"[{v6}]"
     if v4 is not None:

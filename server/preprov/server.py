@@ -36,6 +36,7 @@ from .sip.transport import PnpEndpoint
 from .tftp.transport import TftpListener
 from .web.admin import Metrics, make_admin_app
 from .web.httpd import FileServer
+from .web.tls import server_context
 
 Loader = Callable[[], tuple[Config, str | None]]
 
@@ -189,6 +190,14 @@ class Server:
             )
             for addr in listen_addresses(rt):
                 await self.http.listen(addr, config.http.port)
+            if config.https.enabled:
+                names = [*listen_addresses(rt), *config.https.names]
+                ctx = server_context(Path(config.server.state_dir), names)
+                for addr in listen_addresses(rt):
+                    await self.http.listen(addr, config.https.port, ssl=ctx)
+                    host = f"[{addr}]" if ":" in addr else addr
+                    self.listening.append(f"https://{host}:{config.https.port}/")
+                services.append("https")
                 host = f"[{addr}]" if ":" in addr else addr
                 self.listening.append(f"http://{host}:{config.http.port}/")
             services.append("http")

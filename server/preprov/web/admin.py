@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -157,6 +158,16 @@ def make_admin_app(server: Server, metrics: Metrics) -> web.Application:
     async def openapi(_: web.Request) -> web.Response:
         return web.json_response(OPENAPI)
 
+    async def ca_certificate(_: web.Request) -> web.StreamResponse:
+        path = Path(server.current().config.server.state_dir) / "ca.crt"
+        if not path.exists():
+            return web.json_response({"error": "HTTPS is off: no lab CA"}, status=404)
+        return web.Response(
+            body=path.read_bytes(),
+            content_type="application/x-x509-ca-cert",
+            headers={"Content-Disposition": 'attachment; filename="preprov-lab-ca.crt"'},
+        )
+
     app = web.Application()
     app.router.add_get("/api/devices", devices)
     app.router.add_get("/api/devices/{mac}", device)
@@ -166,6 +177,7 @@ def make_admin_app(server: Server, metrics: Metrics) -> web.Application:
     app.router.add_post("/api/reload", guarded(reload))
     app.router.add_post("/api/devices", guarded(register))
     app.router.add_get("/api/openapi.json", openapi)
+    app.router.add_get("/api/ca.crt", ca_certificate)
     app.router.add_get("/metrics", metrics_view)
     return app
 

@@ -18,6 +18,7 @@ parse gets a 400, closes the connection and becomes a request.malformed event.
 from __future__ import annotations
 
 import asyncio
+import ssl as ssl_module
 import time
 from collections import deque
 from collections.abc import Callable
@@ -257,13 +258,15 @@ class FileServer:
         self.servers: list[asyncio.Server] = []
         self._sweeper: asyncio.TimerHandle | None = None
 
-    async def listen(self, host: str, port: int) -> None:
+    async def listen(self, host: str, port: int, ssl: ssl_module.SSLContext | None = None) -> None:
         loop = asyncio.get_running_loop()
+        channel = "https" if ssl is not None else "http"
         srv = await loop.create_server(
             lambda: FileServerProtocol(
-                self.runtime, self.bus, self.registered, self.connections, observe=self.observe
+                self.runtime, self.bus, self.registered, self.connections, channel,
+                observe=self.observe,
             ),
-            host, port, reuse_address=True, backlog=1024,
+            host, port, reuse_address=True, backlog=1024, ssl=ssl,
         )  # fmt: skip
         self.servers.append(srv)
         if self._sweeper is None:

@@ -190,6 +190,9 @@ class Server:
             )
             for addr in listen_addresses(rt):
                 await self.http.listen(addr, config.http.port)
+                host = f"[{addr}]" if ":" in addr else addr
+                self.listening.append(f"http://{host}:{config.http.port}/")
+            services.append("http")
             if config.https.enabled:
                 names = [*listen_addresses(rt), *config.https.names]
                 ctx = server_context(Path(config.server.state_dir), names)
@@ -198,9 +201,6 @@ class Server:
                     host = f"[{addr}]" if ":" in addr else addr
                     self.listening.append(f"https://{host}:{config.https.port}/")
                 services.append("https")
-                host = f"[{addr}]" if ":" in addr else addr
-                self.listening.append(f"http://{host}:{config.http.port}/")
-            services.append("http")
         notes = []
         if config.pnp.enabled:
             if not rt.interfaces:

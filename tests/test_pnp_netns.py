@@ -170,3 +170,36 @@ def test_simulated_phone_without_a_server_says_why(lab: Lab) -> None:
     )  # fmt: skip
     assert r.returncode == 1
     assert "not provisioned: no channel gave a URL (sip-pnp: no answer within 5 s;" in r.stderr
+
+
+def test_simulated_phone_over_https_trusting_the_lab_ca(lab: Lab, tmp_path: Path) -> None:
+    srv = lab.host("srv")
+    phone = lab.host("phone")
+    cfg = tmp_path / "tls.yaml"
+    cfg.write_text(
+        "https:\n  enabled: true\n"
+        "rules:\n  - name: tls\n    url: https://${server}:${https_port}/{MODEL}.cfg\n"
+    )
+    sp = start_server(
+        tmp_path, "--interface", "eth0", "--config", str(cfg), netns=srv.ns, port=8080
+    )
+    try:
+        # the CA, as an operator downloads it (the admin listener is on the server's loopback)
+        ca = subprocess.run(
+            [*srv.prefix(), "curl", "-sS", sp.admin + "/api/ca.crt"],
+            capture_output=True,
+            check=True,
+        ).stdout
+        (tmp_path / "ca.crt").write_bytes(ca)
+        base = [*phone.prefix(), sys.executable, "-m", "preprov", "phone", "--interface", "eth0",
+                "--mac", "0080F0C571EB", "--json"]  # fmt: skip
+        untrusted = subprocess.run(base, capture_output=True, text=True, timeout=60)
+        assert untrusted.returncode == 1 and "CERTIFICATE_VERIFY_FAILED" in untrusted.stdout
+        r = subprocess.run([*base, "--cacert", str(tmp_path / "ca.crt")], capture_output=True,
+                           text=True, timeout=60)  # fmt: skip
+        assert r.returncode == 0, r.stderr + r.stdout[-1500:]
+        report = json.loads(r.stdout)
+        assert report["url"].startswith(f"https://{srv.ipv4.ip}:8443/")
+        assert all(f["url"].startswith("https://") and f["status"] == 200 for f in report["files"])
+    finally:
+        assert sp.stop() == 0

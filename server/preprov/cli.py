@@ -234,10 +234,15 @@ def _switch(name: str, param: str) -> Callable[[Callable[..., Any]], Callable[..
 @_switch("option66", "OPTION66_ENABLE")
 @_switch("option17", "DHCPV6_OPTION17_PROV_ENABLE")
 @click.option("--timeout", default=60.0, show_default=True, help="seconds before giving up")
+@click.option(
+    "--cacert",
+    type=click.Path(exists=True, dir_okay=False),
+    help="a CA certificate to trust for https:// (preprov's lab CA: /api/ca.crt)",
+)
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
 def phone(
     interface: str, mac: str, model: str, fwver: str, ip_mode: str, timeout: float,
-    as_json: bool, **switches: bool,
+    cacert: str | None, as_json: bool, **switches: bool,
 ) -> None:  # fmt: skip
     """Boot a simulated Panasonic phone on an interface and report how it got provisioned.
     Exit 0 only when it ends up provisioned."""
@@ -257,7 +262,7 @@ def phone(
     profile = PhoneProfile(mac=mac, model=model, fwver=fwver, ip=ip, ip6=ip6, ip_mode=ip_mode,
                            channels=channels)  # fmt: skip
     try:
-        report = uvloop.run(SimulatedPhone(profile, interface).run(timeout))
+        report = uvloop.run(SimulatedPhone(profile, interface, cacert=cacert).run(timeout))
     except OSError as e:
         _fail(f"preprov phone: {e.strerror or e} (ports 5060 and 68 busy, or not root?)", 2)
         return

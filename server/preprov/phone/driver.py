@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 import time
 from typing import Any
 
@@ -77,11 +78,15 @@ def dhcp6_client_socket(iface: Interface) -> socket.socket:
 
 
 class SimulatedPhone:
-    def __init__(self, profile: PhoneProfile, interface: str, http_timeout: float = 5.0) -> None:
+    def __init__(
+        self, profile: PhoneProfile, interface: str, http_timeout: float = 5.0,
+        cacert: str | None = None,
+    ) -> None:  # fmt: skip
         self.core = PhoneCore(profile)
         self.profile = profile
         self.interface = interface
         self.http_timeout = http_timeout
+        self.cacert = cacert  # a CA to trust for https:// (the lab CA of preprov's HTTPS)
         self._transport: asyncio.DatagramTransport | None = None
         self._dhcp: asyncio.DatagramTransport | None = None
         self._dhcp6: asyncio.DatagramTransport | None = None
@@ -100,7 +105,9 @@ class SimulatedPhone:
             sock6 = dhcp6_client_socket(interface(self.interface))
             self._dhcp6, _ = await loop.create_datagram_endpoint(lambda: _Proto(self), sock=sock6)
         await self._open_pnp()
+        ssl_ctx = ssl.create_default_context(cafile=self.cacert) if self.cacert else None
         self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=ssl_ctx) if ssl_ctx else None,
             headers={"User-Agent": self.profile.user_agent},
             timeout=aiohttp.ClientTimeout(total=self.http_timeout),
         )

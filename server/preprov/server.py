@@ -35,6 +35,7 @@ from .sip.pnp import PnpPolicy, PnpResponder
 from .sip.transport import PnpEndpoint
 from .tftp.transport import TftpListener
 from .web.admin import Metrics, make_admin_app
+from .web.dashboard import Stream
 from .web.httpd import FileServer
 from .web.tls import server_context
 
@@ -163,6 +164,8 @@ class Server:
         self.tftp: list[TftpListener] = []
         self.metrics = Metrics()
         self.bus.subscribe(self.metrics)
+        self.stream = Stream()
+        self.bus.subscribe(self.stream)
         self.admin: web.AppRunner | None = None
         self.listening: list[str] = []
         self._stop = asyncio.Event()
@@ -228,8 +231,11 @@ class Server:
                 if self.dhcp4:
                     services.append("dhcpv4")
         if config.admin.enabled:
-            self.admin = web.AppRunner(make_admin_app(self, self.metrics), access_log=None,
-                                       handle_signals=False)  # fmt: skip
+            self.admin = web.AppRunner(
+                make_admin_app(self, self.metrics, self.stream),
+                access_log=None,
+                handle_signals=False,
+            )
             await self.admin.setup()
             for a in config.admin.listen:
                 site = web.TCPSite(self.admin, str(a), config.admin.port, reuse_address=True)
@@ -386,6 +392,7 @@ class Server:
         if self.http is not None:
             await self.http.close()
         if self.admin is not None:
+            self.stream.end()
             await self.admin.cleanup()
         if self.recorder is not None:
             self.recorder.flush_now()

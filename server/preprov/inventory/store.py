@@ -46,6 +46,12 @@ CREATE TABLE IF NOT EXISTS events (
     data    TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_mac ON events (mac, id);
+CREATE TABLE IF NOT EXISTS batches (
+    id      INTEGER PRIMARY KEY,
+    name    TEXT NOT NULL,
+    created REAL NOT NULL,
+    macs    TEXT NOT NULL   -- JSON list of the expected MACs
+);
 CREATE TABLE IF NOT EXISTS leases (
     ip        TEXT PRIMARY KEY,
     client_id TEXT NOT NULL,
@@ -106,6 +112,8 @@ DEVICE_COLUMNS = (
 class Store(Protocol):
     def write(self, events: Sequence[Event]) -> None: ...
     def leases(self) -> list[dict[str, Any]]: ...
+    def add_batch(self, name: str, macs: list[str], now: float) -> int: ...
+    def batches(self) -> list[dict[str, Any]]: ...
     def add_device(self, mac: str, now: float) -> None: ...
     def registered(self) -> set[str]: ...
     def device(self, mac: str) -> Device | None: ...
@@ -210,6 +218,17 @@ class SQLiteStore:
         cur = self.db.execute("SELECT ip, client_id, mac, state, expires, hostname FROM leases")
         keys = ("ip", "client_id", "mac", "state", "expires", "hostname")
         return [dict(zip(keys, row, strict=True)) for row in cur.fetchall()]
+
+    def add_batch(self, name: str, macs: list[str], now: float) -> int:
+        cur = self.db.execute(
+            "INSERT INTO batches (name, created, macs) VALUES (?, ?, ?)",
+            (name, now, orjson.dumps(macs).decode()),
+        )
+        return int(cur.lastrowid or 0)
+
+    def batches(self) -> list[dict[str, Any]]:
+        rows = self.db.execute("SELECT id, name, created, macs FROM batches ORDER BY id").fetchall()
+        return [{"id": i, "name": n, "created": c, "macs": orjson.loads(m)} for i, n, c, m in rows]
 
     def add_device(self, mac: str, now: float) -> None:
         self.db.execute(

@@ -8,7 +8,11 @@ Reading is open; changing anything needs `Authorization: Bearer <admin.token>`
 
 from __future__ import annotations
 
+import asyncio
+import csv
 import hmac
+import io
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,6 +29,7 @@ from prometheus_client import (
 
 from ..events import Event, PnpNotifyAcked
 from ..macros import MacError, normalize_mac
+from .dashboard import PAGE, Stream, batch_report, device_status, report_csv
 
 if TYPE_CHECKING:
     from ..server import Server
@@ -87,7 +92,7 @@ def bearer_ok(request: web.Request, token: str | None) -> str | None:
     return None
 
 
-def make_admin_app(server: Server, metrics: Metrics) -> web.Application:
+def make_admin_app(server: Server, metrics: Metrics, stream: Stream) -> web.Application:
     def store() -> Any:
         assert server.store is not None
         return server.store
@@ -158,6 +163,77 @@ def make_admin_app(server: Server, metrics: Metrics) -> web.Application:
     async def openapi(_: web.Request) -> web.Response:
         return web.json_response(OPENAPI)
 
+    def status() -> list[dict[str, Any]]:
+        return device_status(store().devices(), store().events(None, limit=200_000))
+
+    async def page(_: web.Request) -> web.Response:
+        return web.Response(body=PAGE.read_bytes(), content_type="text/html")
+
+    async def status_view(_: web.Request) -> web.Response:
+        return web.json_response(status())
+
+    async def stream_view(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                           "Cache-Control": "no-cache"})  # fmt: skip
+        await resp.prepare(request)
+        q = stream.open()
+        try:
+            await resp.write(b": connected\n\n")
+            while True:
+                try:
+                    line = await asyncio.wait_for(q.get(), 15)
+                    if not line:
+                        break  # the server is stopping
+                    await resp.write(f"data: {line}\n\n".encode())
+                except TimeoutError:
+                    await resp.write(b": keep-alive\n\n")
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            stream.close(q)
+        return resp
+
+    async def add_batch(request: web.Request) -> web.Response:
+        text = await request.text()
+        name = request.query.get("name") or f"batch {time.strftime('%Y-%m-%d %H:%M')}"
+        macs, bad = [], []
+        for row in csv.reader(io.StringIO(text)):
+            cell = row[0].strip() if row else ""
+            if not cell or cell.lower() == "mac":
+                continue
+            try:
+                macs.append(normalize_mac(cell))
+            except MacError:
+                bad.append(cell)
+        if bad or not macs:
+            why = f"not MACs: {', '.join(bad[:5])}" if bad else "no MAC in the manifest"
+            return web.json_response({"error": why}, status=400)
+        bid = store().add_batch(name, macs, time.time())
+        return web.json_response({"id": bid, "name": name, "expected": len(macs)})
+
+    async def batches_view(_: web.Request) -> web.Response:
+        st = status()
+        return web.json_response([
+            {k: v for k, v in batch_report(b["name"], b["macs"], st).items() if k != "devices"}
+            | {"id": b["id"]} for b in store().batches()
+        ])  # fmt: skip
+
+    async def batch_view(request: web.Request) -> web.StreamResponse:
+        raw = request.match_info["id"]
+        fmt = "csv" if raw.endswith(".csv") else "json"
+        bid = raw.removesuffix(".csv").removesuffix(".json")
+        b = next((b for b in store().batches() if str(b["id"]) == bid), None)
+        if b is None:
+            return web.json_response({"error": f"no batch {bid}"}, status=404)
+        report = batch_report(b["name"], b["macs"], status())
+        if fmt == "csv":
+            return web.Response(
+                text=report_csv(report),
+                content_type="text/csv",
+                headers={"Content-Disposition": f'attachment; filename="batch-{bid}.csv"'},
+            )
+        return web.json_response(report)
+
     async def ca_certificate(_: web.Request) -> web.StreamResponse:
         path = Path(server.current().config.server.state_dir) / "ca.crt"
         if not path.exists():
@@ -169,6 +245,12 @@ def make_admin_app(server: Server, metrics: Metrics) -> web.Application:
         )
 
     app = web.Application()
+    app.router.add_get("/", page)
+    app.router.add_get("/api/status", status_view)
+    app.router.add_get("/api/stream", stream_view)
+    app.router.add_get("/api/batches", batches_view)
+    app.router.add_post("/api/batches", guarded(add_batch))
+    app.router.add_get("/api/batches/{id}", batch_view)
     app.router.add_get("/api/devices", devices)
     app.router.add_get("/api/devices/{mac}", device)
     app.router.add_get("/api/devices/{mac}/events", device_events)
@@ -239,6 +321,22 @@ OPENAPI: dict[str, Any] = {
                                  "responses": {"200": {"description": "reloaded"},
                                                "422": {"description": "refused, old kept"},
                                                "401": {"description": "no or wrong token"}}}},
+        "/api/status": {"get": {"summary": "Each device's stage per channel (the dashboard's table)",
+                                "responses": {"200": {"description": "list"}}}},
+        "/api/stream": {"get": {"summary": "Server-sent events: one per device event",
+                                "responses": {"200": {"description": "text/event-stream"}}}},
+        "/api/batches": {
+            "get": {"summary": "Batches with N of M provisioned and what is missing",
+                    "responses": {"200": {"description": "list"}}},
+            "post": {"summary": "Upload a manifest (CSV, a MAC per line); ?name=",
+                     "security": [{"token": []}],
+                     "responses": {"200": {"description": "created"},
+                                   "400": {"description": "not MACs"}}}},
+        "/api/batches/{id}": {"get": {"summary": "A batch's report; {id}.csv for CSV",
+                                      "parameters": [{"name": "id", "in": "path", "required": True,
+                                                      "schema": {"type": "string"}}],
+                                      "responses": {"200": {"description": "report"},
+                                                    "404": {"description": "unknown"}}}},
         "/metrics": {"get": {"summary": "Prometheus metrics",
                              "responses": {"200": {"description": "text"}}}},
     },

@@ -321,7 +321,7 @@ OPENAPI: dict[str, Any] = {
                                  "responses": {"200": {"description": "reloaded"},
                                                "422": {"description": "refused, old kept"},
                                                "401": {"description": "no or wrong token"}}}},
-        "/api/status": {"get": {"summary": "Each device's stage per channel (the dashboard's table)",
+        "/api/status": {"get": {"summary": "Each device's stage per channel (the dashboard)",
                                 "responses": {"200": {"description": "list"}}}},
         "/api/stream": {"get": {"summary": "Server-sent events: one per device event",
                                 "responses": {"200": {"description": "text/event-stream"}}}},

@@ -282,6 +282,46 @@ def phone(
 
 
 @main.command()
+@click.option("--interface", "-i", required=True, help="the interface the phones boot on")
+@click.option("--phones", "-n", default=100, show_default=True, help="how many phones")
+@click.option("--rate", default=50.0, show_default=True, help="phones started a second")
+@click.option("--mix", default="ipv4:70,ipv6:10,dual:20", show_default=True,
+              help="IP modes and their weights")  # fmt: skip
+@click.option("--timeout", default=60.0, show_default=True, help="seconds each phone may take")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False),
+              help="write an HTML report with a latency histogram per channel")  # fmt: skip
+def storm(
+    interface: str, phones: int, rate: float, mix: str, timeout: float, report_path: str | None
+) -> None:
+    """Boot many simulated phones at once from this namespace. Exit 0 only when every
+    phone is provisioned."""
+    from .net import InterfaceError
+    from .net import interface as find_interface
+    from .storm import html_report, parse_mix, run_storm, summary
+
+    try:
+        iface = find_interface(interface)
+        weights = parse_mix(mix)
+    except (InterfaceError, ValueError) as e:
+        _fail(f"preprov storm: {e}", 2)
+        return
+    if phones < 1 or rate <= 0:
+        _fail("preprov storm: --phones and --rate must be positive", 2)
+    try:
+        results = uvloop.run(run_storm(iface, phones, rate, weights, timeout))
+    except ValueError as e:
+        _fail(f"preprov storm: {e}", 2)
+        return
+    text, by_channel = summary(results)
+    click.echo(text)
+    if report_path:
+        html_report(Path(report_path), text, by_channel)
+        click.echo(f"report: {report_path}")
+    if not all(r.report.provisioned for r in results):
+        sys.exit(1)
+
+
+@main.command()
 @click.option("--phones", default=4, show_default=True, help="how many phones boot (1-250)")
 def demo(phones: int) -> None:
     """As root: build a lab of network namespaces, start a server with the defaults, boot

@@ -59,7 +59,7 @@ def dhcp_client_socket(ifname: str) -> socket.socket:
     return s
 
 
-def dhcp6_client_socket(iface: Interface) -> socket.socket:
+def dhcp6_client_socket(iface: Interface, port: int = 546) -> socket.socket:
     """UDP 546 on the wildcard address, pinned to the interface; multicast to
     ff02::1:2 leaves by it from the link-local address."""
     s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
@@ -69,7 +69,7 @@ def dhcp6_client_socket(iface: Interface) -> socket.socket:
         s.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, iface.name.encode())
         s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, iface.index)
         s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 1)
-        s.bind(("::", 546))
+        s.bind(("::", port))
         s.setblocking(False)
     except OSError:
         s.close()
@@ -81,12 +81,16 @@ class SimulatedPhone:
     def __init__(
         self, profile: PhoneProfile, interface: str, http_timeout: float = 5.0,
         cacert: str | None = None,
+        dhcp6_port: int = 546,
     ) -> None:  # fmt: skip
         self.core = PhoneCore(profile)
         self.profile = profile
         self.interface = interface
         self.http_timeout = http_timeout
         self.cacert = cacert  # a CA to trust for https:// (the lab CA of preprov's HTTPS)
+        # many phones in one namespace (preprov storm) cannot all hold port 546;
+        # preprov's DHCPv6 server answers the port a request came from
+        self.dhcp6_port = dhcp6_port
         self._transport: asyncio.DatagramTransport | None = None
         self._dhcp: asyncio.DatagramTransport | None = None
         self._dhcp6: asyncio.DatagramTransport | None = None
@@ -98,11 +102,12 @@ class SimulatedPhone:
 
     async def run(self, timeout: float = 60.0) -> Report:
         loop = asyncio.get_running_loop()
-        if self.profile.ip_mode in ("ipv4", "dual"):
-            sock = dhcp_client_socket(self.interface)
-            self._dhcp, _ = await loop.create_datagram_endpoint(lambda: _Proto(self), sock=sock)
+        if self.profile.ip_mode in ("ipv4", "dual") and self.profile.ip is None:
+            # without an address the first thing the phone does is DHCPv4; with one, the
+            # socket is opened only if it comes to DHCP (port 68 is one per namespace)
+            await self._open_dhcp4()
         if self.profile.ip_mode in ("ipv6", "dual") and "dhcpv6-option-17" in self.profile.channels:
-            sock6 = dhcp6_client_socket(interface(self.interface))
+            sock6 = dhcp6_client_socket(interface(self.interface), self.dhcp6_port)
             self._dhcp6, _ = await loop.create_datagram_endpoint(lambda: _Proto(self), sock=sock6)
         await self._open_pnp()
         ssl_ctx = ssl.create_default_context(cafile=self.cacert) if self.cacert else None
@@ -163,7 +168,27 @@ class SimulatedPhone:
         if self.core.done:
             self._done.set()
 
+    async def _open_dhcp4(self) -> None:
+        loop = asyncio.get_running_loop()
+        sock = dhcp_client_socket(self.interface)
+        self._dhcp, _ = await loop.create_datagram_endpoint(lambda: _Proto(self), sock=sock)
+
+    async def _late_dhcp4(self, data: bytes, addr: tuple[str, int]) -> None:
+        if self._dhcp is None:
+            try:
+                await self._open_dhcp4()
+            except OSError as e:
+                self.core.give_up(time.monotonic(), f"DHCPv4: cannot open port 68: {e.strerror}")
+                self._done.set()
+                return
+        self._send(data, addr)
+
     def _send(self, data: bytes, addr: tuple[str, int]) -> None:
+        if addr[1] == 67 and self._dhcp is None:
+            task = asyncio.get_running_loop().create_task(self._late_dhcp4(data, addr))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return
         transport = {67: self._dhcp, 547: self._dhcp6}.get(addr[1], self._transport)
         if transport is not None:
             transport.sendto(data, addr)

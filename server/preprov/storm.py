@@ -1,0 +1,140 @@
+"""`preprov storm`: many simulated phones booting at once from one namespace.
+
+Each phone is a SimulatedPhone in this one process, with its own MAC and model,
+started at `--rate` a second, in the IP mode the `--mix` draws for it, through
+the real channels: SIP PnP from the interface's IPv4 address on a SIP port of
+its own (a server answers any source port, PROTOCOL.md §3), DHCPv6 from a
+client port of its own (preprov's DHCPv6 server answers the port a request
+came from; port 546 is one per namespace), and HTTP. A progress bar while
+they boot; then how many were provisioned, the failures grouped by reason,
+and the 50th/95th/99th percentile time to provisioned per channel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import math
+import random
+import statistics
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from .net import Interface
+from .phone.core import PhoneProfile, Report
+from .phone.driver import SimulatedPhone
+
+MODELS = ["KX-HDV130", "KX-HDV230N", "KX-HDV330", "KX-HDV430", "KX-TGP600", "KX-HDV100"]
+
+
+def parse_mix(text: str) -> dict[str, int]:
+    """`ipv4:70,ipv6:10,dual:20` -> {"ipv4": 70, ...}; raises ValueError with the reason."""
+    out: dict[str, int] = {}
+    for part in text.split(","):
+        mode, _, weight = part.partition(":")
+        mode = mode.strip()
+        if mode not in ("ipv4", "ipv6", "dual"):
+            raise ValueError(f"{mode!r} is not ipv4, ipv6 or dual")
+        if not weight.strip().isdigit():
+            raise ValueError(f"weight of {mode} must be a whole number")
+        out[mode] = int(weight)
+    if not sum(out.values()):
+        raise ValueError("the weights add up to 0")
+    return out
+
+
+@dataclass
+class Result:
+    mode: str
+    report: Report
+    seconds: float
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest rank: the smallest value with at least q % of the values at or below it."""
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, math.ceil(q / 100 * len(s)) - 1))] if s else float("nan")
+
+
+async def run_storm(
+    iface: Interface, phones: int, rate: float, mix: dict[str, int], timeout: float,
+    seed: int = 1,
+) -> list[Result]:  # fmt: skip
+    if not iface.ipv4:
+        raise ValueError(f"{iface.name} has no IPv4 address: the storm's phones share it")
+    ip = str(iface.ipv4[0].ip)
+    ip6 = str(iface.ipv6[0].ip) if iface.ipv6 else None
+    rng = random.Random(seed)
+    modes = rng.choices(list(mix), weights=list(mix.values()), k=phones)
+    results: list[Result] = []
+
+    async def boot(i: int, mode: str, progress: Progress, task: Any) -> None:
+        mac = f"0080F0{0xA00000 + i:06X}"
+        profile = PhoneProfile(mac=mac, model=MODELS[i % len(MODELS)], fwver="01.000",
+                               ip=ip, ip6=ip6, ip_mode=mode, sip_port=20000 + i)  # fmt: skip
+        phone = SimulatedPhone(profile, iface.name, dhcp6_port=40000 + i)
+        started = time.monotonic()
+        try:
+            report = await phone.run(timeout)
+        except OSError as e:
+            report = Report(mac, profile.model, profile.fwver, mode, reason=f"cannot start: {e}")
+        results.append(Result(mode, report, time.monotonic() - started))
+        progress.advance(task)
+
+    columns = (TextColumn("booting"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task("phones", total=phones)
+        tasks = []
+        for i, mode in enumerate(modes):
+            tasks.append(asyncio.create_task(boot(i, mode, progress, task)))
+            await asyncio.sleep(1 / rate)
+        await asyncio.gather(*tasks)
+    return results
+
+
+def summary(results: list[Result]) -> tuple[str, dict[str, list[float]]]:
+    ok = [r for r in results if r.report.provisioned]
+    lines = [f"{len(ok)} of {len(results)} phones provisioned"]
+    reasons = Counter(r.report.reason or "?" for r in results if not r.report.provisioned)
+    for reason, n in reasons.most_common(10):
+        lines.append(f"  failed x{n}: {reason}")
+    by_channel: dict[str, list[float]] = {}
+    for r in ok:
+        by_channel.setdefault(r.report.channel or "?", []).append(r.seconds * 1000)
+    lines.append(f"{'channel':<20} {'phones':>6} {'p50 ms':>9} {'p95 ms':>9} {'p99 ms':>9}")
+    for ch, ms in sorted(by_channel.items()):
+        lines.append(f"{ch:<20} {len(ms):>6} {percentile(ms, 50):>9.1f} {percentile(ms, 95):>9.1f} "
+                     f"{percentile(ms, 99):>9.1f}")  # fmt: skip
+    return "\n".join(lines), by_channel
+
+
+def html_report(path: Path, text: str, by_channel: dict[str, list[float]]) -> None:
+    """A page with the summary and, per channel, a histogram of time to provisioned."""
+    parts = [f"<h1>preprov storm</h1><pre>{html.escape(text)}</pre>"]
+    for ch, ms in sorted(by_channel.items()):
+        top = max(ms) or 1.0
+        bins = 20
+        counts = [0] * bins
+        for v in ms:
+            counts[min(bins - 1, int(v / top * bins))] += 1
+        peak = max(counts) or 1
+        bars = "".join(
+            f'<rect x="{i * 30 + 40}" y="{200 - c / peak * 180:.0f}" width="26" '
+            f'height="{c / peak * 180:.0f}" fill="#3a7"><title>{c} phones, '
+            f"{i * top / bins:.0f}-{(i + 1) * top / bins:.0f} ms</title></rect>"
+            for i, c in enumerate(counts)
+        )
+        parts.append(
+            f"<h2>{html.escape(ch)}: {len(ms)} phones, median {statistics.median(ms):.1f} ms</h2>"
+            f'<svg width="660" height="230"><line x1="40" y1="200" x2="640" y2="200" '
+            f'stroke="#333"/>{bars}<text x="40" y="220">0 ms</text>'
+            f'<text x="560" y="220">{top:.0f} ms</text></svg>'
+        )
+    head = "<!doctype html><meta charset=utf-8><title>preprov storm</title>"
+    path.write_text(head + "<body style='font-family:sans-serif'>" + "".join(parts) + "</body>")

@@ -1,0 +1,48 @@
+"""preprov storm: many simulated phones from one namespace against a real server."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from preprov.lab import Lab
+from preprov.storm import parse_mix, percentile
+from serverproc import start_server
+
+
+def test_mix_and_percentiles() -> None:
+    assert parse_mix("ipv4:70,ipv6:10,dual:20") == {"ipv4": 70, "ipv6": 10, "dual": 20}
+    for bad, why in [("ipv5:1", "not ipv4"), ("ipv4:x", "whole number"), ("ipv4:0", "add up to 0")]:
+        with pytest.raises(ValueError, match=why):
+            parse_mix(bad)
+    assert percentile([5.0, 1.0, 3.0, 2.0, 4.0], 50) == 3.0
+    assert percentile(list(map(float, range(1, 101))), 99) == 99.0
+
+
+def test_storm_provisions_every_phone_and_writes_the_report(lab: Lab, tmp_path: Path) -> None:
+    srv = lab.host("srv")
+    storm = lab.host("storm")
+    cfg = tmp_path / "c.yaml"
+    # every phone of the storm comes from one address: the per-source limit is raised
+    cfg.write_text("pnp:\n  rate_burst: 100000\n  rate_per_second: 100000\n")
+    sp = start_server(
+        tmp_path, "--interface", "eth0", "--config", str(cfg), netns=srv.ns, port=8080
+    )
+    report = tmp_path / "storm.html"
+    try:
+        r = subprocess.run(
+            [*storm.prefix(), sys.executable, "-m", "preprov", "storm", "--interface", "eth0",
+             "--phones", "40", "--rate", "100", "--mix", "ipv4:70,ipv6:10,dual:20",
+             "--report", str(report)],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+        assert "40 of 40 phones provisioned" in r.stdout
+        assert "sip-pnp" in r.stdout and "dhcpv6-option-17" in r.stdout
+        page = report.read_text()
+        assert page.count("<svg") == 2 and "40 of 40 phones provisioned" in page
+    finally:
+        assert sp.stop() == 0

@@ -11,7 +11,10 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol, TypedDict
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypedDict
+
+if TYPE_CHECKING:
+    from .ident import DeviceFacts
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,6 +55,17 @@ class DeviceFields(TypedDict):
     model: str | None
     fwver: str | None
     vendor: str | None
+
+
+def device_fields(channel: str, facts: DeviceFacts, client: str | None) -> DeviceFields:
+    return {
+        "channel": channel,
+        "client": client,
+        "mac": facts.mac,
+        "model": facts.model,
+        "fwver": facts.fwver,
+        "vendor": facts.vendor,
+    }
 
 
 @dataclass(frozen=True, kw_only=True)

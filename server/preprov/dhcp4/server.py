@@ -29,6 +29,7 @@ from ..events import (
     Dhcp4Nak,
     Dhcp4Refused,
     RequestMalformed,
+    device_fields,
 )
 from ..ident import DeviceFacts
 from ..macros import url_dir
@@ -497,14 +498,7 @@ def _text(req: Packet, code: int) -> str | None:
 
 
 def _dev(facts: DeviceFacts, client: str | None) -> DeviceFields:
-    return {
-        "channel": CHANNEL,
-        "client": client,
-        "mac": facts.mac,
-        "model": facts.model,
-        "fwver": facts.fwver,
-        "vendor": facts.vendor,
-    }
+    return device_fields(CHANNEL, facts, client)
 
 
 def _lease_event(facts: DeviceFacts, lease: Lease, client: str) -> Dhcp4Lease:

@@ -30,6 +30,7 @@ from ..events import (
     PnpNotifyTimedOut,
     PnpSubscribe,
     RequestMalformed,
+    device_fields,
 )
 from ..ident import DeviceFacts
 from ..rules import RuleSet
@@ -270,11 +271,4 @@ class PnpResponder:
 
 
 def _dev_fields(facts: DeviceFacts, client: str) -> DeviceFields:
-    return {
-        "channel": CHANNEL,
-        "client": client,
-        "mac": facts.mac,
-        "model": facts.model,
-        "fwver": facts.fwver,
-        "vendor": facts.vendor,
-    }
+    return device_fields(CHANNEL, facts, client)

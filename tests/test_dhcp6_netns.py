@@ -153,3 +153,31 @@ def test_handcrafted_relay_forw_gets_a_relay_repl(lab: Lab, tmp_path: Path) -> N
         assert ev["relayed"] == 1
     finally:
         assert sp.stop() == 0
+
+
+def test_kill_9_keeps_dhcpv6_bindings(lab: Lab, tmp_path: Path) -> None:
+    """A binding answered before a kill -9 is in the store, and the restarted
+    server neither hands its address to another client nor takes it from its own."""
+    import signal
+    import sqlite3
+
+    srv = lab.host("srv")
+    first, second = lab.host("phone1", addresses=False), lab.host("phone2", addresses=False)
+    (tmp_path / "p1").mkdir()
+    (tmp_path / "p2").mkdir()
+    sp = start_server(tmp_path, "--interface", "eth0", netns=srv.ns, port=8080)
+    ip = dhclient6(first, tmp_path / "p1", stateless=False)["new_ip6_address"]
+    sp.proc.send_signal(signal.SIGKILL)
+    sp.proc.wait()
+    db = sqlite3.connect(sp.state_dir / "preprov.db")
+    rows = db.execute("SELECT state FROM leases WHERE ip = ?", (ip,)).fetchall()
+    db.close()
+    assert rows == [("bound",)], f"binding for {ip} after kill -9: {rows}"
+    sp2 = start_server(tmp_path, "--interface", "eth0", netns=srv.ns, port=8080)
+    try:
+        other = dhclient6(second, tmp_path / "p2", stateless=False)["new_ip6_address"]
+        again = dhclient6(first, tmp_path / "p1", stateless=False)
+    finally:
+        assert sp2.stop() == 0
+    assert other != ip, "the restarted server gave a bound address to another client"
+    assert again["new_ip6_address"] == ip, again

@@ -66,6 +66,52 @@ SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
 IP_MULTICAST_ALL = getattr(socket, "IP_MULTICAST_ALL", 49)
 
 
+SocketOption = tuple[int, int, int | bytes]
+
+
+def udp_socket(
+    address: str,
+    port: int,
+    device: str | None = None,
+    options: tuple[SocketOption, ...] = (),
+    big_buffer: bool = False,
+) -> socket.socket:
+    """The one place a UDP socket is made: non-blocking, SO_REUSEADDR, IPv6-only
+    for an IPv6 address, pinned to `device` (SO_BINDTODEVICE: root or
+    CAP_NET_RAW) if given, with `options` (level, name, value) set before bind.
+    The socket is closed if any step fails."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    s = socket.socket(family, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        if device is not None:
+            s.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, device.encode())
+        if big_buffer:
+            big_receive_buffer(s)
+        for level, name, value in options:
+            s.setsockopt(level, name, value)
+        s.bind((address, port))
+        s.setblocking(False)
+    except OSError:
+        s.close()
+        raise
+    return s
+
+
+def join4(group: str, iface: Interface) -> SocketOption:
+    """Membership of an IPv4 group on this interface alone."""
+    mreqn = struct.pack("4s4si", socket.inet_aton(group), socket.inet_aton("0.0.0.0"), iface.index)
+    return (socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreqn)
+
+
+def join6(group: str, iface: Interface) -> SocketOption:
+    """Membership of an IPv6 group on this interface alone."""
+    mreq = socket.inet_pton(socket.AF_INET6, group) + struct.pack("@I", iface.index)
+    return (socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, mreq)
+
+
 def multicast_listener(iface: Interface, group: str, port: int) -> socket.socket:
     """A UDP socket that hears `group`:`port` on this interface only.
 
@@ -75,38 +121,14 @@ def multicast_listener(iface: Interface, group: str, port: int) -> socket.socket
     each (PROTOCOL.md §3: joining on one interface only is a known bug
     elsewhere). Needs root or CAP_NET_RAW for SO_BINDTODEVICE.
     """
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
-    try:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        s.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, iface.name.encode())
-        s.setsockopt(socket.IPPROTO_IP, IP_MULTICAST_ALL, 0)
-        big_receive_buffer(s)
-        s.bind((group, port))
-        mreqn = struct.pack(
-            "4s4si", socket.inet_aton(group), socket.inet_aton("0.0.0.0"), iface.index
-        )
-        s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreqn)
-        s.setblocking(False)
-    except OSError:
-        s.close()
-        raise
-    return s
+    return udp_socket(
+        group, port, iface.name, big_buffer=True,
+        options=((socket.SOL_SOCKET, socket.SO_REUSEPORT, 1),
+                 (socket.IPPROTO_IP, IP_MULTICAST_ALL, 0), join4(group, iface)),
+    )  # fmt: skip
 
 
 def unicast_socket(address: str, port: int, iface: Interface | None = None) -> socket.socket:
     """A UDP socket bound to one of the interface's own addresses: what the server
     sends from, and where answers to what it sent come back."""
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    s = socket.socket(family, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
-    try:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if iface is not None:
-            s.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, iface.name.encode())
-        big_receive_buffer(s)
-        s.bind((address, port))
-        s.setblocking(False)
-    except OSError:
-        s.close()
-        raise
-    return s
+    return udp_socket(address, port, iface.name if iface else None, big_buffer=True)

@@ -13,23 +13,13 @@ import socket
 
 from ..endpoint import DatagramEndpoint
 from ..events import Dhcp4Lease, EventBus
-from ..net import SO_BINDTODEVICE, Interface, big_receive_buffer
+from ..net import Interface, udp_socket
 from .server import Dhcp4Server
 
 
 def dhcp_socket(iface: Interface, port: int) -> socket.socket:
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
-    try:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
-        s.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, iface.name.encode())
-        big_receive_buffer(s)
-        s.bind(("0.0.0.0", port))
-        s.setblocking(False)
-    except OSError:
-        s.close()
-        raise
-    return s
+    broadcast = (socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+    return udp_socket("0.0.0.0", port, iface.name, (broadcast,), big_buffer=True)
 
 
 class Dhcp4Endpoint(DatagramEndpoint):

@@ -10,31 +10,17 @@ leaves once its leases are committed.
 from __future__ import annotations
 
 import socket
-import struct
 
 from ..endpoint import DatagramEndpoint
 from ..events import Dhcp6Lease, EventBus
-from ..net import SO_BINDTODEVICE, Interface, big_receive_buffer
+from ..net import Interface, join6, udp_socket
 from .server import Dhcp6Server
 
 ALL_DHCP_SERVERS = "ff02::1:2"
 
 
 def dhcp6_socket(iface: Interface, port: int) -> socket.socket:
-    s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
-    try:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        s.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, iface.name.encode())
-        big_receive_buffer(s)
-        s.bind(("::", port))
-        mreq = socket.inet_pton(socket.AF_INET6, ALL_DHCP_SERVERS) + struct.pack("@I", iface.index)
-        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, mreq)
-        s.setblocking(False)
-    except OSError:
-        s.close()
-        raise
-    return s
+    return udp_socket("::", port, iface.name, (join6(ALL_DHCP_SERVERS, iface),), big_buffer=True)
 
 
 class Dhcp6Endpoint(DatagramEndpoint):

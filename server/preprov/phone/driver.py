@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
-from ..net import SO_BINDTODEVICE, Interface, interface
+from ..net import Interface, interface, udp_socket
 from .core import Actions, PhoneCore, PhoneProfile, Report
 
 
@@ -29,52 +29,28 @@ class _Proto(asyncio.DatagramProtocol):
 def pnp_socket(ip: str, port: int) -> socket.socket:
     """Bound to the phone's address and SIP port; multicast leaves by that address
     with TTL 1, as the phone's does (PROTOCOL.md §3)."""
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
-    try:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind((ip, port))
-        s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(ip))
-        s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
-        s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
-        s.setblocking(False)
-    except OSError:
-        s.close()
-        raise
-    return s
+    return udp_socket(
+        ip, port,
+        options=((socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(ip)),
+                 (socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1),
+                 (socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)),
+    )  # fmt: skip
 
 
 def dhcp_client_socket(ifname: str) -> socket.socket:
     """Port 68 on the wildcard address, pinned to the interface: it can broadcast from
     0.0.0.0 before the phone has an address, and hears the server's broadcasts."""
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
-    try:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
-        s.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, ifname.encode())
-        s.bind(("0.0.0.0", 68))
-        s.setblocking(False)
-    except OSError:
-        s.close()
-        raise
-    return s
+    return udp_socket("0.0.0.0", 68, ifname, ((socket.SOL_SOCKET, socket.SO_BROADCAST, 1),))
 
 
 def dhcp6_client_socket(iface: Interface, port: int = 546) -> socket.socket:
     """UDP 546 on the wildcard address, pinned to the interface; multicast to
     ff02::1:2 leaves by it from the link-local address."""
-    s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
-    try:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        s.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, iface.name.encode())
-        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, iface.index)
-        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 1)
-        s.bind(("::", port))
-        s.setblocking(False)
-    except OSError:
-        s.close()
-        raise
-    return s
+    return udp_socket(
+        "::", port, iface.name,
+        ((socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, iface.index),
+         (socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 1)),
+    )  # fmt: skip
 
 
 class SimulatedPhone:

@@ -19,7 +19,7 @@ import aioudp
 
 from ..events import EventBus, FileRefused, FileServed, RequestMalformed
 from ..files.service import FileRequest, fetch
-from ..net import SO_BINDTODEVICE, Interface
+from ..net import Interface, udp_socket
 from ..runtime import Runtime
 from .core import (
     ACCESS_VIOLATION,
@@ -35,16 +35,7 @@ CHANNEL = "tftp"
 
 
 def tftp_socket(iface: Interface, port: int) -> socket.socket:
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
-    try:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, iface.name.encode())
-        s.bind(("0.0.0.0", port))
-        s.setblocking(False)
-    except OSError:
-        s.close()
-        raise
-    return s
+    return udp_socket("0.0.0.0", port, iface.name)
 
 
 class TftpListener(asyncio.DatagramProtocol):

@@ -18,6 +18,7 @@ def digest_header(
     algo: str = "MD5",
     qop: bool = True,
     realm: str = "preprov",
+    nc: str = "00000001",
 ) -> str:
     h = (
         (lambda s: hashlib.md5(s.encode()).hexdigest())
@@ -26,8 +27,8 @@ def digest_header(
     )
     ha1, ha2 = h(f"{user}:{realm}:{password}"), h(f"GET:{uri}")
     if qop:
-        resp = h(f"{ha1}:{nonce}:00000001:abc:auth:{ha2}")
-        extra = ', qop=auth, nc=00000001, cnonce="abc"'
+        resp = h(f"{ha1}:{nonce}:{nc}:abc:auth:{ha2}")
+        extra = f', qop=auth, nc={nc}, cnonce="abc"'
     else:
         resp, extra = h(f"{ha1}:{nonce}:{ha2}"), ""
     return (
@@ -44,8 +45,24 @@ def check(header: str | None, scheme: str = "any", now: float | None = None) -> 
 def test_digest_md5_sha256_and_rfc2069() -> None:
     n = A.nonce()
     assert check(digest_header(n)) == (True, "")
-    assert check(digest_header(n, algo="SHA-256")) == (True, "")
+    assert check(digest_header(n, algo="SHA-256", nc="00000002")) == (True, "")
     assert check(digest_header(n, qop=False)) == (True, "")
+
+
+def test_digest_nonce_count_replayed_is_refused() -> None:
+    n = A.nonce()
+    assert check(digest_header(n)) == (True, "")
+    assert check(digest_header(n)) == (False, "nonce count 00000001 replayed")
+    assert check(digest_header(n, nc="00000002")) == (True, "")
+    # a wrong password does not use up a count
+    assert check(digest_header(n, nc="00000003", password="bad"))[0] is False
+    assert check(digest_header(n, nc="00000003")) == (True, "")
+    # two challenges issued in the same millisecond are two nonces: counts are not shared
+    a, b = A.nonce(now=5000.0), A.nonce(now=5000.0)
+    assert a != b
+    r = A.check(digest_header(a), "GET", "/x.cfg", "lab", "pw", now=5001.0)
+    s = A.check(digest_header(b), "GET", "/x.cfg", "lab", "pw", now=5001.0)
+    assert r.ok and s.ok
 
 
 def test_digest_refusals() -> None:

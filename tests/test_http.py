@@ -163,6 +163,19 @@ def test_basic_and_digest_with_curl(tmp_path: Path, auth: str) -> None:
         assert basic == (200 if auth in ("any", "basic") else 401)
         assert status_of("--digest", "-u", "lab:wrong", "-A", ua, url) == 401
         assert status_of("--basic", "-u", "lab:wrong", "-A", ua, url) == 401
+        if auth != "basic":
+            # the Authorization curl sent, sent again: a replayed nonce count is refused
+            sent = curl("-v", "-o", "/dev/null", "--digest", "-u", "lab:s3cret", "-A", ua, url)
+            header = next(
+                line.removeprefix("> ").strip()
+                for line in sent.stderr.decode().splitlines()
+                if line.startswith("> Authorization: Digest")
+            )
+            assert status_of("-H", header, "-A", ua, url) == 401
+            assert any(
+                "replayed" in str(e.get("reason")) for e in sp.events()
+                if e["event"] == "file.refused"
+            )  # fmt: skip
         # other phones are not asked for credentials
         assert status_of("-A", UA, f"{sp.base}/KX-HDV130.cfg") == 200
         refused = [e for e in sp.events() if e["event"] == "file.refused"]

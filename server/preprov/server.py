@@ -353,7 +353,8 @@ class Server:
             notes.append("http listener unchanged: a new address or port takes a restart")
         if config.server.state_dir != old.config.server.state_dir:
             notes.append("state_dir unchanged: a new state directory takes a restart")
-        rt.auth = old.auth  # nonces already issued stay valid
+        if rt.auth.realm == old.auth.realm:
+            rt.auth = old.auth  # nonces already issued, and their counts, stay valid
         self.runtime = rt
         for ep in self.pnp:
             ep.responder.policy = pnp_policy(rt, ep.iface, ep.responder.policy)

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 
 NONCE_LIFETIME = 300.0  # seconds
+MAX_COUNTS_PER_NONCE = 10_000  # past this a client is sent a fresh nonce (stale=true)
 
 _PARAM = re.compile(r'(\w+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]*))')
 
@@ -34,11 +35,18 @@ class Authenticator:
     def __init__(self, realm: str, secret: bytes | None = None) -> None:
         self.realm = realm
         self.secret = secret or os.urandom(32)
+        # nonce -> (issued, the nonce counts accepted with it): a request replayed
+        # with the same nc is refused (RFC 7616 §3.4). Entries leave with their
+        # nonce's lifetime, so the map holds at most the last 300 s of clients.
+        self._seen: dict[str, tuple[float, set[str]]] = {}
+        self._pruned = 0.0
 
     # -- challenges --------------------------------------------------------------
 
     def nonce(self, now: float | None = None) -> str:
-        ts = f"{now if now is not None else time.time():.3f}"
+        """Issue time and a random part, signed: unique per challenge (so that two
+        clients never share nonce counts) and checked without server state."""
+        ts = f"{now if now is not None else time.time():.3f}:{os.urandom(6).hex()}"
         mac = hmac.new(self.secret, ts.encode(), hashlib.sha256).hexdigest()[:32]
         return base64.b64encode(f"{ts}:{mac}".encode()).decode()
 
@@ -128,12 +136,28 @@ class Authenticator:
             )
         if fresh > NONCE_LIFETIME:
             return AuthResult(False, user=got_user, reason="nonce expired", stale=True)
+        if qop:
+            return self._count(p["nonce"], p["nc"], fresh, got_user, now)
+        # RFC 2069 has no nonce count: a replay within the nonce's lifetime passes
         return AuthResult(True, user=got_user)
+
+    def _count(self, nonce: str, nc: str, age: float, user: str, now: float | None) -> AuthResult:
+        t = now if now is not None else time.time()
+        if t - self._pruned > NONCE_LIFETIME / 10:
+            self._pruned = t
+            self._seen = {n: v for n, v in self._seen.items() if t - v[0] <= NONCE_LIFETIME}
+        counts = self._seen.setdefault(nonce, (t - age, set()))[1]
+        if nc.lower() in counts:
+            return AuthResult(False, user=user, reason=f"nonce count {nc} replayed")
+        if len(counts) >= MAX_COUNTS_PER_NONCE:
+            return AuthResult(False, user=user, reason="nonce used too often", stale=True)
+        counts.add(nc.lower())
+        return AuthResult(True, user=user)
 
     def _nonce_age(self, nonce: str, now: float | None) -> float | None:
         try:
-            ts, _, mac = base64.b64decode(nonce, validate=True).decode().partition(":")
-            issued = float(ts)
+            ts, _, mac = base64.b64decode(nonce, validate=True).decode().rpartition(":")
+            issued = float(ts.partition(":")[0])
         except (binascii.Error, UnicodeDecodeError, ValueError):
             return None
         want = hmac.new(self.secret, ts.encode(), hashlib.sha256).hexdigest()[:32]

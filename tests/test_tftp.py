@@ -114,3 +114,47 @@ def test_tftp_hpa_fetches_the_zero_config_file(lab: Lab, tmp_path: Path) -> None
         assert [(e["channel"], e["path"]) for e in served][:1] == [("tftp", "/KX-HDV130.cfg")]
     finally:
         assert sp.stop() == 0
+
+
+def test_simulated_phone_fetches_over_tftp(lab: Lab, tmp_path: Path) -> None:
+    """A rule URL of tftp://: the phone learns it over SIP PnP and reads the
+    pre-provisioning file over TFTP (IPv4), then the files it names (over TFTP
+    too, as the template follows the rule URL's scheme); a file
+    the server does not have is a 404 to the phone, one outside its folder a 403."""
+    import json
+    import sys
+
+    srv = lab.host("srv")
+    phone = lab.host("phone")
+    cfg = tmp_path / "tftp.yaml"
+    cfg.write_text("rules:\n  - name: over-tftp\n    url: tftp://${server}/{MODEL}.cfg\n")
+    sp = start_server(tmp_path, "--config", str(cfg), "--interface", "eth0", netns=srv.ns,
+                      port=8080)  # fmt: skip
+
+    def boot(mac: str, model: str) -> tuple[int, dict[str, object]]:
+        r = subprocess.run(
+            [*phone.prefix(), sys.executable, "-m", "preprov", "phone", "--interface", "eth0",
+             "--mac", mac, "--model", model, "--json"], capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        return r.returncode, json.loads(r.stdout)
+
+    def read(name: str) -> str:
+        code = ("import asyncio; from preprov.phone.tftp import tftp_get; "
+                f"print(asyncio.run(tftp_get('{srv.ipv4.ip}', 69, '{name}')))")  # fmt: skip
+        return subprocess.run([*phone.prefix(), sys.executable, "-c", code], capture_output=True,
+                              text=True, timeout=30, check=True).stdout.strip()  # fmt: skip
+
+    try:
+        code, report = boot("0080F0C571EB", "KX-HDV130")
+        missing, outside = read("nothing.txt"), read("../../etc/passwd")
+    finally:
+        assert sp.stop() == 0
+    files = report["files"]
+    assert isinstance(files, list)
+    assert code == 0, json.dumps(report)
+    assert files[0]["url"] == f"tftp://{srv.ipv4.ip}/KX-HDV130.cfg" and files[0]["status"] == 200
+    assert len(files) == 4 and all(f["status"] == 200 for f in files)
+    assert all(str(f["url"]).startswith("tftp://") for f in files)
+    served = [(e["channel"], e["path"]) for e in sp.events() if e.get("event") == "file.served"]
+    assert ("tftp", "/KX-HDV130.cfg") in served and ("tftp", "/Config0080F0C571EB.cfg") in served
+    assert (missing, outside) == ("(404, b'')", "(403, b'')")

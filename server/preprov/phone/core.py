@@ -411,10 +411,10 @@ class PhoneCore:
     def _fetch_next(self, now: float) -> Actions:
         if self._pending:
             url, parameter = self._pending.pop(0)
-            if url.split("://", 1)[0].lower() not in ("http", "https"):
+            if url.split("://", 1)[0].lower() not in ("http", "https", "tftp"):
                 self.report.files.append(
                     FileResult(url, parameter, None, error="the simulated phone fetches over "
-                               "HTTP(S) only in this version")
+                               "HTTP(S) and TFTP only in this version")
                 )  # fmt: skip
                 return self._fetch_next(now)
             self._fetching = (url, parameter, now)

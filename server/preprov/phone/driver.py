@@ -13,6 +13,7 @@ from yarl import URL
 
 from ..net import Interface, interface, udp_socket
 from .core import Actions, PhoneCore, PhoneProfile, Report
+from .tftp import tftp_get
 
 
 class _Proto(asyncio.DatagramProtocol):
@@ -197,15 +198,18 @@ class SimulatedPhone:
         error: str | None = None
         try:
             status, body = await self._get(url)
-        except (aiohttp.ClientError, TimeoutError, ValueError) as e:
+        except (aiohttp.ClientError, TimeoutError, ValueError, OSError) as e:
             error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
         self._apply(self.core.fetch_done(url, status, body, error, time.monotonic()))
 
     async def _get(self, url: str) -> tuple[int, bytes]:
-        """GET, answering a Basic or Digest challenge with the URL's user:password
-        (which one Panasonic's client answers is OPEN: PROTOCOL.md §6)."""
+        """GET over HTTP(S), answering a Basic or Digest challenge with the URL's
+        user:password (which one Panasonic's client answers is OPEN: PROTOCOL.md
+        §6); or a TFTP read."""
         assert self._session is not None
         target = URL(url)
+        if target.scheme == "tftp":
+            return await tftp_get(target.host or "", target.port or 69, target.path.lstrip("/"))
         login, password = target.user, target.password or ""
         plain = target.with_user(None)
         async with self._session.get(plain) as r:

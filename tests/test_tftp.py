@@ -112,6 +112,14 @@ def test_tftp_hpa_fetches_the_zero_config_file(lab: Lab, tmp_path: Path) -> None
         )
         served = [e for e in sp.events() if e.get("event") == "file.served"]
         assert [(e["channel"], e["path"]) for e in served][:1] == [("tftp", "/KX-HDV130.cfg")]
+        # over IPv6: the same file, with IPv6 URLs in it
+        got6 = tmp_path / "KX-HDV130.v6"
+        r = subprocess.run(
+            [*phone.prefix(), "tftp", "-6", "-m", "binary", str(srv.ipv6.ip), "-c", "get",
+             "KX-HDV130.cfg", str(got6)], capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert r.returncode == 0 and got6.exists(), r.stdout + r.stderr
+        assert f"[{srv.ipv6.ip}]".encode() in got6.read_bytes() and lint(got6.read_bytes()) == []
     finally:
         assert sp.stop() == 0
 
@@ -138,15 +146,16 @@ def test_simulated_phone_fetches_over_tftp(lab: Lab, tmp_path: Path) -> None:
         )  # fmt: skip
         return r.returncode, json.loads(r.stdout)
 
-    def read(name: str) -> str:
+    def read(name: str, host: str = str(srv.ipv4.ip)) -> str:
         code = ("import asyncio; from preprov.phone.tftp import tftp_get; "
-                f"print(asyncio.run(tftp_get('{srv.ipv4.ip}', 69, '{name}')))")  # fmt: skip
+                f"print(asyncio.run(tftp_get('{host}', 69, '{name}')))")  # fmt: skip
         return subprocess.run([*phone.prefix(), sys.executable, "-c", code], capture_output=True,
                               text=True, timeout=30, check=True).stdout.strip()  # fmt: skip
 
     try:
         code, report = boot("0080F0C571EB", "KX-HDV130")
         missing, outside = read("nothing.txt"), read("../../etc/passwd")
+        over_ipv6 = read("KX-HDV130.cfg", str(srv.ipv6.ip))
     finally:
         assert sp.stop() == 0
     files = report["files"]
@@ -158,3 +167,4 @@ def test_simulated_phone_fetches_over_tftp(lab: Lab, tmp_path: Path) -> None:
     served = [(e["channel"], e["path"]) for e in sp.events() if e.get("event") == "file.served"]
     assert ("tftp", "/KX-HDV130.cfg") in served and ("tftp", "/Config0080F0C571EB.cfg") in served
     assert (missing, outside) == ("(404, b'')", "(403, b'')")
+    assert over_ipv6.startswith("(200, b'# Panasonic") and f"[{srv.ipv6.ip}]" in over_ipv6

@@ -247,17 +247,19 @@ class Server:
         if config.tftp.enabled:
             if not rt.interfaces:
                 notes.append("tftp off: it needs --interface (a phone-facing interface)")
+            t = config.tftp
             for iface in rt.interfaces:
-                tftp_addr = pnp_local_address(rt, iface)
-                if tftp_addr is None:
-                    continue
-                t = config.tftp
-                listener = TftpListener(iface, tftp_addr, self.current, self.bus,
-                                        self.recorder.registered, t.blksize_max, t.timeout,
-                                        t.retries)  # fmt: skip
-                await listener.start(t.port)
-                self.tftp.append(listener)
-                self.listening.append(f"tftp://{tftp_addr}:{t.port}/ (on {iface.name})")
+                # one listener per family: the interface's IPv4 address, its first IPv6 one
+                v4 = pnp_local_address(rt, iface)
+                v6 = str(iface.ipv6[0].ip) if iface.ipv6 else None
+                for tftp_addr in [a for a in (v4, v6) if a is not None]:
+                    listener = TftpListener(iface, tftp_addr, self.current, self.bus,
+                                            self.recorder.registered, t.blksize_max, t.timeout,
+                                            t.retries)  # fmt: skip
+                    await listener.start(t.port)
+                    self.tftp.append(listener)
+                    host = f"[{tftp_addr}]" if ":" in tftp_addr else tftp_addr
+                    self.listening.append(f"tftp://{host}:{t.port}/ (on {iface.name})")
             if self.tftp:
                 services.append("tftp")
         if config.dhcp6.enabled:

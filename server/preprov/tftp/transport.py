@@ -34,8 +34,8 @@ from .core import (
 CHANNEL = "tftp"
 
 
-def tftp_socket(iface: Interface, port: int) -> socket.socket:
-    return udp_socket("0.0.0.0", port, iface.name)
+def tftp_socket(iface: Interface, port: int, ipv6: bool = False) -> socket.socket:
+    return udp_socket("::" if ipv6 else "0.0.0.0", port, iface.name)
 
 
 class TftpListener(asyncio.DatagramProtocol):
@@ -56,7 +56,8 @@ class TftpListener(asyncio.DatagramProtocol):
 
     async def start(self, port: int) -> None:
         loop = asyncio.get_running_loop()
-        await loop.create_datagram_endpoint(lambda: self, sock=tftp_socket(self.iface, port))
+        sock = tftp_socket(self.iface, port, ipv6=":" in self.local_ip)
+        await loop.create_datagram_endpoint(lambda: self, sock=sock)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]

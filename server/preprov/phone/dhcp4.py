@@ -11,11 +11,12 @@ from dataclasses import dataclass, field
 from pydhcp.exceptions import DHCPError
 from pydhcp.packet import DHCPFlags, DHCPMessage, DHCPMessageType, DHCPOpcode
 
+from .exchange import Exchange
+
 # What a Panasonic phone asks for (PROTOCOL.md §4): mask, router, DNS, domain,
 # NTP, and the provisioning options.
 PARAMETER_REQUEST_LIST = bytes([1, 3, 6, 15, 42, 66, 67, 159, 160])
 SERVER = ("255.255.255.255", 67)
-RETRIES = (1.0, 2.0, 4.0)  # seconds between attempts; then the channel fails
 
 
 @dataclass
@@ -54,34 +55,18 @@ def raw_option(m: DHCPMessage, code: int) -> bytes | None:
     return bytes(value) if value is not None else None
 
 
-class Dhcp4Client:
+class Dhcp4Client(Exchange):
     def __init__(self, mac: str, rng: random.Random, ciaddr: str | None = None) -> None:
+        super().__init__()
         self.chaddr = bytes.fromhex(mac)
         self.rng = rng
         self.ciaddr = ciaddr  # set: the phone has an address and INFORMs
         self.xid = rng.getrandbits(32)
-        self.state = "idle"
         self.offer: DHCPMessage | None = None
-        self.deadline: float | None = None
-        self._attempt = 0
-        self._last: bytes = b""
 
     def start(self, now: float) -> bytes:
         self.state = "informing" if self.ciaddr else "selecting"
-        self._last = self._inform() if self.ciaddr else self._discover()
-        self._attempt = 0
-        self.deadline = now + RETRIES[0]
-        return self._last
-
-    def timer_expired(self, now: float) -> bytes | None:
-        """The message to resend, or None when the client gives up."""
-        self._attempt += 1
-        if self._attempt >= len(RETRIES):
-            self.state = "failed"
-            self.deadline = None
-            return None
-        self.deadline = now + RETRIES[self._attempt]
-        return self._last
+        return self._send(self._inform() if self.ciaddr else self._discover(), now)
 
     def datagram_received(self, data: bytes, now: float) -> tuple[bytes | None, Lease | None]:
         """(a message to send, the lease once the exchange is over)."""
@@ -96,13 +81,9 @@ class Dhcp4Client:
         if self.state == "selecting" and mtype == DHCPMessageType.DHCPOFFER:
             self.offer = m
             self.state = "requesting"
-            self._last = self._request(m)
-            self._attempt = 0
-            self.deadline = now + RETRIES[0]
-            return self._last, None
+            return self._send(self._request(m), now), None
         if self.state in ("requesting", "informing") and mtype == DHCPMessageType.DHCPACK:
-            self.state = "bound"
-            self.deadline = None
+            self._finish("bound")
             return None, self._lease(m)
         if self.state == "requesting" and mtype == DHCPMessageType.DHCPNAK:
             self.state = "selecting"

@@ -14,9 +14,9 @@ import random
 from dataclasses import dataclass
 
 from ..dhcp6 import codec as c
+from .exchange import Exchange
 
 SERVERS = ("ff02::1:2", 547)
-RETRIES = (1.0, 2.0, 4.0)
 
 
 @dataclass
@@ -31,11 +31,12 @@ def duid_ll(mac: str) -> bytes:
     return b"\x00\x03\x00\x01" + bytes.fromhex(mac)
 
 
-class Dhcp6Client:
+class Dhcp6Client(Exchange):
     def __init__(
         self, mac: str, rng: random.Random, stateless: bool, enterprise: int = 258,
         suboption: int = 1,
     ) -> None:  # fmt: skip
+        super().__init__()
         self.duid = duid_ll(mac)
         self.rng = rng
         self.stateless = stateless
@@ -43,10 +44,6 @@ class Dhcp6Client:
         self.suboption = suboption
         self.iaid = int.from_bytes(bytes.fromhex(mac)[-4:], "big")
         self.xid = rng.getrandbits(24)
-        self.state = "idle"
-        self.deadline: float | None = None
-        self._attempt = 0
-        self._last = b""
 
     def _options(self, *extra: tuple[int, bytes]) -> c.Options:
         return [(c.CLIENTID, self.duid), (c.ORO, (17).to_bytes(2, "big")),
@@ -60,19 +57,7 @@ class Dhcp6Client:
             self.state = "soliciting"
             ia = c.IaNa(self.iaid, 0, 0).encode()
             msg = c.Message(c.SOLICIT, self.xid, self._options((c.IA_NA, ia)))
-        self._last = c.encode(msg)
-        self._attempt = 0
-        self.deadline = now + RETRIES[0]
-        return self._last
-
-    def timer_expired(self, now: float) -> bytes | None:
-        self._attempt += 1
-        if self._attempt >= len(RETRIES):
-            self.state = "failed"
-            self.deadline = None
-            return None
-        self.deadline = now + RETRIES[self._attempt]
-        return self._last
+        return self._send(c.encode(msg), now)
 
     def datagram_received(
         self, data: bytes, source: str, now: float
@@ -95,13 +80,9 @@ class Dhcp6Client:
             self.xid = self.rng.getrandbits(24)
             self.state = "requesting"
             opts = self._options((c.SERVERID, server_id), *[(c.IA_NA, ia) for ia in ias])
-            self._last = c.encode(c.Message(c.REQUEST, self.xid, opts))
-            self._attempt = 0
-            self.deadline = now + RETRIES[0]
-            return self._last, None
+            return self._send(c.encode(c.Message(c.REQUEST, self.xid, opts)), now), None
         if self.state in ("requesting", "informing") and m.msg_type == c.REPLY:
-            self.state = "done"
-            self.deadline = None
+            self._finish("done")
             return None, Answer6(self._address(m), self._url(m), source)
         return None, None
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .events import Event
+from .events import Event, RequestMalformed
 
 Addr = tuple[str, int]
 
@@ -23,3 +23,10 @@ class Output:
 
     sends: list[Send] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
+
+
+def unexpected(channel: str, source: Addr, error: Exception) -> RequestMalformed:
+    """The event for an exception a protocol core raised on some input: the last
+    net around each core's datagram_received, so that no input takes a server down."""
+    reason = f"unexpected {type(error).__name__}: {error}"[:300]
+    return RequestMalformed(channel=channel, client=source[0], reason=reason)

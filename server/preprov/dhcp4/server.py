@@ -20,7 +20,7 @@ from enum import IntEnum
 from socket import inet_ntoa
 
 from ..config import Dhcp4Options
-from ..datagrams import Addr, Output, Send
+from ..datagrams import Addr, Output, Send, unexpected
 from ..events import (
     DeviceFields,
     Dhcp4Answered,
@@ -123,14 +123,8 @@ class Dhcp4Server:
         out = Output()
         try:
             self._receive(data, source, now, out)
-        except Exception as e:  # the last net: no input may take the server down
-            out.events.append(
-                RequestMalformed(
-                    channel=CHANNEL,
-                    client=source[0],
-                    reason=f"unexpected {type(e).__name__}: {e}"[:300],
-                )
-            )
+        except Exception as e:
+            out.events.append(unexpected(CHANNEL, source, e))
         return out
 
     # -- stages ----------------------------------------------------------------

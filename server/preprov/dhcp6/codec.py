@@ -36,11 +36,8 @@ class CodecError(ValueError):
     pass
 
 
-@dataclass
-class Message:
-    msg_type: int
-    transaction_id: int = 0  # 24 bits
-    options: Options = field(default_factory=list)
+class _HasOptions:
+    options: Options
 
     def get(self, code: int) -> bytes | None:
         for c, v in self.options:
@@ -53,18 +50,19 @@ class Message:
 
 
 @dataclass
-class Relay:
+class Message(_HasOptions):
+    msg_type: int
+    transaction_id: int = 0  # 24 bits
+    options: Options = field(default_factory=list)
+
+
+@dataclass
+class Relay(_HasOptions):
     msg_type: int  # RELAY_FORW or RELAY_REPL
     hop_count: int
     link_address: ipaddress.IPv6Address
     peer_address: ipaddress.IPv6Address
     options: Options = field(default_factory=list)
-
-    def get(self, code: int) -> bytes | None:
-        for c, v in self.options:
-            if c == code:
-                return v
-        return None
 
 
 def decode_options(buf: bytes) -> Options:

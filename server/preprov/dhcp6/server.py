@@ -14,7 +14,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
-from ..datagrams import Addr, Output, Send
+from ..datagrams import Addr, Output, Send, unexpected
 from ..events import DeviceFields, Dhcp6Answered, Dhcp6Ignored, Dhcp6Lease, RequestMalformed
 from ..ident import DeviceFacts
 from ..rules import RuleSet
@@ -155,13 +155,8 @@ class Dhcp6Server:
             self._receive(data, source, now, out)
         except c.CodecError as e:
             out.events.append(RequestMalformed(channel=CHANNEL, client=source[0], reason=str(e)))
-        except Exception as e:  # the last net: no input may take the server down
-            out.events.append(
-                RequestMalformed(
-                    channel=CHANNEL, client=source[0],
-                    reason=f"unexpected {type(e).__name__}: {e}"[:300],
-                )
-            )  # fmt: skip
+        except Exception as e:
+            out.events.append(unexpected(CHANNEL, source, e))
         return out
 
     def _receive(self, data: bytes, source: Addr, now: float, out: Output) -> None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from sipmessage import Response
 
-from ..datagrams import Addr, Output, Send
+from ..datagrams import Addr, Output, Send, unexpected
 from ..events import (
     DeviceFields,
     PnpAnswered,
@@ -117,11 +117,8 @@ class PnpResponder:
         out = Output()
         try:
             self._receive(data, source, now, out)
-        except Exception as e:  # the last net: no input may take the responder down
-            out.events.append(
-                RequestMalformed(channel=CHANNEL, client=source[0],
-                                 reason=f"unexpected {type(e).__name__}: {e}"[:300])
-            )  # fmt: skip
+        except Exception as e:
+            out.events.append(unexpected(CHANNEL, source, e))
         return out
 
     @property

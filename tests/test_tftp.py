@@ -168,3 +168,28 @@ def test_simulated_phone_fetches_over_tftp(lab: Lab, tmp_path: Path) -> None:
     assert ("tftp", "/KX-HDV130.cfg") in served and ("tftp", "/Config0080F0C571EB.cfg") in served
     assert (missing, outside) == ("(404, b'')", "(403, b'')")
     assert over_ipv6.startswith("(200, b'# Panasonic") and f"[{srv.ipv6.ip}]" in over_ipv6
+
+
+def test_phone_tftp_read_core_with_bytes() -> None:
+    from preprov.phone.tftp import TftpFailed, TftpRead
+
+    srv, other = ("198.18.0.1", 40000), ("198.18.0.9", 40001)
+    r = TftpRead("KX-HDV130.cfg", retries=1)
+    assert r.start() == b"\x00\x01KX-HDV130.cfg\x00octet\x00blksize\x001468\x00"
+    assert r.on_timeout() == r.start()  # the request again
+    assert r.on_packet(b"\x00\x06blksize\x004\x00", srv) == (b"\x00\x04\x00\x00", srv)  # OACK
+    assert r.on_packet(b"\x00\x05\x00\x05x\x00", other) is not None  # another TID: refused
+    assert r.on_packet(b"\x00\x03\x00\x01abcd", srv) == (b"\x00\x04\x00\x01", srv)
+    assert r.on_packet(b"\x00\x03\x00\x01abcd", srv) == (b"\x00\x04\x00\x01", srv)  # duplicate
+    assert r.result is None
+    assert r.on_packet(b"\x00\x03\x00\x02ef", srv) == (b"\x00\x04\x00\x02", srv)
+    assert r.result == (200, b"abcdef")
+    missing = TftpRead("x")
+    assert missing.on_packet(b"\x00\x05\x00\x01not found\x00", srv) is None
+    assert missing.result == (404, b"")
+    with pytest.raises(TftpFailed):
+        TftpRead("x").on_packet(b"\x00\x05\x00\x04illegal\x00", srv)
+    late = TftpRead("x", retries=1)
+    late.on_timeout()
+    with pytest.raises(TimeoutError):
+        late.on_timeout()

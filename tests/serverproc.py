@@ -97,6 +97,8 @@ def start_server(
         str(state),
         "--log-format",
         "json",
+        # the tests read every event from the log: a line per event is debug
+        *([] if "--log-level" in args else ["--log-level", "debug"]),
         *args,
     ]
     if netns:

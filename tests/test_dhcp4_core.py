@@ -6,6 +6,7 @@ import ipaddress
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from pydhcp.packet import DHCPFlags, DHCPMessage, DHCPMessageType, DHCPOpcode
 
 from preprov.config import Dhcp4Options, Rule
@@ -178,6 +179,21 @@ def test_decline_quarantines_and_release_frees() -> None:
     assert s.leases.free(ip2, "x", "AABBCCDDEEFF", s.policy.local, T + 4)  # type: ignore[arg-type]
 
 
+def test_decline_and_release_only_from_the_holder() -> None:
+    s = server()
+    ip = dora(s)  # held by MAC
+    thief = "0080f0000066"
+    for mtype, extra in ((DHCPMessageType.DHCPDECLINE, {"o50": ip.packed}),
+                         (DHCPMessageType.DHCPRELEASE, {"ciaddr": ip})):  # fmt: skip
+        out = s.datagram_received(msg(mtype, thief, o54=SERVER.packed, **extra), ("0.0.0.0", 68), T)
+        assert out.sends == []
+        (ev,) = out.events
+        assert isinstance(ev, (Dhcp4Refused, Dhcp4Ignored)) and str(ip) in ev.reason
+    # the holder renews and keeps its address
+    out = s.datagram_received(msg(DHCPMessageType.DHCPREQUEST, ciaddr=ip), (str(ip), 68), T + 10)
+    assert opt(reply(out), 53) == b"\x05" and reply(out).yiaddr == ip
+
+
 def test_inform_gets_options_and_no_lease() -> None:
     out = server().datagram_received(
         msg(DHCPMessageType.DHCPINFORM, ciaddr="198.18.0.77"), ("198.18.0.77", 68), T
@@ -318,4 +334,94 @@ def test_mutated_requests_never_raise(data: st.DataObject) -> None:
     for _ in range(data.draw(st.integers(1, 6))):
         i = data.draw(st.integers(236, len(raw) - 1))  # the options
         raw[i] = data.draw(st.integers(0, 255))
-    server().datagram_received(bytes(raw), ("0.0.0.0", 68), T)
+    out = server().datagram_received(bytes(raw), ("0.0.0.0", 68), T)  # raises on a bug
+    for e in out.events:
+        assert isinstance(
+            e, (RequestMalformed, Dhcp4Answered, Dhcp4Ignored, Dhcp4Refused, Dhcp4Lease, Dhcp4Nak)
+        )
+
+
+class LeaseMachine(RuleBasedStateMachine):
+    """Any sequence of DHCPv4 messages from a few clients, and time passing: an
+    address is never ACKed to a client while another client's ACK for it runs."""
+
+    MACS = [f"0080f00000{i:02x}" for i in range(6)]
+
+    def __init__(self) -> None:
+        super().__init__()
+        sub = Subnet(IFACE.network, ipaddress.IPv4Address("198.18.0.130"),
+                     ipaddress.IPv4Address("198.18.0.133"), SERVER)  # fmt: skip  # 4 for 6
+        self.s = Dhcp4Server(
+            Dhcp4Policy(server_ip=SERVER, rules=RULES, local=sub, lease_time=60, offer_hold=5,
+                        quarantine=30), LeaseTable([sub]),
+        )  # fmt: skip
+        self.now = T
+        self.acked: dict[ipaddress.IPv4Address, tuple[str, float]] = {}  # ip -> (mac, until)
+        self.offered: dict[str, ipaddress.IPv4Address] = {}
+
+    def send(self, data: bytes, src: str = "0.0.0.0") -> None:
+        out = self.s.datagram_received(data, (src, 68), self.now)
+        for send in out.sends:
+            m = DHCPMessage.decode(send.data)
+            mac = bytes(m.chaddr)[:6].hex()
+            t = bytes(m.options[53])[0]
+            if t == 2:
+                self.offered[mac] = m.yiaddr
+            elif t == 5 and m.yiaddr != ipaddress.IPv4Address(0):
+                holder = self.acked.get(m.yiaddr)
+                assert holder is None or holder[0] == mac or holder[1] <= self.now, (
+                    f"{m.yiaddr} ACKed to {mac} while {holder[0]} holds it until {holder[1]}"
+                )
+                for ip, (other, _) in list(self.acked.items()):
+                    if other == mac:  # one binding per client
+                        del self.acked[ip]
+                self.acked[m.yiaddr] = (mac, self.now + 60)
+
+    @rule(i=st.integers(0, 5))
+    def discover(self, i: int) -> None:
+        self.send(msg(DHCPMessageType.DHCPDISCOVER, self.MACS[i]))
+
+    @rule(i=st.integers(0, 5))
+    def select(self, i: int) -> None:
+        ip = self.offered.get(self.MACS[i])
+        if ip is not None:
+            self.send(msg(DHCPMessageType.DHCPREQUEST, self.MACS[i], o54=SERVER.packed,
+                          o50=ip.packed))  # fmt: skip
+
+    @rule(i=st.integers(0, 5), j=st.integers(130, 133), renew=st.booleans())
+    def request_any(self, i: int, j: int, renew: bool) -> None:
+        ip = ipaddress.IPv4Address(f"198.18.0.{j}")
+        if renew:
+            self.send(msg(DHCPMessageType.DHCPREQUEST, self.MACS[i], ciaddr=ip), str(ip))
+        else:  # INIT-REBOOT
+            self.send(msg(DHCPMessageType.DHCPREQUEST, self.MACS[i], o50=ip.packed))
+
+    @rule(i=st.integers(0, 5), j=st.integers(130, 133))
+    def release(self, i: int, j: int) -> None:
+        ip = ipaddress.IPv4Address(f"198.18.0.{j}")
+        self.send(msg(DHCPMessageType.DHCPRELEASE, self.MACS[i], ciaddr=ip, o54=SERVER.packed))
+        holder = self.acked.get(ip)
+        if holder is not None and holder[0] == self.MACS[i]:
+            del self.acked[ip]
+
+    @rule(i=st.integers(0, 5), j=st.integers(130, 133))
+    def decline(self, i: int, j: int) -> None:
+        ip = ipaddress.IPv4Address(f"198.18.0.{j}")
+        self.send(msg(DHCPMessageType.DHCPDECLINE, self.MACS[i], o50=ip.packed, o54=SERVER.packed))
+        holder = self.acked.get(ip)
+        if holder is not None and holder[0] == self.MACS[i]:
+            del self.acked[ip]
+
+    @rule(seconds=st.sampled_from([1, 4, 6, 31, 61]))
+    def wait(self, seconds: int) -> None:
+        self.now += seconds
+
+    @invariant()
+    def one_holder_per_address_in_the_table(self) -> None:
+        bound = [x for x in self.s.leases.by_ip.values()
+                 if x.state == "bound" and x.expires > self.now]  # fmt: skip
+        assert len({x.ip for x in bound}) == len(bound)
+
+
+LeaseMachine.TestCase.settings = settings(max_examples=300, stateful_step_count=40, deadline=None)
+test_lease_state_machine = LeaseMachine.TestCase

@@ -20,7 +20,15 @@ from preprov.events import (
 )
 from preprov.rules import RuleSet
 from preprov.safety import AllowList, RateLimiter
-from preprov.sip.pnp import LINGER, T1, TIMER_F, PnpPolicy, PnpResponder
+from preprov.sip.pnp import (
+    LINGER,
+    RESEND_CREDIT_MAX,
+    RESEND_REFILL,
+    T1,
+    TIMER_F,
+    PnpPolicy,
+    PnpResponder,
+)
 
 SERVER = ("198.18.0.1", 5060)
 PHONE = ("198.18.0.2", 5060)
@@ -250,6 +258,72 @@ def test_transaction_cap() -> None:
         assert r.datagram_received(subscribe(call_id=f"c{i}"), PHONE, 0.0).sends
     out = r.datagram_received(subscribe(call_id="c3"), PHONE, 0.0)
     assert out.sends == [] and "transactions open, the cap" in out.events[0].reason  # type: ignore[attr-defined]
+
+
+def test_cap_counts_open_exchanges_only() -> None:
+    """An answered exchange lingers for retransmissions without counting against the
+    cap, so the default sustains thousands of new phones a second."""
+    r = responder(max_transactions=2, max_answered=3)
+    first = None
+    for i in range(5):
+        out = r.datagram_received(subscribe(call_id=f"c{i}"), PHONE, 0.01 * i)
+        assert len(out.sends) == 2, out.events
+        first = first or out.sends[0].data
+        assert r.datagram_received(ok_for(out.sends[1].data), PHONE, 0.01 * i).events
+    assert (r.open_transactions, r.answered_transactions) == (0, 3)  # bounded on its own
+    # c0 was forgotten (the oldest beyond max_answered): it is a new exchange
+    assert len(r.datagram_received(subscribe(call_id="c0"), PHONE, 0.1).sends) == 2
+    # c4 is remembered: the same 200 (same To tag) again, no second NOTIFY
+    again = r.datagram_received(subscribe(call_id="c4"), PHONE, 0.1)
+    assert len(again.sends) == 1 and isinstance(again.events[0], PnpSubscribe)
+    assert again.events[0].retransmission
+    assert Message.parse(again.sends[0].data).headers["To"].endswith(";tag=" + _tag(r, "c4"))
+    # a copy of it from another source is not answered
+    copy = r.datagram_received(subscribe(call_id="c4"), ("198.18.0.77", 5060), 0.1)
+    assert copy.sends == [] and "another source" in copy.events[0].reason  # type: ignore[attr-defined]
+    # after the linger all of it is forgotten, and memory with it
+    while (t := r.next_timer()) is not None:
+        r.timer_expired(t)
+    assert (r.open_transactions, r.answered_transactions) == (0, 0)
+
+
+def _tag(r: PnpResponder, call_id: str) -> str:
+    return next(a.tag for k, a in r._answered.items() if k[0] == call_id)
+
+
+def test_answer_budget_of_all_sources_together() -> None:
+    r = responder(answers=RateLimiter(10, 10, 1))
+    answered, events = 0, []
+    for i in range(200):  # 200 sources, one SUBSCRIBE each: the per-source limit never bites
+        src = (f"198.18.1.{i}", 5060)
+        out = r.datagram_received(subscribe(call_id=f"c{i}"), src, 0.001 * i)
+        answered += bool(out.sends)
+        events += [e for e in out.events if isinstance(e, PnpIgnored)]
+    assert answered == 11  # the burst, and 0.2 s of refill at 10/s
+    assert len(events) == 1 and events[0].reason.startswith("answer budget")
+
+
+def test_spoofed_flood_draws_bounded_resends() -> None:
+    """Nobody answers the NOTIFYs of a spoofed flood: the resends stay within the
+    bytes received plus the time refill, instead of ten resends each."""
+    r = responder()
+    sent = received = 0
+    t = 0.0
+    for i in range(20_000):  # 2,000 a second for 10 s, each from another address
+        t = i / 2000
+        data = subscribe(call_id=f"c{i}")
+        received += len(data)
+        src = (f"198.18.{i // 250}.{i % 250}", 5060)
+        sent += sum(len(s.data) for s in r.datagram_received(data, src, t).sends)
+        while (w := r.next_timer()) is not None and w <= t:
+            sent += sum(len(s.data) for s in r.timer_expired(w).sends)
+    while (w := r.next_timer()) is not None:
+        sent += sum(len(s.data) for s in r.timer_expired(w).sends)
+        t = w
+    assert r.resends_skipped > 0
+    # 200 and NOTIFY for each (about twice the SUBSCRIBE), resends at most what came in
+    # plus the credit's start and refill; without the credit it was 16 times
+    assert sent <= received * 3.5 + RESEND_CREDIT_MAX + RESEND_REFILL * t, (sent, received)
 
 
 def test_external_body_variant() -> None:

@@ -194,7 +194,15 @@ class PnpSection(Strict):
     allow: Allow = Allow()
     rate_burst: Annotated[int, Field(ge=1)] = 20
     rate_per_second: Annotated[float, Field(gt=0)] = 10.0
-    max_transactions: Annotated[int, Field(ge=1)] = 10000
+    max_transactions: Annotated[int, Field(ge=1)] = Field(
+        default=10000, description="open exchanges (NOTIFY not yet answered) at once"
+    )
+    max_answered: Annotated[int, Field(ge=0)] = Field(
+        default=100_000, description="answered exchanges remembered 32 s for retransmissions"
+    )
+    max_answers_per_second: Annotated[float, Field(gt=0)] = Field(
+        default=5000.0, description="new SUBSCRIBEs answered a second, all sources together"
+    )
 
 
 class Dhcp4Subnet(Strict):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .events import Event, RequestMalformed
+from .events import Event, InternalError
 
 Addr = tuple[str, int]
 
@@ -25,8 +25,9 @@ class Output:
     events: list[Event] = field(default_factory=list)
 
 
-def unexpected(channel: str, source: Addr, error: Exception) -> RequestMalformed:
-    """The event for an exception a protocol core raised on some input: the last
-    net around each core's datagram_received, so that no input takes a server down."""
-    reason = f"unexpected {type(error).__name__}: {error}"[:300]
-    return RequestMalformed(channel=channel, client=source[0], reason=reason)
+def internal_error(channel: str, source: Addr, error: Exception) -> InternalError:
+    """The event for an exception a protocol core raised on some input. Only the
+    asyncio adapters catch it (so that no input takes a server down); the cores let
+    it through, so that their tests and fuzzers see every crash."""
+    reason = f"{type(error).__name__}: {error}"[:300]
+    return InternalError(where=f"{channel} core, datagram from {source[0]}", reason=reason)

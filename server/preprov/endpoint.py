@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from .datagrams import Addr, Output
+from .datagrams import Addr, Output, internal_error
 from .events import EventBus
 from .net import Interface
 
@@ -36,7 +36,9 @@ class DatagramEndpoint:
     def __init__(
         self, iface: Interface, port: int, server: Any, bus: EventBus,
         make_socket: Callable[[Interface, int], socket.socket], durable: tuple[type, ...],
+        channel: str,
     ) -> None:  # fmt: skip
+        self.channel = channel
         self.iface = iface
         self.port = port
         self.server = server  # the protocol core; its policy is swapped on reload
@@ -52,7 +54,11 @@ class DatagramEndpoint:
 
     def received(self, data: bytes, source: Addr) -> None:
         started = time.monotonic()
-        out = self.server.datagram_received(data, source, time.time())
+        try:
+            out = self.server.datagram_received(data, source, time.time())
+        except Exception as e:  # the last resort: a bug, not the client's fault
+            self.bus.emit(internal_error(self.channel, source, e))
+            return
         for ev in out.events:
             self.bus.emit(ev)
         if not out.sends:

@@ -50,14 +50,20 @@ def pnp_policy(rt: Runtime, iface: Interface, old: PnpPolicy | None = None) -> P
         else [str(i.network) for i in iface.ipv4]  # default: phones on this segment only
     )
     limiter = RateLimiter(c.rate_burst, c.rate_per_second)
-    if old is not None and (old.limiter.burst, old.limiter.rate) == (limiter.burst, limiter.rate):
-        limiter = old.limiter  # a reload keeps the buckets
+    answers = RateLimiter(c.max_answers_per_second, c.max_answers_per_second, 1)
+    if old is not None:  # a reload keeps the buckets
+        if (old.limiter.burst, old.limiter.rate) == (limiter.burst, limiter.rate):
+            limiter = old.limiter
+        if old.answers.rate == answers.rate:
+            answers = old.answers
     return PnpPolicy(
         rules=rt.site_for(interface=iface.name).rules,
         allow=AllowList.build(c.allow.mac, c.allow.oui, subnets),
         limiter=limiter,
         body=c.body,
         max_transactions=c.max_transactions,
+        max_answered=c.max_answered,
+        answers=answers,
     )
 
 
@@ -167,8 +173,21 @@ class Server:
         self.stream = Stream()
         self.bus.subscribe(self.stream)
         self.admin: web.AppRunner | None = None
+        self.log = LogSink()
         self.listening: list[str] = []
         self._stop = asyncio.Event()
+
+    def observer(self, channel: str) -> Callable[[float], None]:
+        """What a transport calls with the seconds from a request to its answer:
+        the metrics' histogram and the log's once-a-second summary."""
+        histogram = self.metrics.observer(channel)
+        log = self.log
+
+        def observe(seconds: float) -> None:
+            histogram(seconds)
+            log.observe(channel, seconds)
+
+        return observe
 
     def current(self) -> Runtime:
         assert self.runtime is not None
@@ -178,7 +197,8 @@ class Server:
         config, file = self.load()
         rt = build_runtime(config, file)
         setup_logging(config.log.format, config.log.level)
-        self.bus.subscribe(LogSink(config.log.format, config.log.level))
+        self.log = LogSink(config.log.format, config.log.level)
+        self.bus.subscribe(self.log)
         self.runtime = rt
         state = config.server.state_dir
         self.store = SQLiteStore(
@@ -189,7 +209,7 @@ class Server:
         services = []
         if config.http.enabled:
             self.http = FileServer(
-                self.current, self.bus, self.recorder.registered, self.metrics.observer("http")
+                self.current, self.bus, self.recorder.registered, self.observer("http")
             )
             for addr in listen_addresses(rt):
                 await self.http.listen(addr, config.http.port)
@@ -305,7 +325,7 @@ class Server:
             if policy.local is None:
                 notes.append(f"dhcpv4 on {iface.name}: no subnet of dhcp4.subnets holds {addr}")
             ep = Dhcp4Endpoint(iface, c.port, Dhcp4Server(policy, table), self.bus)
-            ep.observe = self.metrics.observer("dhcpv4")
+            ep.observe = self.observer("dhcpv4")
             await ep.start()
             self.dhcp4.append(ep)
             pools = ", ".join(f"{sn.first}-{sn.last}" for sn in table.subnets)
@@ -332,7 +352,7 @@ class Server:
             ep = Dhcp6Endpoint(
                 iface, c.port, Dhcp6Server(dhcp6_policy(rt, iface, leases, duid), leases), self.bus
             )
-            ep.observe = self.metrics.observer("dhcpv6")
+            ep.observe = self.observer("dhcpv6")
             await ep.start()
             self.dhcp6.append(ep)
             pools = ", ".join(f"{p.first}-{p.last}" for p in leases.pools)
@@ -399,6 +419,7 @@ class Server:
             await self.admin.cleanup()
         if self.recorder is not None:
             self.recorder.flush_now()
+        self.log.close()
         flush_logs()
         if self.store is not None:
             self.store.close()

@@ -158,9 +158,10 @@ class LeaseTable:
         self._put(lease)
         return lease
 
-    def release(self, client: str, ip: IPv4, now: float) -> Lease | None:
+    def release(self, client: str, mac: str, ip: IPv4, now: float) -> Lease | None:
+        """Only the holder (client identifier and chaddr) may release a lease."""
         lease = self.by_ip.get(ip)
-        if lease is None or lease.client != client or lease.state != "bound":
+        if lease is None or lease.client != client or lease.mac != mac or lease.state != "bound":
             return None
         lease.state = "released"
         lease.expires = now

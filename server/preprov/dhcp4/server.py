@@ -20,7 +20,7 @@ from enum import IntEnum
 from socket import inet_ntoa
 
 from ..config import Dhcp4Options
-from ..datagrams import Addr, Output, Send, unexpected
+from ..datagrams import Addr, Output, Send
 from ..events import (
     DeviceFields,
     Dhcp4Answered,
@@ -121,10 +121,7 @@ class Dhcp4Server:
 
     def datagram_received(self, data: bytes, source: Addr, now: float) -> Output:
         out = Output()
-        try:
-            self._receive(data, source, now, out)
-        except Exception as e:
-            out.events.append(unexpected(CHANNEL, source, e))
+        self._receive(data, source, now, out)
         return out
 
     # -- stages ----------------------------------------------------------------
@@ -287,6 +284,20 @@ class Dhcp4Server:
                 )
             )
             return
+        held = self.leases.by_ip.get(ip)
+        if (
+            held is None
+            or held.client != client
+            or held.mac != facts.mac
+            or (held.state not in ("offered", "bound") or held.expires <= now)
+        ):
+            # RFC 2131 §4.3.3: a client declines the address it was given; anybody
+            # else's DECLINE would take a working phone's address away
+            out.events.append(
+                Dhcp4Refused(**_dev(facts, None), request="DHCPDECLINE",
+                             reason=f"DECLINE of {ip}, which this client does not hold")
+            )  # fmt: skip
+            return
         lease = self.leases.decline(client, facts.mac or "", ip, now, self.policy.quarantine)
         out.events.append(_lease_event(facts, lease, client))
 
@@ -299,7 +310,7 @@ class Dhcp4Server:
         now: float,
         out: Output,
     ) -> None:
-        lease = self.leases.release(client, IPv4(req.ciaddr), now)
+        lease = self.leases.release(client, facts.mac or "", IPv4(req.ciaddr), now)
         if lease is None:
             out.events.append(
                 Dhcp4Ignored(

@@ -14,7 +14,7 @@ import socket
 from ..endpoint import DatagramEndpoint
 from ..events import Dhcp4Lease, EventBus
 from ..net import Interface, udp_socket
-from .server import Dhcp4Server
+from .server import CHANNEL, Dhcp4Server
 
 
 def dhcp_socket(iface: Interface, port: int) -> socket.socket:
@@ -26,4 +26,4 @@ class Dhcp4Endpoint(DatagramEndpoint):
     server: Dhcp4Server
 
     def __init__(self, iface: Interface, port: int, server: Dhcp4Server, bus: EventBus) -> None:
-        super().__init__(iface, port, server, bus, dhcp_socket, (Dhcp4Lease,))
+        super().__init__(iface, port, server, bus, dhcp_socket, (Dhcp4Lease,), CHANNEL)

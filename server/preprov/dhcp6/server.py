@@ -14,7 +14,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
-from ..datagrams import Addr, Output, Send, unexpected
+from ..datagrams import Addr, Output, Send
 from ..events import DeviceFields, Dhcp6Answered, Dhcp6Ignored, Dhcp6Lease, RequestMalformed
 from ..ident import DeviceFacts
 from ..rules import RuleSet
@@ -155,8 +155,6 @@ class Dhcp6Server:
             self._receive(data, source, now, out)
         except c.CodecError as e:
             out.events.append(RequestMalformed(channel=CHANNEL, client=source[0], reason=str(e)))
-        except Exception as e:
-            out.events.append(unexpected(CHANNEL, source, e))
         return out
 
     def _receive(self, data: bytes, source: Addr, now: float, out: Output) -> None:
@@ -279,6 +277,11 @@ class Dhcp6Server:
                     b = self.leases.end(f"{duid_hex}/{ia.iaid}", a.address, state, until)
                     if b is not None:
                         out.events.append(self._lease_event(dev, b))
+                    else:  # only the binding's DUID and IAID may end it
+                        out.events.append(
+                            Dhcp6Ignored(**dev, request=name, reason=f"{name} of {a.address}: "
+                                         f"no binding of it for this DUID and IAID {ia.iaid}")
+                        )  # fmt: skip
             options.append((c.STATUS_CODE, c.encode_status(c.SUCCESS, f"{name} done")))
         elif t == c.CONFIRM:
             addrs = [a.address for ia in ias for a in ia.addresses]

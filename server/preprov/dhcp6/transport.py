@@ -14,7 +14,7 @@ import socket
 from ..endpoint import DatagramEndpoint
 from ..events import Dhcp6Lease, EventBus
 from ..net import Interface, join6, udp_socket
-from .server import Dhcp6Server
+from .server import CHANNEL, Dhcp6Server
 
 ALL_DHCP_SERVERS = "ff02::1:2"
 
@@ -27,4 +27,4 @@ class Dhcp6Endpoint(DatagramEndpoint):
     server: Dhcp6Server
 
     def __init__(self, iface: Interface, port: int, server: Dhcp6Server, bus: EventBus) -> None:
-        super().__init__(iface, port, server, bus, dhcp6_socket, (Dhcp6Lease,))
+        super().__init__(iface, port, server, bus, dhcp6_socket, (Dhcp6Lease,), CHANNEL)

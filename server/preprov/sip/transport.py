@@ -15,10 +15,10 @@ import socket
 import time
 from typing import Any
 
-from ..datagrams import Addr, Output
+from ..datagrams import Addr, Output, internal_error
 from ..events import EventBus
 from ..net import Interface, multicast_listener, unicast_socket
-from .pnp import PnpResponder
+from .pnp import CHANNEL, PnpResponder
 
 
 class _Proto(asyncio.DatagramProtocol):
@@ -63,11 +63,21 @@ class PnpEndpoint:
     # milliseconds, too coarse for the timings the events report.
 
     def received(self, data: bytes, source: Addr) -> None:
-        self._process(self.responder.datagram_received(data, source, time.monotonic()))
+        try:
+            out = self.responder.datagram_received(data, source, time.monotonic())
+        except Exception as e:  # the last resort: a bug, not the phone's fault
+            self.bus.emit(internal_error(CHANNEL, source, e))
+            out = Output()
+        self._process(out)
 
     def _on_timer(self) -> None:
         self._timer = self._timer_at = None
-        self._process(self.responder.timer_expired(time.monotonic()))
+        try:
+            out = self.responder.timer_expired(time.monotonic())
+        except Exception as e:
+            self.bus.emit(internal_error(CHANNEL, ("timer", 0), e))
+            out = Output()
+        self._process(out)
 
     def _process(self, out: Output) -> None:
         assert self._send is not None

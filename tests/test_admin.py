@@ -131,3 +131,40 @@ def test_https_with_the_lab_ca_downloaded_from_the_api(tmp_path: Path) -> None:
         assert call(sp2.admin + "/api/ca.crt") == (200, ca)
     finally:
         assert sp2.stop() == 0
+
+
+def test_lists_are_paged_and_the_status_follows_a_cursor(tmp_path: Path) -> None:
+    sp = start_server(tmp_path)
+    try:
+        admin = sp.admin
+        macs = [f"0080F0C571{i:02X}" for i in range(5)]
+        for mac in macs[:3]:
+            ua = f"Panasonic_KX-HDV130/01.000 ({mac.lower()})"
+            req = urllib.request.Request(f"{sp.base}/Config{mac}.cfg", headers={"User-Agent": ua})
+            with urllib.request.urlopen(req, timeout=5) as r:
+                assert r.status == 200
+        with urllib.request.urlopen(admin + "/api/devices?limit=2", timeout=5) as r:
+            first = [d["mac"] for d in json.loads(r.read())]
+            link = r.headers["Link"]
+        assert first == macs[:2] and link.endswith('>; rel="next"')
+        nxt = link[link.index("<") + 1 : link.index(">")]
+        with urllib.request.urlopen(admin + nxt, timeout=5) as r:
+            assert [d["mac"] for d in json.loads(r.read())] == macs[2:3] and "Link" not in r.headers
+        with urllib.request.urlopen(admin + "/api/status", timeout=5) as r:
+            rows = json.loads(r.read())
+            cursor = int(r.headers["X-Cursor"])
+        assert [(x["mac"], x["stage"], x["files"]) for x in rows] == [
+            (m, "provisioned", 1) for m in macs[:3]
+        ]
+        # only what changed after the cursor
+        status, body = call(f"{admin}/api/status?since={cursor}")
+        assert status == 200 and json.loads(body) == []
+        ua = f"Panasonic_KX-HDV130/01.000 ({macs[4].lower()})"
+        req = urllib.request.Request(f"{sp.base}/KX-HDV130.cfg", headers={"User-Agent": ua})
+        urllib.request.urlopen(req, timeout=5).close()
+        status, body = call(f"{admin}/api/status?since={cursor}")
+        assert [(x["mac"], x["stage"]) for x in json.loads(body)] == [(macs[4], "fetching")]
+        summary = json.loads(call(admin + "/api/summary")[1])
+        assert summary["devices"] == 4 and summary["stages"] == {"provisioned": 3, "fetching": 1}
+    finally:
+        assert sp.stop() == 0

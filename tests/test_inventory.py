@@ -9,8 +9,27 @@ import threading
 import time
 from pathlib import Path
 
-from preprov.events import EventBus, FileRefused, FileServed, ServerStarted
-from preprov.inventory.store import Recorder, SQLiteStore
+import pytest
+
+from preprov.events import (
+    Dhcp4Lease,
+    EventBus,
+    FileRefused,
+    FileServed,
+    PnpNotifySent,
+    RequestMalformed,
+    ServerStarted,
+)
+from preprov.inventory.store import (
+    NOISE_BURST,
+    PRUNE_CHUNK,
+    SCHEMA,
+    SCHEMA_VERSION,
+    Budget,
+    Recorder,
+    SchemaTooNew,
+    SQLiteStore,
+)
 from serverproc import start_server
 
 
@@ -161,4 +180,102 @@ def test_kill_9_in_the_middle_of_writes_loses_nothing_served(tmp_path: Path) -> 
         assert sp2.stop() == 0
     store = SQLiteStore(sp.state_dir / "preprov.db")
     assert set(answered) | {"0080F0FFFFFF"} <= {d.mac for d in store.devices()}
+    store.close()
+
+
+def refused(mac: str | None, ts: float = 1.0, channel: str = "tftp") -> FileRefused:
+    return FileRefused(channel=channel, client="198.18.0.9", mac=mac, path="/x", status=404,
+                       reason="no template", ts=ts)  # fmt: skip
+
+
+def test_refusals_create_no_device_and_stages_are_kept(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "p.db")
+    store.write([refused(f"0080F0AA{i:04X}") for i in range(100)])
+    assert store.devices() == []  # a flood of refused datagrams invents no device
+    store.write([refused("0080F0BB0001", channel="http")])
+    assert [d.mac for d in store.devices()] == ["0080F0BB0001"]  # a refused phone over TCP does
+    store.db.execute("DELETE FROM devices")
+    mac = "0080F0000001"
+    store.write([PnpNotifySent(channel="sip-pnp", client="198.18.0.2", mac=mac, call_id="c",
+                               url="http://h/{MODEL}.cfg", rule="default", to="198.18.0.2:5060")])  # fmt: skip
+    (row,) = store.reads.status()
+    assert (row["stage"], row["pnp"], row["files"]) == ("url-sent", "NOTIFY sent", 0)
+    cursor = store.reads.cursor()
+    store.write([served(mac, ts=2.0, template="{MODEL}.cfg")])
+    store.write([served(mac, ts=2.1, template="Config{MAC}.cfg"), refused(mac, ts=2.2)])
+    (row,) = store.reads.status(since=cursor)  # what changed since the cursor
+    assert (row["stage"], row["files"], row["last_event"]) == ("provisioned", 2, "file.refused")
+    assert store.reads.status(since=store.reads.cursor()) == []
+    store.close()
+
+
+def test_older_inventory_is_migrated_and_a_newer_one_refused(tmp_path: Path) -> None:
+    path = tmp_path / "p.db"
+    db = sqlite3.connect(path)
+    db.executescript(SCHEMA)  # version 1, as the last release wrote it
+    db.execute("INSERT INTO devices (mac, first_seen, last_seen) VALUES ('0080F0000001', 1, 1)")
+    db.execute("INSERT INTO events (ts, mac, kind, data) VALUES (1, '0080F0000001', "
+               "'file.served', '{\"template\": \"Config{MAC}.cfg\"}')")  # fmt: skip
+    db.commit()
+    db.close()
+    store = SQLiteStore(path)
+    (row,) = store.reads.status()
+    assert (row["stage"], row["files"]) == ("provisioned", 1)
+    store.close()
+    db = sqlite3.connect(path)
+    db.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
+    db.close()
+    with pytest.raises(SchemaTooNew, match="newer than this preprov's"):
+        SQLiteStore(path)
+
+
+def test_event_log_pruned_oldest_first_within_count_and_bytes(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "p.db", budget=Budget(max_bytes=16 << 20, max_events=3000))
+    store.write([served("0080F0000001", ts=time.time())])  # the lease-holding device stays
+    for batch in range(40):
+        store.write([served(f"0080F0{batch:02X}{i:04X}", ts=time.time(), path="/" + "p" * 300)
+                     for i in range(500)])  # fmt: skip
+        store.plan_pruning(store.db, time.time())
+    n, first = store.db.execute("SELECT count(*), min(id) FROM events").fetchone()
+    assert n <= 3000 + PRUNE_CHUNK and first > 1  # the oldest went first
+    assert store.pruned >= 40 * 500 - 3000 - PRUNE_CHUNK
+    # by bytes: a budget the events overflow prunes them too
+    small = Budget(max_bytes=16 << 20, max_events=10**9)
+    s2 = SQLiteStore(tmp_path / "q.db", budget=small)
+    for batch in range(120):
+        s2.write([served(f"0080F1{batch:02X}{i:04X}", ts=time.time(), path="/" + "p" * 1000)
+                  for i in range(500)])  # fmt: skip
+        s2.plan_pruning(s2.db, time.time())
+    assert s2.reads.size()["database"] <= small.db_limit
+    assert s2.pruned > 0
+    s2.close()
+    store.close()
+
+
+def test_devices_forgotten_after_max_age_unless_registered_or_leased(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "p.db", budget=Budget(max_age=100.0))
+    now = time.time()
+    old = now - 1000
+    store.write([served("0080F0000001", ts=old), served("0080F0000002", ts=old),
+                 served("0080F0000003", ts=now)])  # fmt: skip
+    store.add_device("0080F0000002", old)
+    store.write([Dhcp4Lease(channel="dhcpv4", mac="0080F0000004", ip="198.18.0.130",
+                            client_id="x", state="bound", expires=now + 3600, ts=old)])  # fmt: skip
+    store.plan_pruning(store.db, now)
+    store.write([served("0080F0000005", ts=now)])
+    assert {d.mac for d in store.devices()} == {"0080F0000002", "0080F0000003", "0080F0000004",
+                                                "0080F0000005"}  # fmt: skip
+    store.close()
+
+
+async def test_refusals_are_stored_as_samples(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "p.db")
+    rec = Recorder(store)
+    for _ in range(5000):
+        rec(RequestMalformed(channel="dhcpv4", client="198.18.0.9", reason="short"))
+    rec(served("0080F0000001"))
+    await rec.settled()
+    kinds = [k for (k,) in store.db.execute("SELECT kind FROM events")]
+    assert kinds.count("request.malformed") <= NOISE_BURST + 1 and "file.served" in kinds
+    assert rec.unsampled["request.malformed/dhcpv4"] >= 5000 - NOISE_BURST - 1
     store.close()

@@ -15,7 +15,7 @@ import uvloop
 from .config import Config, ConfigError, build_config, load_config
 from .files.lint import lint
 from .files.service import FileRequest, fetch
-from .inventory.store import SQLiteStore
+from .inventory.store import SchemaTooNew, SQLiteStore
 from .macros import expand_macros, normalize_mac
 from .runtime import Runtime, SetupError, build_runtime
 from .server import Server
@@ -96,7 +96,7 @@ def serve(config: str | None, **flags: Any) -> None:
     try:
         # uvloop: 44k against 33k answers/s for aiohttp on one core here (README, "Speed")
         uvloop.run(server.run())
-    except (ConfigError, SetupError) as e:
+    except (ConfigError, SetupError, SchemaTooNew) as e:
         _fail(f"preprov: cannot start\n{e}", 1)
     except OSError as e:
         hint = ""
@@ -340,7 +340,11 @@ def inventory(state_dir: str | None, events_of: str | None, as_json: bool) -> No
     path = Path(state_dir or "state") / "preprov.db"
     if not path.exists():
         _fail(f"no inventory at {path} (start the server first, or pass --state-dir)", 1)
-    store = SQLiteStore(path)
+    try:
+        store = SQLiteStore(path)
+    except SchemaTooNew as too_new:
+        _fail(f"preprov: {too_new}", 1)
+        raise  # unreachable
     try:
         if events_of:
             evs = store.events(normalize_mac(events_of), limit=1000)

@@ -16,6 +16,7 @@ import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
+    ByteSize,
     ConfigDict,
     Field,
     ValidationError,
@@ -166,9 +167,28 @@ class FilesSection(Strict):
     raw: list[str] = Field(default=[], description="globs of files served as they are")
 
 
+class RetentionSection(Strict):
+    max_age_days: Annotated[float, Field(gt=0)] = Field(
+        default=30.0, description="events, and devices neither registered nor leased, older"
+    )
+    max_events: Annotated[int, Field(ge=1000)] = 1_000_000
+
+
 class InventorySection(Strict):
     auto_add: bool = True
     synchronous: Literal["normal", "full"] = "normal"
+    max_bytes: ByteSize = Field(
+        default=ByteSize(256 * 1024 * 1024),
+        description="the inventory's budget on disk, WAL included, e.g. 256MiB or 1GB",
+    )
+    retention: RetentionSection = RetentionSection()
+
+    @field_validator("max_bytes")
+    @classmethod
+    def _max_bytes(cls, v: ByteSize) -> ByteSize:
+        if v < 16 * 1024 * 1024:
+            raise ValueError("at least 16MiB")
+        return v
 
 
 class Allow(Strict):

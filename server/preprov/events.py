@@ -292,6 +292,13 @@ class InternalError(Event):
     reason: str
 
 
+def is_refusal(event: Event) -> bool:
+    """Something not answered or refused (a warning, or an ignored, refused or
+    malformed request): what a hostile or broken peer can make as much of as it
+    likes, so the log caps it, the inventory samples it and it creates no device."""
+    return event.level != "info" or event.kind.endswith((".ignored", ".refused", ".malformed"))
+
+
 Subscriber = Callable[[Event], None]
 
 

@@ -12,7 +12,7 @@ from typing import Any, BinaryIO, TextIO, cast
 import orjson
 import structlog
 
-from .events import Event
+from .events import Event, is_refusal
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
            "error": logging.ERROR}  # fmt: skip
@@ -100,10 +100,6 @@ SUMMARY_EVERY = 1.0  # seconds
 WARN_BURST = 10  # warning lines of one kind and channel logged in one summary period
 MAX_SAMPLES = 20_000  # answer times kept per channel and period, for the p99
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-
-
-def is_refusal(event: Event) -> bool:
-    return event.level != "info" or event.kind.endswith((".ignored", ".refused", ".malformed"))
 
 
 def _escape(value: object) -> object:

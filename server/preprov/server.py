@@ -26,7 +26,7 @@ from .events import (
     ServerStarted,
     ServerStopping,
 )
-from .inventory.store import Recorder, SQLiteStore
+from .inventory.store import Budget, Recorder, SQLiteStore
 from .log import LogSink, flush_logs, setup_logging
 from .net import Interface
 from .runtime import Runtime, SetupError, build_runtime
@@ -201,8 +201,11 @@ class Server:
         self.bus.subscribe(self.log)
         self.runtime = rt
         state = config.server.state_dir
+        inv = config.inventory
+        budget = Budget(int(inv.max_bytes), inv.retention.max_age_days * 86400.0,
+                        inv.retention.max_events)  # fmt: skip
         self.store = SQLiteStore(
-            Path(state) / "preprov.db", config.inventory.synchronous, background_checkpoints=True
+            Path(state) / "preprov.db", inv.synchronous, background_checkpoints=True, budget=budget
         )
         self.recorder = Recorder(self.store)
         self.bus.subscribe_durable(self.recorder)

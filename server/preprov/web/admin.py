@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import orjson
 from aiohttp import web
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -27,9 +28,10 @@ from prometheus_client import (
     generate_latest,
 )
 
-from ..events import Event, PnpNotifyAcked
+from ..events import Event, PnpNotifyAcked, is_refusal
+from ..inventory.store import Reads
 from ..macros import MacError, normalize_mac
-from .dashboard import PAGE, Stream, batch_report, device_status, report_csv
+from .dashboard import PAGE, Stream, batch_report, report_csv
 
 if TYPE_CHECKING:
     from ..server import Server
@@ -73,7 +75,7 @@ class Metrics:
         if incs is None:
             kind, channel = event.kind, key[1] or ""
             incs = [self.events.labels(kind, channel).inc]
-            if event.level != "info" or kind.endswith((".ignored", ".refused", ".malformed")):
+            if is_refusal(event):
                 incs.append(self.refusals.labels(channel, kind).inc)
             self._children[key] = incs
         for inc in incs:
@@ -106,15 +108,26 @@ def make_admin_app(server: Server, metrics: Metrics, stream: Stream) -> web.Appl
 
         return wrapper
 
-    async def devices(_: web.Request) -> web.Response:
-        return web.json_response([d.__dict__ for d in store().devices()])
+    async def read_json(query: Callable[[Reads], Any], headers: dict[str, str] | None = None,
+                        status: int = 200) -> web.Response:  # fmt: skip
+        """A query and its JSON encoding, both in the reader's thread."""
+        body = await store().read(lambda r: orjson.dumps(query(r), default=str))
+        return web.Response(body=body, status=status, content_type="application/json",
+                            headers=headers)  # fmt: skip
+
+    async def devices(request: web.Request) -> web.Response:
+        limit, after = _limit(request, 1000), request.query.get("after", "")
+        rows = await store().read(lambda r: [d.__dict__ for d in r.devices(after, limit)])
+        headers = _next_link(request, rows[-1]["mac"]) if len(rows) == limit else {}
+        return web.Response(body=orjson.dumps(rows), content_type="application/json",
+                            headers=headers)  # fmt: skip
 
     async def device(request: web.Request) -> web.Response:
         try:
             mac = normalize_mac(request.match_info["mac"])
         except MacError as e:
             return web.json_response({"error": str(e)}, status=400)
-        d = store().device(mac)
+        d = await store().read(lambda r: r.device(mac))
         if d is None:
             return web.json_response({"error": f"{mac} is not in the inventory"}, status=404)
         return web.json_response(d.__dict__)
@@ -124,13 +137,19 @@ def make_admin_app(server: Server, metrics: Metrics, stream: Stream) -> web.Appl
             mac = normalize_mac(request.match_info["mac"])
         except MacError as e:
             return web.json_response({"error": str(e)}, status=400)
-        return web.json_response(store().events(mac, limit=_limit(request)))
+        limit, before = _limit(request), _int(request, "before")
+        return await read_json(lambda r: r.events(mac, limit, before))
 
     async def events(request: web.Request) -> web.Response:
-        return web.json_response(store().events(None, limit=_limit(request)))
+        limit, before = _limit(request), _int(request, "before")
+        return await read_json(lambda r: r.events(None, limit, before))
 
-    async def leases(_: web.Request) -> web.Response:
-        return web.json_response(store().leases())
+    async def leases(request: web.Request) -> web.Response:
+        limit, after = _limit(request, 1000), request.query.get("after", "")
+        rows = await store().read(lambda r: r.leases(after, limit))
+        headers = _next_link(request, rows[-1]["ip"]) if len(rows) == limit else {}
+        return web.Response(body=orjson.dumps(rows), content_type="application/json",
+                            headers=headers)  # fmt: skip
 
     async def reload(_: web.Request) -> web.Response:
         ok = server.reload()
@@ -148,29 +167,49 @@ def make_admin_app(server: Server, metrics: Metrics, stream: Stream) -> web.Appl
         return web.json_response({"registered": macs})
 
     async def metrics_view(_: web.Request) -> web.Response:
+        now = time.time()
+        counts, in_use = await store().read(lambda r: (r.device_counts(), r.leases_in_use(now)))
         metrics.devices.clear()
-        for d in store().devices():
-            metrics.devices.labels(d.last_event or "none").inc()
-        metrics.leases.labels("ipv4").set(
-            sum(1 for x in store().leases() if x["state"] == "bound" and ":" not in x["ip"])
-        )
-        metrics.leases.labels("ipv6").set(
-            sum(1 for x in store().leases() if x["state"] == "bound" and ":" in x["ip"])
-        )
+        for last_event, n in counts.items():
+            metrics.devices.labels(last_event).set(n)
+        for family, n in in_use.items():
+            metrics.leases.labels(family).set(n)
         return web.Response(body=generate_latest(metrics.registry),
                             headers={"Content-Type": CONTENT_TYPE_LATEST})  # fmt: skip
 
     async def openapi(_: web.Request) -> web.Response:
         return web.json_response(OPENAPI)
 
-    def status() -> list[dict[str, Any]]:
-        return device_status(store().devices(), store().events(None, limit=200_000))
+    async def summary(_: web.Request) -> web.Response:
+        st = store()
+        rec = server.recorder
+        return await read_json(lambda r: {
+            "devices": sum(r.stage_counts().values()), "stages": r.stage_counts(),
+            "cursor": r.cursor(), "inventory": r.size(), "events_pruned": st.pruned,
+            "refusals_not_stored": dict(rec.unsampled) if rec else {},
+        })  # fmt: skip
 
     async def page(_: web.Request) -> web.Response:
         return web.Response(body=PAGE.read_bytes(), content_type="text/html")
 
-    async def status_view(_: web.Request) -> web.Response:
-        return web.json_response(status())
+    async def status_view(request: web.Request) -> web.Response:
+        """Each device's stages: by MAC a page at a time (?after=, ?limit=), or those
+        changed since a cursor (?since=; X-Cursor says the cursor to ask with next)."""
+        limit, after, since = (
+            _limit(request, 1000),
+            request.query.get("after", ""),
+            _int(request, "since"),
+        )
+
+        def query(r: Reads) -> tuple[int, list[dict[str, Any]]]:
+            return r.cursor(), r.status(after, limit, since or 0)
+
+        cursor, rows = await store().read(query)
+        headers = {"X-Cursor": str(cursor)}
+        if len(rows) == limit and not since:
+            headers |= _next_link(request, rows[-1]["mac"])
+        return web.Response(body=orjson.dumps(rows), content_type="application/json",
+                            headers=headers)  # fmt: skip
 
     async def stream_view(request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
@@ -212,20 +251,25 @@ def make_admin_app(server: Server, metrics: Metrics, stream: Stream) -> web.Appl
         return web.json_response({"id": bid, "name": name, "expected": len(macs)})
 
     async def batches_view(_: web.Request) -> web.Response:
-        st = status()
-        return web.json_response([
-            {k: v for k, v in batch_report(b["name"], b["macs"], st).items() if k != "devices"}
-            | {"id": b["id"]} for b in store().batches()
+        return await read_json(lambda r: [
+            {k: v for k, v in batch_report(b["name"], b["macs"], r.status(macs=b["macs"])).items()
+             if k != "devices"} | {"id": b["id"]} for b in r.batches()
         ])  # fmt: skip
 
     async def batch_view(request: web.Request) -> web.StreamResponse:
         raw = request.match_info["id"]
         fmt = "csv" if raw.endswith(".csv") else "json"
         bid = raw.removesuffix(".csv").removesuffix(".json")
-        b = next((b for b in store().batches() if str(b["id"]) == bid), None)
-        if b is None:
+
+        def query(r: Reads) -> dict[str, Any] | None:
+            b = next((b for b in r.batches() if str(b["id"]) == bid), None)
+            return (
+                None if b is None else batch_report(b["name"], b["macs"], r.status(macs=b["macs"]))
+            )
+
+        report = await store().read(query)
+        if report is None:
             return web.json_response({"error": f"no batch {bid}"}, status=404)
-        report = batch_report(b["name"], b["macs"], status())
         if fmt == "csv":
             return web.Response(
                 text=report_csv(report),
@@ -247,6 +291,7 @@ def make_admin_app(server: Server, metrics: Metrics, stream: Stream) -> web.Appl
     app = web.Application()
     app.router.add_get("/", page)
     app.router.add_get("/api/status", status_view)
+    app.router.add_get("/api/summary", summary)
     app.router.add_get("/api/stream", stream_view)
     app.router.add_get("/api/batches", batches_view)
     app.router.add_post("/api/batches", guarded(add_batch))
@@ -264,11 +309,24 @@ def make_admin_app(server: Server, metrics: Metrics, stream: Stream) -> web.Appl
     return app
 
 
-def _limit(request: web.Request) -> int:
+def _limit(request: web.Request, default: int = 100) -> int:
     try:
-        return max(1, min(int(request.query.get("limit", "100")), 10000))
+        return max(1, min(int(request.query.get("limit", str(default))), 10000))
     except ValueError:
-        return 100
+        return default
+
+
+def _int(request: web.Request, name: str) -> int | None:
+    try:
+        return int(request.query[name]) if name in request.query else None
+    except ValueError:
+        return None
+
+
+def _next_link(request: web.Request, after: str) -> dict[str, str]:
+    """RFC 8288: where the next page is (keyset pagination on the sort key)."""
+    url = request.rel_url.update_query({"after": after})
+    return {"Link": f'<{url}>; rel="next"'}
 
 
 def _ref(name: str) -> dict[str, str]:

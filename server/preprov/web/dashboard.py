@@ -1,8 +1,9 @@
 """The live dashboard: each device's stage per channel, a timeline per device,
 batches of expected MACs (a shipping manifest) and their report.
 
-The stages are derived from the inventory's event log (one source of truth,
-STYLE.md §4); the page is told of new events by server-sent events.
+The stages are kept by the inventory as it stores the events (one source of
+truth, STYLE.md §4); the page is told of new events by server-sent events and
+then asks for the devices that changed since its cursor.
 """
 
 from __future__ import annotations
@@ -11,48 +12,12 @@ import asyncio
 import csv
 import io
 import json
-import time
 from pathlib import Path
 from typing import Any
 
 from ..events import DeviceEvent, Event
 
-STAGES = ("seen", "url-sent", "fetching", "provisioned")
 PAGE = Path(__file__).with_name("dashboard.html")
-
-
-def device_status(devices: list[Any], events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per device: how far each channel got, the stage reached, the last error."""
-    by_mac: dict[str, dict[str, Any]] = {}
-    for d in devices:
-        by_mac[d.mac] = {
-            "mac": d.mac, "model": d.model, "fwver": d.fwver, "vendor": d.vendor,
-            "ipv4": d.ipv4, "ipv6": d.ipv6, "last_seen": d.last_seen, "last_error": d.last_error,
-            "pnp": None, "dhcp": None, "files": 0, "stage": "seen",
-        }  # fmt: skip
-    for e in events:
-        s = by_mac.get(e.get("mac") or "")
-        if s is None:
-            continue
-        kind = e["kind"]
-        if kind == "pnp.notify-sent" and s["pnp"] is None:
-            s["pnp"] = "NOTIFY sent"
-        elif kind == "pnp.notify-acked":
-            s["pnp"] = "answered"
-        elif kind == "dhcp4.answered" and e.get("message") == "DHCPACK" and e.get("url"):
-            s["dhcp"] = f"DHCPv4 ACK {e.get('ip') or ''}".strip()
-        elif kind == "dhcp6.answered" and e.get("message") == "REPLY" and e.get("url"):
-            s["dhcp"] = "DHCPv6 REPLY"
-        elif kind == "file.served":
-            s["files"] += 1
-            if "{MAC}" in (e.get("template") or "") or "{mac}" in (e.get("template") or ""):
-                s["stage"] = "provisioned"
-        if s["stage"] != "provisioned":
-            if s["files"]:
-                s["stage"] = "fetching"
-            elif s["pnp"] or s["dhcp"]:
-                s["stage"] = "url-sent"
-    return sorted(by_mac.values(), key=lambda s: s["mac"])
 
 
 def batch_report(name: str, expected: list[str], status: list[dict[str, Any]]) -> dict[str, Any]:
@@ -112,7 +77,3 @@ class Stream:
         """Tell every open page's stream to finish (on shutdown)."""
         for q in list(self.queues):
             q.put_nowait("")
-
-
-def now() -> float:
-    return time.time()

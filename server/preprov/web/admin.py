@@ -183,11 +183,15 @@ def make_admin_app(server: Server, metrics: Metrics, stream: Stream) -> web.Appl
     async def summary(_: web.Request) -> web.Response:
         st = store()
         rec = server.recorder
-        return await read_json(lambda r: {
-            "devices": sum(r.stage_counts().values()), "stages": r.stage_counts(),
-            "cursor": r.cursor(), "inventory": r.size(), "events_pruned": st.pruned,
-            "refusals_not_stored": dict(rec.unsampled) if rec else {},
-        })  # fmt: skip
+        def query(r: Reads) -> dict[str, Any]:
+            stages = r.stage_counts()
+            return {
+                "devices": sum(stages.values()), "stages": stages, "cursor": r.cursor(),
+                "inventory": r.size(), "events_pruned": st.pruned,
+                "refusals_not_stored": dict(rec.unsampled) if rec else {},
+            }  # fmt: skip
+
+        return await read_json(query)
 
     async def page(_: web.Request) -> web.Response:
         return web.Response(body=PAGE.read_bytes(), content_type="text/html")

@@ -156,6 +156,8 @@ class Device:
 
 CHECKPOINT_INTERVAL = 1.0  # seconds: a page written often is copied once per checkpoint
 PLAN_EVERY = 5  # checkpoints: the pruning is planned every 5 s
+FORGET_PLAN = 5000  # devices chosen to forget per plan, at most
+FORGET_CHUNK = 500  # devices forgotten per group commit
 PRUNE_CHUNK = 2000  # events deleted at most per group commit, while over the budget
 WRITTEN_MAX = 100_000  # device rows remembered as written (see write)
 
@@ -174,13 +176,13 @@ _SET = """
   dhcp = COALESCE(:dhcp, dhcp),
   files = files + :files,
   stage = max(stage, :stage),
-  changed = :changed
+  changed = COALESCE(:changed, changed)
 """
 _UPSERT = f"""
 INSERT INTO devices (mac, model, fwver, vendor, ipv4, ipv6, first_seen, last_seen, last_event,
                      last_error, pnp, dhcp, files, stage, changed)
 VALUES (:mac, :model, :fwver, :vendor, :ipv4, :ipv6, :first, :last, :kind, :error, :pnp, :dhcp,
-        :files, :stage, :changed)
+        :files, :stage, COALESCE(:changed, 0))
 ON CONFLICT (mac) DO UPDATE SET {_SET}
 """
 # A refused datagram updates a device already known and creates none: its source
@@ -385,8 +387,8 @@ class SQLiteStore:
         first = self.db.execute("SELECT min(id) FROM events").fetchone()[0]
         self._oldest = int(first or 0)  # no event below this id
         self.prune_below = 0  # set by the maintenance thread
-        self.forget_before = 0.0  # devices last seen before this (wall clock) are forgotten
-        self.device_pressure = 0  # over the budget: 1, forget unfetched devices; 2, any
+        self.forget: tuple[int, list[str]] = (0, [])  # the change cursor, devices to forget
+        self.forgotten = 0
         self.pruned = 0  # events pruned since start
         self._reader: Reads | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -475,28 +477,37 @@ class SQLiteStore:
             db.execute("PRAGMA busy_timeout=0")
 
     def plan_pruning(self, db: sqlite3.Connection, now: float) -> None:
-        """Decide what the writer prunes (prune_below, forget_before): reads only."""
+        """Decide what the writer prunes (prune_below, forget): reads only, in this
+        thread, so that the writer deletes by key and never scans on the loop."""
         b = self.budget
         lo, hi = db.execute("SELECT min(id), max(id) FROM events").fetchone()
         target = 0
+        events = 0 if lo is None else hi - lo + 1
         if lo is not None:
-            count = hi - lo + 1
-            if count > b.max_events:
+            if events > b.max_events:
                 target = hi - b.max_events + 1
             young = db.execute("SELECT id FROM events WHERE ts >= ? LIMIT 1", (now - b.max_age,))
             first_young = young.fetchone()
             target = max(target, first_young[0] if first_young else hi + 1)
         over = Reads(db).size()["database"] > b.db_limit * 0.9
         if over and lo is not None:
-            target = max(target, lo + max((hi - lo + 1) // 5, 1))  # the oldest fifth
+            target = max(target, lo + max(events // 5, 1))  # the oldest fifth
         self.prune_below = max(self.prune_below, target)
-        self.forget_before = now - b.max_age
-        # Over the budget, devices go too, oldest first: first those that never
-        # fetched a file (a flood of spoofed SUBSCRIBEs invents those), then any
-        # that is neither registered nor holding a lease.
-        unfetched = db.execute(f"SELECT 1 FROM devices WHERE stage <= 1 AND {_FORGETTABLE} LIMIT 1",
-                               (now,)).fetchone()  # fmt: skip
-        self.device_pressure = 0 if not over else 1 if unfetched else 2
+        cursor = Reads(db).cursor()
+        keep = FORGET_PLAN
+        victims = [m for (m,) in db.execute(
+            f"SELECT mac FROM devices WHERE last_seen < ? AND {_FORGETTABLE} LIMIT ?",
+            (now - b.max_age, now, keep))]  # fmt: skip
+        devices = db.execute("SELECT count(*) FROM devices").fetchone()[0]
+        if over and events < devices:
+            # Over the budget and the events no longer dominate: devices go too, the
+            # longest unchanged first, those that never fetched a file before any
+            # other (a flood of spoofed SUBSCRIBEs invents those).
+            for which in ("stage <= 1 AND ", ""):
+                victims += [m for (m,) in db.execute(
+                    f"SELECT mac FROM devices WHERE {which}{_FORGETTABLE} ORDER BY changed"
+                    " LIMIT ?", (now, keep - len(victims)))]  # fmt: skip
+        self.forget = (cursor, list(dict.fromkeys(victims))[:keep])
 
     # -- writing -----------------------------------------------------------------------
 
@@ -543,7 +554,9 @@ class SQLiteStore:
                      d["error"], d["pnp"], d["dhcp"], d["stage"])  # fmt: skip
             written = prior[mac] = self._written.get(mac)
             if written is None or written[0] != state or d["last"] - written[1] >= 1.0:
-                d["changed"] = self._changed
+                # the change cursor moves for a new fact, not for a refreshed last_seen
+                fresh = written is None or written[0] != state
+                d["changed"] = self._changed if fresh else None
                 d["files"] += written[2] if written else 0
                 (upserts if d.pop("create") else updates).append(d)
                 self._written[mac] = (state, d["last"], 0)
@@ -587,25 +600,17 @@ class SQLiteStore:
         below = min(self.prune_below, self._oldest + PRUNE_CHUNK)
         if below > self._oldest:
             db.execute("DELETE FROM events WHERE id < ?", (below,))
-        now = time.time()
-        if self.forget_before:
+        cursor, victims = self.forget
+        if victims:
+            chunk, rest = victims[:FORGET_CHUNK], victims[FORGET_CHUNK:]
+            self.forget = (cursor, rest)
+            marks = ",".join("?" * len(chunk))
+            # spared if a new fact came since the plan, or it is registered or leased now
             db.execute(
-                f"DELETE FROM devices WHERE mac IN (SELECT mac FROM devices WHERE last_seen < ?"
-                f" AND {_FORGETTABLE} LIMIT 500)",
-                (self.forget_before, now),
+                f"DELETE FROM devices WHERE mac IN ({marks}) AND changed <= ? AND {_FORGETTABLE}",
+                (*chunk, cursor, time.time()),
             )
-            if db.execute("SELECT changes()").fetchone()[0] < 500:
-                self.forget_before = 0.0  # done until the next plan
-            self._written.clear()
-        if self.device_pressure:
-            which = "stage <= 1 AND " if self.device_pressure == 1 else ""
-            db.execute(
-                f"DELETE FROM devices WHERE mac IN (SELECT mac FROM devices WHERE {which}"
-                f"{_FORGETTABLE} ORDER BY last_seen LIMIT 500)",
-                (now,),
-            )
-            if db.execute("SELECT changes()").fetchone()[0] < 500:
-                self.device_pressure = 0
+            self.forgotten += db.execute("SELECT changes()").fetchone()[0]
             self._written.clear()
         return max(below, self._oldest)
 

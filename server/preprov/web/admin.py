@@ -166,9 +166,22 @@ def make_admin_app(server: Server, metrics: Metrics, stream: Stream) -> web.Appl
             server.recorder.register(m)
         return web.json_response({"registered": macs})
 
+    aggregates: dict[str, tuple[float, Any]] = {}
+
+    async def aggregate(name: str, query: Callable[[Reads], Any]) -> Any:
+        """A count over the whole inventory, at most once per AGGREGATE_TTL: the reader
+        shares the server's core, and pollers at any rate must not take it."""
+        now = time.monotonic()
+        hit = aggregates.get(name)
+        if hit is None or now - hit[0] > AGGREGATE_TTL:
+            hit = aggregates[name] = (now, await store().read(query))
+        return hit[1]
+
     async def metrics_view(_: web.Request) -> web.Response:
         now = time.time()
-        counts, in_use = await store().read(lambda r: (r.device_counts(), r.leases_in_use(now)))
+        counts, in_use = await aggregate(
+            "metrics", lambda r: (r.device_counts(), r.leases_in_use(now))
+        )
         metrics.devices.clear()
         for last_event, n in counts.items():
             metrics.devices.labels(last_event).set(n)
@@ -183,15 +196,15 @@ def make_admin_app(server: Server, metrics: Metrics, stream: Stream) -> web.Appl
     async def summary(_: web.Request) -> web.Response:
         st = store()
         rec = server.recorder
-        def query(r: Reads) -> dict[str, Any]:
-            stages = r.stage_counts()
-            return {
-                "devices": sum(stages.values()), "stages": stages, "cursor": r.cursor(),
-                "inventory": r.size(), "events_pruned": st.pruned,
-                "refusals_not_stored": dict(rec.unsampled) if rec else {},
-            }  # fmt: skip
 
-        return await read_json(query)
+        stages = await aggregate("stages", lambda r: r.stage_counts())
+        body = {
+            "devices": sum(stages.values()), "stages": stages,
+            "inventory": await aggregate("size", lambda r: r.size()),
+            "events_pruned": st.pruned, "devices_forgotten": st.forgotten,
+            "refusals_not_stored": dict(rec.unsampled) if rec else {},
+        }  # fmt: skip
+        return web.json_response(body)
 
     async def page(_: web.Request) -> web.Response:
         return web.Response(body=PAGE.read_bytes(), content_type="text/html")
@@ -311,6 +324,9 @@ def make_admin_app(server: Server, metrics: Metrics, stream: Stream) -> web.Appl
     app.router.add_get("/api/ca.crt", ca_certificate)
     app.router.add_get("/metrics", metrics_view)
     return app
+
+
+AGGREGATE_TTL = 2.0  # seconds
 
 
 def _limit(request: web.Request, default: int = 100) -> int:

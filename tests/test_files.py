@@ -1,3 +1,4 @@
+import base64
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -110,8 +111,8 @@ def test_zero_config_chain_for_one_phone(make_runtime: Callable[..., Runtime]) -
 def test_per_device_files_differ(make_runtime: Callable[..., Runtime], devices_csv: Path) -> None:
     rt = make_runtime(files={"variables": str(devices_csv)})
     _, a, _ = get(rt, "/Config0080F0C571EB.cfg")
-    _, b, _ = get(rt, "/Config0080F0C571EC.cfg", ua=None)
-    _, c, _ = get(rt, "/Config0080F0AAAAAA.cfg", ua=None)
+    _, b, _ = get(rt, "/Config0080F0C571EC.cfg", ua=ua_of("0080F0C571EC"))
+    _, c, _ = get(rt, "/Config0080F0AAAAAA.cfg", ua=ua_of("0080F0AAAAAA"))
     assert b'SIP_AUTHID_1="1001"' in a and b'DISPLAY_NAME_1="Reception"' in a
     assert b'SIP_AUTHID_1="1002"' in b and b'SIP_PASS_1="s3cret-1002"' in b
     assert b'SIP_AUTHID_1="0080f0aaaaaa"' in c  # the template's default for unlisted phones
@@ -120,7 +121,7 @@ def test_per_device_files_differ(make_runtime: Callable[..., Runtime], devices_c
 
 def test_refusals_say_why(make_runtime: Callable[..., Runtime], templates: Path) -> None:
     rt = make_runtime(inventory={"auto_add": False})
-    status, _, ev = get(rt, "/Config0080F0AABBCC.cfg", ua=None)
+    status, _, ev = get(rt, "/Config0080F0AABBCC.cfg", ua=ua_of("0080F0AABBCC"))
     assert status == 404
     assert isinstance(ev, FileRefused)
     assert ev.reason == "MAC 0080F0AABBCC not in the inventory and auto-add is off"
@@ -141,10 +142,65 @@ def test_refusals_say_why(make_runtime: Callable[..., Runtime], templates: Path)
 
 def test_registered_devices_pass_when_auto_add_is_off(make_runtime: Callable[..., Runtime]) -> None:
     rt = make_runtime(inventory={"auto_add": False})
-    ans = fetch(
-        rt, FileRequest("http", None, "/Config0080F0AABBCC.cfg"), lambda m: m == "0080F0AABBCC"
-    )
-    assert ans.status == 200
+    req = FileRequest("http", None, "/Config0080F0AABBCC.cfg", user_agent=ua_of("0080F0AABBCC"))
+    assert fetch(rt, req, lambda m: m == "0080F0AABBCC").status == 200
+
+
+def ua_of(mac: str) -> str:
+    return f"Panasonic_KX-HDV130/01.000 ({mac.lower()})"
+
+
+def test_per_device_files_go_to_their_device_only(
+    make_runtime: Callable[..., Runtime], devices_csv: Path
+) -> None:
+    mac, path = "0080F0C571EC", "/Config0080F0C571EC.cfg"
+    holders = {"198.18.0.2": mac}
+
+    def ask(binding: str, ua: str | None, client: str = "198.18.0.2") -> tuple[int, str]:
+        rt = make_runtime(files={"variables": str(devices_csv), "device_binding": binding})
+        ans = fetch(rt, FileRequest("http", client, path, user_agent=ua), holder=holders.get)
+        return ans.status, ans.body.decode()
+
+    # nobody else gets its SIP password: no User-Agent, another phone's, another address
+    status, body = ask("lenient", None, "198.18.0.66")
+    assert status == 403 and "User-Agent names no MAC, 198.18.0.66 is held by no device" in body
+    assert ask("lenient", ua_of("0080F0C571EB"), "198.18.0.66")[0] == 403
+    assert ask("lenient", ua_of(mac), "198.18.0.66")[0] == 200  # its User-Agent
+    assert ask("lenient", None)[0] == 200  # its address (its lease, its SUBSCRIBE)
+    assert ask("strict", ua_of(mac), "198.18.0.66")[0] == 403  # strict: both
+    assert ask("strict", ua_of(mac))[0] == 200
+    assert ask("off", None, "198.18.0.66")[0] == 200
+    # shared files are for anybody
+    rt = make_runtime()
+    assert fetch(rt, FileRequest("http", "198.18.0.66", "/ConfigCommon.cfg")).status == 200
+
+
+def test_per_device_http_credentials(make_runtime: Callable[..., Runtime], tmp_path: Path) -> None:
+    csv = tmp_path / "d.csv"
+    csv.write_text("mac,sip_user,http_user,http_password\n0080F0C571EB,1001,ph1,pw1\n")
+    rt = make_runtime(files={"variables": str(csv)})
+    ans = fetch(rt, FileRequest("http", "198.18.0.2", "/Config0080F0C571EB.cfg", user_agent=UA))
+    assert ans.status == 401 and "no credentials sent" in ans.body.decode()
+    basic = "Basic " + base64.b64encode(b"ph1:pw1").decode()
+    ok = FileRequest("http", "198.18.0.2", "/Config0080F0C571EB.cfg", user_agent=UA,
+                     authorization=basic)  # fmt: skip
+    assert fetch(rt, ok).status == 200
+
+
+def test_a_template_swapped_for_a_symlink_is_not_followed(
+    templates: Path, make_runtime: Callable[..., Runtime], tmp_path: Path
+) -> None:
+    secret = tmp_path / "secret.txt"
+    secret.write_text("root:x:0:0\n")
+    (templates / "notes.txt").write_text("hello\n")
+    rt = make_runtime(files={"templates": str(templates), "raw": ["*.txt"]})
+    assert get(rt, "/notes.txt")[:2] == (200, b"hello\n")
+    (templates / "notes.txt").unlink()
+    (templates / "notes.txt").symlink_to(secret)  # after the index was made
+    for e in rt.templates.entries:
+        e.checked = 0.0  # as after STAT_INTERVAL
+    status, body, _ = get(rt, "/notes.txt")
+    assert status == 500 and b"root" not in body and b"symlink" in body
 
 
 def test_raw_files_are_served_as_they_are(

@@ -52,8 +52,12 @@ def test_curl_fetches_the_chain_and_the_inventory_records_the_phone(
     head, _, body = per.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200") and b"Content-Type: text/plain" in head
     assert lint(body) == [] and b"\r\n" in body and b"\n" not in body.replace(b"\r\n", b"")
-    other = curl(f"{server.base}/Config0080F0C571EC.cfg").stdout
+    other_ua = "Panasonic_KX-HDV130/01.000 (0080f0c571ec)"
+    other = curl("-A", other_ua, f"{server.base}/Config0080F0C571EC.cfg").stdout
     assert other != body and b'SIP_AUTHID_1="0080f0c571ec"' in other
+    # without its User-Agent (and from no address it holds), no phone's own file
+    stolen = curl("-i", f"{server.base}/Config0080F0C571EC.cfg").stdout
+    assert stolen.startswith(b"HTTP/1.1 403") and b"SIP_PASS" not in stolen
     inv = subprocess.run(
         [
             sys.executable,
@@ -224,7 +228,9 @@ def raw_exchange(port: int, data: bytes) -> bytes:
 
 def test_pipelined_requests_are_answered_in_order(server: ServerProc) -> None:
     reqs = b"".join(
-        f"GET /Config0080F0C571{i:02X}.cfg HTTP/1.1\r\nHost: x\r\n\r\n".encode() for i in range(5)
+        f"GET /Config0080F0C571{i:02X}.cfg HTTP/1.1\r\nHost: x\r\n"
+        f"User-Agent: Panasonic_KX-HDV130/01.000 (0080f0c571{i:02x})\r\n\r\n".encode()
+        for i in range(5)
     )
     reqs += b"GET /ConfigCommon.cfg HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
     reply = raw_exchange(server.port, reqs)

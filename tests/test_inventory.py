@@ -133,7 +133,8 @@ def test_kill_9_in_the_middle_of_writes_loses_nothing_served(tmp_path: Path) -> 
             try:
                 while not stop.is_set():
                     mac = f"0080F0{worker:02X}{n:04X}"
-                    conn.request("GET", f"/Config{mac}.cfg")
+                    ua = f"Panasonic_KX-HDV130/01.000 ({mac.lower()})"
+                    conn.request("GET", f"/Config{mac}.cfg", headers={"User-Agent": ua})
                     resp = conn.getresponse()
                     body = resp.read()
                     if resp.status == 200 and mac.encode() in body:
@@ -173,7 +174,8 @@ def test_kill_9_in_the_middle_of_writes_loses_nothing_served(tmp_path: Path) -> 
     sp2 = start_server(tmp_path)
     try:
         conn = http.client.HTTPConnection("127.0.0.1", sp2.port, timeout=5)
-        conn.request("GET", "/Config0080F0FFFFFF.cfg")
+        ua = "Panasonic_KX-HDV130/01.000 (0080f0ffffff)"
+        conn.request("GET", "/Config0080F0FFFFFF.cfg", headers={"User-Agent": ua})
         assert conn.getresponse().status == 200
         conn.close()
     finally:

@@ -165,6 +165,11 @@ class FilesSection(Strict):
         description="globs of files in the Panasonic text format: sent with CRLF, linted",
     )
     raw: list[str] = Field(default=[], description="globs of files served as they are")
+    device_binding: Literal["strict", "lenient", "off"] = Field(
+        default="lenient",
+        description="per-device files ({MAC} in the name) only to that device: its User-Agent "
+        "names the MAC (strict: and) or (lenient: or) it asks from an address it holds",
+    )
 
 
 class RetentionSection(Strict):

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import functools
 import re
+from collections import OrderedDict
 from dataclasses import dataclass, replace
 
+from .events import Dhcp4Answered, Dhcp4Lease, Dhcp6Lease, Event, PnpSubscribe
 from .macros import try_mac
 
 # IEEE OUIs of the vendors preprov knows something about (PROTOCOL.md §7).
@@ -88,3 +90,36 @@ def facts_from_user_agent(user_agent: str | None) -> DeviceFacts:
         fwver=m.group("fw"),
         vendor="Panasonic",
     )
+
+
+class Holders:
+    """Which device holds an address, from what only that device's traffic says:
+    its DHCPv4 or DHCPv6 lease, the DHCPINFORM of a phone with a static address,
+    the source of its SIP PnP SUBSCRIBE. A subscriber of the event bus. A request
+    path naming a MAC, or a refused request, says nothing here: anybody can send
+    those. At most `max_entries` addresses, the least recently bound go first."""
+
+    def __init__(self, max_entries: int = 100_000) -> None:
+        self.max_entries = max_entries
+        self._by_address: OrderedDict[str, str] = OrderedDict()
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, (Dhcp4Lease, Dhcp6Lease)):
+            if event.state == "bound" and event.mac:
+                self.bind(event.ip, event.mac)
+            elif self._by_address.get(event.ip) == event.mac:
+                del self._by_address[event.ip]
+            return
+        if not isinstance(event, (PnpSubscribe, Dhcp4Answered)) or not event.mac:
+            return
+        if event.client and (isinstance(event, PnpSubscribe) or event.request == "DHCPINFORM"):
+            self.bind(event.client, event.mac)
+
+    def bind(self, address: str, mac: str) -> None:
+        self._by_address[address] = mac
+        self._by_address.move_to_end(address)
+        if len(self._by_address) > self.max_entries:
+            self._by_address.popitem(last=False)
+
+    def holder(self, address: str | None) -> str | None:
+        return self._by_address.get(address.split("%", 1)[0]) if address else None

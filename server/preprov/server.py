@@ -26,6 +26,7 @@ from .events import (
     ServerStarted,
     ServerStopping,
 )
+from .ident import Holders
 from .inventory.store import Budget, Recorder, SQLiteStore
 from .log import LogSink, flush_logs, setup_logging
 from .net import Interface
@@ -172,6 +173,8 @@ class Server:
         self.bus.subscribe(self.metrics)
         self.stream = Stream()
         self.bus.subscribe(self.stream)
+        self.holders = Holders()  # which device holds which address
+        self.bus.subscribe(self.holders)
         self.admin: web.AppRunner | None = None
         self.log = LogSink()
         self.listening: list[str] = []
@@ -209,11 +212,16 @@ class Server:
         )
         self.recorder = Recorder(self.store)
         self.bus.subscribe_durable(self.recorder)
+        now = time.time()
+        for x in self.store.leases():  # the leases held before a restart
+            if x["state"] == "bound" and x["expires"] > now and x["mac"]:
+                self.holders.bind(x["ip"], x["mac"])
         services = []
         if config.http.enabled:
             self.http = FileServer(
-                self.current, self.bus, self.recorder.registered, self.observer("http")
-            )
+                self.current, self.bus, self.recorder.registered, self.observer("http"),
+                self.holders.holder,
+            )  # fmt: skip
             for addr in listen_addresses(rt):
                 await self.http.listen(addr, config.http.port)
                 host = f"[{addr}]" if ":" in addr else addr
@@ -278,7 +286,7 @@ class Server:
                 for tftp_addr in [a for a in (v4, v6) if a is not None]:
                     listener = TftpListener(iface, tftp_addr, self.current, self.bus,
                                             self.recorder.registered, t.blksize_max, t.timeout,
-                                            t.retries)  # fmt: skip
+                                            t.retries, self.holders.holder)  # fmt: skip
                     await listener.start(t.port)
                     self.tftp.append(listener)
                     host = f"[{tftp_addr}]" if ":" in tftp_addr else tftp_addr

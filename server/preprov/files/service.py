@@ -81,8 +81,10 @@ def fetch(
     req: FileRequest,
     registered: Callable[[str], bool] = lambda _m: False,
     trusted: bool = False,
+    holder: Callable[[str | None], str | None] = lambda _a: None,
 ) -> FileAnswer:
-    """Answer one request. `trusted` skips authentication (for `preprov render`)."""
+    """Answer one request. `trusted` skips the device binding and authentication (for
+    `preprov render`); `holder` says which device holds the client's address."""
     ua_facts = facts_from_user_agent(req.user_agent)
     path_for_event = req.raw_path.split("?", 1)[0]
 
@@ -118,6 +120,13 @@ def fetch(
     # 3. identification: the path names the file, the User-Agent the phone
     facts = facts_from_path(resolved, req.client).merged(ua_facts).with_vendor_from_oui()
 
+    # 3b. a per-device file goes to that device only (its SIP password is in it)
+    binding = rt.config.files.device_binding
+    if not trusted and binding != "off" and facts.mac and entry.per_device:
+        why = _binding_refused(binding, facts.mac, ua_facts.mac, req.client, holder(req.client))
+        if why:
+            return refuse(403, why, facts, entry.name)
+
     # 4. inventory
     known = facts.mac in rt.variables or registered(facts.mac) if facts.mac else True
     if not known and not rt.config.inventory.auto_add:
@@ -133,8 +142,12 @@ def fetch(
     if decision is None:
         return refuse(403, rules.explain(facts), facts, entry.name)
 
-    # 6. authentication, when the rule's URL carries user:password
+    # 6. authentication, when the device has credentials of its own (variables file:
+    # http_user, http_password) or the rule's URL carries user:password
+    own = rt.variables.get(facts.mac, {}) if facts.mac else {}
     creds = decision.credentials
+    if own.get("http_user") and own.get("http_password"):
+        creds = (own["http_user"], own["http_password"])
     if creds is not None and not trusted:
         res = rt.auth.check(
             req.authorization, req.method, req.raw_path, creds[0], creds[1], decision.auth
@@ -166,6 +179,20 @@ def fetch(
         rule=decision.rule, size=len(body),
     )  # fmt: skip
     return FileAnswer(200, body, ev, ctype)
+
+
+def _binding_refused(
+    binding: str, mac: str, ua_mac: str | None, client: str | None, holder: str | None
+) -> str | None:
+    by_ua, by_address = ua_mac == mac, holder == mac
+    if (by_ua and by_address) or (binding == "lenient" and (by_ua or by_address)):
+        return None
+    ua = f"names {ua_mac}" if ua_mac else "names no MAC"
+    held = f"is held by {holder}" if holder else "is held by no device this server knows"
+    want = "and" if binding == "strict" else "or"
+    return (f"{mac}'s own file: files.device_binding {binding} wants its User-Agent to name "
+            f"{mac} {want} the request to come from an address it holds (by DHCP or SIP PnP); "
+            f"the User-Agent {ua}, {client} {held}")  # fmt: skip
 
 
 def _content_type(name: str, raw: bool) -> str:

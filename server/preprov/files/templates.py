@@ -8,14 +8,17 @@ dots, absolute paths and symlinks cannot reach outside it.
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import os
 import re
+import stat
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import unquote
 
 import jinja2
@@ -56,6 +59,11 @@ class Entry:
     checked: float = 0.0  # monotonic time of the last stat
     compiled: jinja2.Template | None = None
     data: bytes | None = None
+
+    @property
+    def per_device(self) -> bool:
+        """A file of one device ({MAC} or {mac} in its name): it may hold its secrets."""
+        return "{MAC}" in self.name or "{mac}" in self.name
 
 
 @dataclass(frozen=True)
@@ -212,10 +220,11 @@ class TemplateSet:
         if now - e.checked < STAT_INTERVAL and (e.compiled is not None or e.data is not None):
             return
         e.checked = now
-        st = os.stat(e.path, follow_symlinks=False)
-        if st.st_mtime_ns == e.mtime_ns and (e.compiled is not None or e.data is not None):
-            return
-        data = e.path.read_bytes()
+        with self._open(e) as f:
+            st = os.fstat(f.fileno())
+            if st.st_mtime_ns == e.mtime_ns and (e.compiled is not None or e.data is not None):
+                return
+            data = f.read()
         e.mtime_ns = st.st_mtime_ns
         if e.raw:
             e.data = data
@@ -225,6 +234,29 @@ class TemplateSet:
         except jinja2.TemplateSyntaxError as err:
             e.compiled = None
             raise TemplateError(f"{e.name}:{err.lineno}: template syntax: {err.message}") from None
+
+    def _open(self, e: Entry) -> BinaryIO:
+        """The file, opened through a descriptor that cannot have been reached
+        through a symlink: O_NOFOLLOW refuses a link put in place of the file after
+        it was indexed, and the descriptor's real path must still be inside the
+        root (a folder swapped for a link on the way)."""
+        try:
+            fd = os.open(e.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise TemplateError(f"{e.name} is now a symlink: not served") from None
+            raise
+        f = os.fdopen(fd, "rb")
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise TemplateError(f"{e.name} is no longer a regular file: not served")
+            real = Path(os.readlink(f"/proc/self/fd/{fd}"))
+            if not real.is_relative_to(self.root):
+                raise TemplateError(f"{e.name} now resolves outside the template directory")
+        except BaseException:
+            f.close()
+            raise
+        return f
 
     def render(
         self,
@@ -237,6 +269,8 @@ class TemplateSet:
             self._load(e)
         except FileNotFoundError:
             raise TemplateError(f"{e.name} was removed; send SIGHUP to re-index") from None
+        except OSError as err:
+            raise TemplateError(f"{e.name}: cannot read: {err.strerror}") from None
         if e.raw:
             assert e.data is not None
             return e.data

@@ -42,7 +42,9 @@ class TftpListener(asyncio.DatagramProtocol):
     def __init__(
         self, iface: Interface, local_ip: str, runtime: Callable[[], Runtime], bus: EventBus,
         registered: Callable[[str], bool], blksize_max: int, timeout: float, retries: int,
+        holder: Callable[[str | None], str | None] = lambda _a: None,
     ) -> None:  # fmt: skip
+        self.holder = holder
         self.iface = iface
         self.local_ip = local_ip
         self.runtime = runtime
@@ -76,7 +78,7 @@ class TftpListener(asyncio.DatagramProtocol):
         # the same answer as over HTTP: templates, rules, inventory, events
         path = "/" + quote(req.filename.lstrip("/"), safe="/")
         answer = fetch(self.runtime(), FileRequest(CHANNEL, client[0], path, local=self.local_ip),
-                       self.registered)  # fmt: skip
+                       self.registered, holder=self.holder)  # fmt: skip
         if answer.status != 200:
             self.bus.emit(answer.event)
             code = FILE_NOT_FOUND if answer.status == 404 else ACCESS_VIOLATION

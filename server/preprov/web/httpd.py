@@ -83,8 +83,10 @@ class FileServerProtocol(asyncio.Protocol):
         connections: set[FileServerProtocol],
         channel: str = "http",
         observe: Callable[[float], None] | None = None,
+        holder: Callable[[str | None], str | None] = lambda _a: None,
     ) -> None:
         self.runtime = runtime
+        self.holder = holder
         self.bus = bus
         self.registered = registered
         self.connections = connections
@@ -172,7 +174,7 @@ class FileServerProtocol(asyncio.Protocol):
             authorization=self._auth,
             local=self.local,
         )
-        answer = fetch(self.runtime(), req, self.registered)
+        answer = fetch(self.runtime(), req, self.registered, holder=self.holder)
         data = response_bytes(
             answer.status, answer.body, answer.content_type, answer.headers, keep_alive,
             head=method == "HEAD", version="1.0" if version == "1.0" else "1.1",
@@ -249,11 +251,13 @@ class FileServer:
         bus: EventBus,
         registered: Callable[[str], bool],
         observe: Callable[[float], None] | None = None,
+        holder: Callable[[str | None], str | None] = lambda _a: None,
     ) -> None:
         self.runtime = runtime
         self.bus = bus
         self.registered = registered
         self.observe = observe
+        self.holder = holder
         self.connections: set[FileServerProtocol] = set()
         self.servers: list[asyncio.Server] = []
         self._sweeper: asyncio.TimerHandle | None = None
@@ -264,7 +268,7 @@ class FileServer:
         srv = await loop.create_server(
             lambda: FileServerProtocol(
                 self.runtime, self.bus, self.registered, self.connections, channel,
-                observe=self.observe,
+                observe=self.observe, holder=self.holder,
             ),
             host, port, reuse_address=True, backlog=1024, ssl=ssl,
         )  # fmt: skip

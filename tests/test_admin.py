@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -166,5 +167,31 @@ def test_lists_are_paged_and_the_status_follows_a_cursor(tmp_path: Path) -> None
         assert [(x["mac"], x["stage"]) for x in json.loads(body)] == [(macs[4], "fetching")]
         summary = json.loads(call(admin + "/api/summary")[1])
         assert summary["devices"] == 4 and summary["stages"] == {"provisioned": 3, "fetching": 1}
+    finally:
+        assert sp.stop() == 0
+
+
+def test_odd_tokens_and_foreign_hosts_are_refused(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("admin:\n  token: s3cret\n  names: [preprov.lab]\n")
+    sp = start_server(tmp_path, "--config", str(cfg))
+    try:
+        host, port = sp.admin.removeprefix("http://").rsplit(":", 1)
+
+        def raw(head: str) -> bytes:
+            with socket.create_connection((host, int(port)), timeout=5) as s:
+                s.sendall(head.encode("utf-8") + b"\r\n\r\n")
+                return s.recv(65536)
+
+        # a token that is not ASCII is a 401, not a 500
+        got = raw("POST /api/reload HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer é\r\n"
+                  "Content-Length: 0\r\nConnection: close")  # fmt: skip
+        assert got.startswith(b"HTTP/1.1 401")
+        # DNS rebinding: a name that is not this listener's
+        got = raw("GET /api/devices HTTP/1.1\r\nHost: evil.example:8081\r\nConnection: close")
+        assert got.startswith(b"HTTP/1.1 421") and b"admin.names" in got
+        for ok in ("127.0.0.1", f"127.0.0.1:{port}", "localhost", "preprov.lab:8081", "[::1]"):
+            got = raw(f"GET /api/devices HTTP/1.1\r\nHost: {ok}\r\nConnection: close")
+            assert got.startswith(b"HTTP/1.1 200"), ok
     finally:
         assert sp.stop() == 0

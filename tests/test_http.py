@@ -8,13 +8,16 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from conftest import UA
 from preprov.files.lint import lint
+from preprov.runtime import Runtime
+from preprov.web.httpd import MAX_PENDING, FileServerProtocol
 from serverproc import ServerProc, start_server
 
 pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
@@ -249,3 +252,78 @@ def test_http_1_0_and_limits(server: ServerProc) -> None:
     assert raw_exchange(server.port, body).startswith(b"HTTP/1.1 413 ")
     reasons = [e["reason"] for e in server.events() if e["event"] == "request.malformed"]
     assert any("over 16384 bytes" in str(r) for r in reasons)
+
+
+def test_slowloris_and_connection_caps(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("http:\n  head_timeout: 1\n  max_connections_per_source: 4\n")
+    sp = start_server(tmp_path, "--config", str(cfg))
+    try:
+        # a head sent a byte at a time never completes: 408 and closed
+        slow = socket.create_connection(("127.0.0.1", sp.port), timeout=10)
+        slow.sendall(b"GET /ConfigCommon.cfg HTTP/1.1\r\nHost: x\r\n")
+        for _ in range(3):
+            time.sleep(0.2)
+            slow.sendall(b"X")  # still sending, never done
+        got = b""
+        while chunk := slow.recv(4096):
+            got += chunk
+        slow.close()
+        assert got.startswith(b"HTTP/1.1 408") and b"http.head_timeout" in got
+        # four connections from one address are held; the fifth is refused
+        held = [socket.create_connection(("127.0.0.1", sp.port), timeout=5) for _ in range(4)]
+        fifth = raw_exchange(sp.port, b"GET /ConfigCommon.cfg HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert fifth.startswith(b"HTTP/1.1 503") and b"connections open from 127.0.0.1" in fifth
+        for s in held:
+            s.close()
+        ok = raw_exchange(sp.port, b"GET /ConfigCommon.cfg HTTP/1.0\r\n\r\n")
+        assert ok.startswith(b"HTTP/1.0 200")  # released when they close
+    finally:
+        assert sp.stop() == 0
+
+
+class _HeldBus:
+    """A bus whose commits never come: answers pile up as a slow inventory would."""
+
+    def __init__(self) -> None:
+        self.waiting: list[object] = []
+
+    def emit(self, event: object) -> None:
+        pass
+
+    def after_settled(self, callback: object) -> None:
+        self.waiting.append(callback)
+
+
+class _Transport:
+    def __init__(self) -> None:
+        self.paused = False
+        self.written: list[bytes] = []
+
+    def get_extra_info(self, name: str) -> object:
+        return ("127.0.0.1", 1)
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        self.paused = False
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def close(self) -> None:
+        pass
+
+
+def test_pipelined_answers_are_bounded(make_runtime: Callable[..., Runtime]) -> None:
+    rt = make_runtime()
+    bus = _HeldBus()
+    proto = FileServerProtocol(lambda: rt, bus, lambda _m: False, set())  # type: ignore[arg-type]
+    t = _Transport()
+    proto.connection_made(t)  # type: ignore[arg-type]
+    proto.data_received(b"GET /ConfigCommon.cfg HTTP/1.1\r\nHost: x\r\n\r\n" * (MAX_PENDING + 10))
+    assert t.paused and len(bus.waiting) == MAX_PENDING + 10  # what was read already is kept
+    for cb in bus.waiting:
+        cb(None)  # type: ignore[operator]
+    assert not t.paused and len(t.written) == MAX_PENDING + 10

@@ -145,6 +145,11 @@ class HttpSection(Strict):
         default=None, description="addresses to bind; default: the interfaces' addresses"
     )
     realm: str = "preprov"
+    head_timeout: Annotated[float, Field(gt=0)] = Field(
+        default=10.0, description="seconds from a request's first byte to the end of its head"
+    )
+    max_connections: Annotated[int, Field(ge=1)] = 4096
+    max_connections_per_source: Annotated[int, Field(ge=1)] = 128
 
 
 class HttpsSection(Strict):
@@ -347,6 +352,10 @@ class AdminSection(Strict):
     port: Annotated[int, Field(ge=0, le=65535)] = 8081
     token: str | None = Field(
         default=None, description="changes need 'Authorization: Bearer <token>'; none: refused"
+    )
+    names: list[str] = Field(
+        default=[],
+        description="host names the listener answers to besides its addresses and localhost",
     )
 
 

@@ -12,8 +12,9 @@ import asyncio
 import csv
 import hmac
 import io
+import ipaddress
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -89,9 +90,28 @@ def bearer_ok(request: web.Request, token: str | None) -> str | None:
     if not token:
         return "changes are refused: no admin.token is configured"
     got = request.headers.get("Authorization", "")
-    if not got.startswith("Bearer ") or not hmac.compare_digest(got[7:].strip(), token):
+    # compared as bytes: compare_digest refuses str that is not ASCII (a 500 before)
+    sent = got[7:].strip().encode("utf-8", "surrogateescape")
+    if not got.startswith("Bearer ") or not hmac.compare_digest(sent, token.encode("utf-8")):
         return "changes need 'Authorization: Bearer <admin.token>'"
     return None
+
+
+def host_allowed(host: str | None, names: Sequence[str]) -> bool:
+    """DNS rebinding: a page from elsewhere that makes its own name resolve to this
+    listener's address still sends its own name as Host. Only an IP address,
+    localhost or a name listed in admin.names may be the Host."""
+    if not host:
+        return False
+    name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    name = name.strip("[]").lower()
+    if name in ("localhost", *(n.lower() for n in names)):
+        return True
+    try:
+        ipaddress.ip_address(name.split("%", 1)[0])
+    except ValueError:
+        return False
+    return True
 
 
 def make_admin_app(server: Server, metrics: Metrics, stream: Stream) -> web.Application:
@@ -305,7 +325,15 @@ def make_admin_app(server: Server, metrics: Metrics, stream: Stream) -> web.Appl
             headers={"Content-Disposition": 'attachment; filename="preprov-lab-ca.crt"'},
         )
 
-    app = web.Application()
+    @web.middleware
+    async def check_host(request: web.Request, handler: Handler) -> web.StreamResponse:
+        names = server.current().config.admin.names
+        if not host_allowed(request.headers.get("Host"), names):
+            why = f"Host {request.headers.get('Host')!r} is not this listener (admin.names)"
+            return web.json_response({"error": why}, status=421)
+        return await handler(request)
+
+    app = web.Application(middlewares=[check_host])
     app.router.add_get("/", page)
     app.router.add_get("/api/status", status_view)
     app.router.add_get("/api/summary", summary)

@@ -10,8 +10,13 @@ order, and each answer leaves once its event is committed to the inventory
 (no task or future per request: a callback of the group commit). Everything a
 request means is decided by files.service.fetch, as for any other transport.
 
-Limits: request line and headers 16 KiB (431), body 64 KiB (413), an idle
-connection is closed after KEEPALIVE seconds. A request httptools cannot
+Limits: request line and headers 16 KiB (431), body 64 KiB (413); a request
+head must arrive within http.head_timeout seconds of its first byte, or of the
+connection (408: a slowloris holds no connection for ever); an idle connection
+is closed after KEEPALIVE seconds; at most http.max_connections connections,
+http.max_connections_per_source from one address (503); past MAX_PENDING
+pipelined answers, or while the client does not read what it is sent, its
+requests are not read. A request httptools cannot
 parse gets a 400, closes the connection and becomes a request.malformed event.
 """
 
@@ -34,7 +39,12 @@ from ..runtime import Runtime
 
 MAX_HEAD = 16 * 1024
 MAX_BODY = 64 * 1024
-KEEPALIVE = 75.0
+KEEPALIVE = 75.0  # seconds a connection may wait between requests
+HEAD_DEADLINE = 10.0  # defaults of http.head_timeout, http.max_connections(_per_source)
+MAX_CONNECTIONS = 4096
+MAX_PER_SOURCE = 128
+MAX_PENDING = 64  # pipelined answers waiting: reading pauses until they drain
+SWEEP_EVERY = 1.0  # seconds
 SERVER = b"preprov"
 
 _date_cache: tuple[int, bytes] = (0, b"")
@@ -84,9 +94,12 @@ class FileServerProtocol(asyncio.Protocol):
         channel: str = "http",
         observe: Callable[[float], None] | None = None,
         holder: Callable[[str | None], str | None] = lambda _a: None,
+        limits: ConnectionLimits | None = None,
     ) -> None:
         self.runtime = runtime
         self.holder = holder
+        self.limits = limits or ConnectionLimits()
+        self._admitted = False
         self.bus = bus
         self.registered = registered
         self.connections = connections
@@ -97,6 +110,9 @@ class FileServerProtocol(asyncio.Protocol):
         self.peer: str | None = None
         self.local: str | None = None
         self.last_active = time.monotonic()
+        self.head_started: float | None = None  # a request's head is being received
+        self._paused = False  # reading paused: too many answers pending, or a full buffer
+        self._write_full = False
         self._url = b""
         self._head_size = 0
         self._body_size = 0
@@ -116,10 +132,33 @@ class FileServerProtocol(asyncio.Protocol):
         self.peer = str(peer[0]) if peer else None
         self.local = str(sock[0]) if sock else None
         self.connections.add(self)
+        self.head_started = time.monotonic()  # the first request's head has a deadline too
+        why = self.limits.admit(self.peer)
+        if why:
+            self._refuse(503, why)
+        else:
+            self._admitted = True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.connections.discard(self)
+        if self._admitted:
+            self.limits.release(self.peer)
+            self._admitted = False
         self.transport = None
+
+    def pause_writing(self) -> None:
+        self._write_full = True  # a client that does not read: stop reading its requests
+        self._flow()
+
+    def resume_writing(self) -> None:
+        self._write_full = False
+        self._flow()
+
+    def _flow(self) -> None:
+        pause = self._write_full or len(self._slots) >= MAX_PENDING
+        if pause != self._paused and self.transport is not None and not self._closing:
+            self._paused = pause
+            (self.transport.pause_reading if pause else self.transport.resume_reading)()
 
     def data_received(self, data: bytes) -> None:
         self.last_active = time.monotonic()
@@ -140,6 +179,7 @@ class FileServerProtocol(asyncio.Protocol):
     # -- httptools callbacks -----------------------------------------------------
 
     def on_message_begin(self) -> None:
+        self.head_started = time.monotonic()
         self._url = b""
         self._head_size = self._body_size = 0
         self._ua = self._auth = None
@@ -160,6 +200,9 @@ class FileServerProtocol(asyncio.Protocol):
         self._body_size += len(body)
         if self._body_size > MAX_BODY:
             raise _TooLarge(413, f"request body over {MAX_BODY} bytes")
+
+    def on_headers_complete(self) -> None:
+        self.head_started = None
 
     def on_message_complete(self) -> None:
         method = self.parser.get_method().decode("latin-1")
@@ -186,6 +229,7 @@ class FileServerProtocol(asyncio.Protocol):
         # missing from the inventory after a kill -9.
         started = time.monotonic()
         self.bus.after_settled(lambda error: self._ready(cell, data, keep_alive, error, started))
+        self._flow()
 
     # -- answering ---------------------------------------------------------------
 
@@ -208,6 +252,7 @@ class FileServerProtocol(asyncio.Protocol):
             out = self._slots.popleft()[0]
             if self.transport is not None and out is not None:
                 self.transport.write(out)
+        self._flow()
         if not keep_alive:
             self._closing = True
             if not self._slots:
@@ -218,9 +263,12 @@ class FileServerProtocol(asyncio.Protocol):
         if self._head_size > MAX_HEAD:
             raise _TooLarge(431, f"request line and headers over {MAX_HEAD} bytes")
 
-    def _refuse(self, status: int, reason: str) -> None:
+    def _refuse(self, status: int, reason: str, emit: bool = True) -> None:
         self._closing = True
-        self.bus.emit(RequestMalformed(channel=self.channel, client=self.peer, reason=reason[:300]))
+        if emit:
+            self.bus.emit(
+                RequestMalformed(channel=self.channel, client=self.peer, reason=reason[:300])
+            )
         if self.transport is not None:
             self.transport.write(
                 response_bytes(status, (reason + "\n").encode(), "text/plain", [], False)
@@ -231,8 +279,43 @@ class FileServerProtocol(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
-    def idle_for(self, now: float) -> float:
-        return now - self.last_active if not self._slots else 0.0
+    def overdue(self, now: float, head_deadline: float = HEAD_DEADLINE) -> str | None:
+        """Why the sweep closes this connection now, if it does."""
+        if self.head_started is not None and now - self.head_started > head_deadline:
+            return f"request head not complete within {head_deadline:g} s (http.head_timeout)"
+        if not self._slots and now - self.last_active > KEEPALIVE:
+            return ""  # idle: closed without an event, as any keep-alive ends
+        return None
+
+
+class ConnectionLimits:
+    """At most `total` open, `per_source` from one address (http.max_connections,
+    http.max_connections_per_source): one host holding thousands of connections
+    open cannot take the descriptors."""
+
+    def __init__(self, total: int = MAX_CONNECTIONS, per_source: int = MAX_PER_SOURCE) -> None:
+        self.total = total
+        self.per_source = per_source
+        self.open = 0
+        self.by_source: dict[str | None, int] = {}
+
+    def admit(self, source: str | None) -> str | None:
+        n = self.by_source.get(source, 0)
+        if n >= self.per_source:
+            return f"{n} connections open from {source}, the most one address may hold"
+        if self.open >= self.total:
+            return f"{self.open} connections open, the most this server holds"
+        self.by_source[source] = n + 1
+        self.open += 1
+        return None
+
+    def release(self, source: str | None) -> None:
+        self.open -= 1
+        n = self.by_source.get(source, 1) - 1
+        if n:
+            self.by_source[source] = n
+        else:
+            self.by_source.pop(source, None)
 
 
 class _TooLarge(Exception):
@@ -259,6 +342,8 @@ class FileServer:
         self.observe = observe
         self.holder = holder
         self.connections: set[FileServerProtocol] = set()
+        http = runtime().config.http
+        self.limits = ConnectionLimits(http.max_connections, http.max_connections_per_source)
         self.servers: list[asyncio.Server] = []
         self._sweeper: asyncio.TimerHandle | None = None
 
@@ -268,20 +353,24 @@ class FileServer:
         srv = await loop.create_server(
             lambda: FileServerProtocol(
                 self.runtime, self.bus, self.registered, self.connections, channel,
-                observe=self.observe, holder=self.holder,
+                observe=self.observe, holder=self.holder, limits=self.limits,
             ),
             host, port, reuse_address=True, backlog=1024, ssl=ssl,
         )  # fmt: skip
         self.servers.append(srv)
         if self._sweeper is None:
-            self._sweeper = loop.call_later(5.0, self._sweep)
+            self._sweeper = loop.call_later(SWEEP_EVERY, self._sweep)
 
     def _sweep(self) -> None:
         now = time.monotonic()
+        deadline = self.runtime().config.http.head_timeout
         for c in list(self.connections):
-            if c.idle_for(now) > KEEPALIVE:
+            why = c.overdue(now, deadline)
+            if why:
+                c._refuse(408, why)
+            elif why is not None:
                 c._close()
-        self._sweeper = asyncio.get_running_loop().call_later(5.0, self._sweep)
+        self._sweeper = asyncio.get_running_loop().call_later(SWEEP_EVERY, self._sweep)
 
     async def close(self) -> None:
         if self._sweeper is not None:

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,7 +81,9 @@ def start_server(
     port: int | None = None,
     netns: str | None = None,
     host: str = "127.0.0.1",
+    wrap: Sequence[str] = (),
 ) -> ServerProc:
+    """`wrap`: a command that runs the server, e.g. prlimit with its limits."""
     port = port or free_port()
     state = tmp / "state"
     log = tmp / f"server-{port}.log"
@@ -101,6 +104,7 @@ def start_server(
         *([] if "--log-level" in args else ["--log-level", "debug"]),
         *args,
     ]
+    cmd = [*wrap, *cmd]
     if netns:
         cmd = ["ip", "netns", "exec", netns, *cmd]
     with open(log, "wb") as f:

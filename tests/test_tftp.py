@@ -5,21 +5,30 @@ from __future__ import annotations
 import shutil
 import struct
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from preprov.events import FileServed
 from preprov.files.lint import lint
 from preprov.lab import Lab
+from preprov.safety import AllowList, RateLimiter
 from preprov.tftp.core import (
     ACCESS_VIOLATION,
     ACK,
     DATA,
     OACK,
+    RESEND_CREDIT_MAX,
+    RESEND_REFILL,
+    FileAnswer,
     NotARequest,
     ReadRequest,
     TftpError,
+    TftpPolicy,
+    TftpServer,
     Transfer,
+    TransferSlots,
     parse_request,
 )
 from serverproc import start_server
@@ -81,6 +90,84 @@ def test_option_negotiation() -> None:
     assert first is not None and len(first) == 4 + 1468 and t.timeout == 3.0
     assert Transfer(b"z", ReadRequest("f", "netascii")).body == b"z"
     assert Transfer(b"a\nb", ReadRequest("f", "netascii")).body == b"a\r\nb"
+
+
+PHONE = ("198.18.0.2", 3000)
+
+
+def tftp_server(**kw: object) -> TftpServer:
+    served = FileServed(channel="tftp", client="198.18.0.2", path="/f", template="f",
+                        rule="default", size=1)  # fmt: skip
+
+    def answer(path: str, client: str) -> FileAnswer:
+        if path == "/f":
+            return FileAnswer(200, b"x" * 1000, served)
+        return FileAnswer(404, b"no template matches\n", served)
+
+    kw.setdefault("allow", AllowList.build([], [], ["198.18.0.0/24"]))
+    return TftpServer(TftpPolicy(**kw), answer)  # type: ignore[arg-type]
+
+
+def test_server_core_runs_a_transfer_from_a_socket_of_its_own() -> None:
+    s = tftp_server()
+    out = s.datagram_received(rrq("f"), PHONE, 0.0)
+    (first,) = out.sends
+    assert first.via is not None and first.addr == PHONE and first.data[:4] == b"\x00\x03\x00\x01"
+    tid = first.via
+    out = s.transfer_received(tid, ack(1), PHONE, 0.1)
+    assert out.sends[0].data[:4] == b"\x00\x03\x00\x02" and out.sends[0].via == tid
+    out = s.transfer_received(tid, ack(2), PHONE, 0.2)  # the last block (1000 = 512 + 488)
+    assert out.closed == [tid] and isinstance(out.events[0], FileServed)
+    assert s.policy.slots.taken == 0 and s.next_timer() is None
+    # a file that is not there: an error from the request port, no transfer
+    out = s.datagram_received(rrq("nope"), PHONE, 0.3)
+    assert out.sends[0].via is None and out.sends[0].data[:4] == b"\x00\x05\x00\x01"
+
+
+def test_server_core_answers_only_its_segment_within_rates_and_caps() -> None:
+    s = tftp_server(limiter=RateLimiter(3, 1), slots=TransferSlots(5), max_per_source=2)
+    out = s.datagram_received(rrq("f"), ("203.0.113.9", 69), 0.0)
+    assert out.sends == [] and "not in the allowed subnets" in out.events[0].reason  # type: ignore[attr-defined]
+    # per source: two transfers at once, the third is told the server is busy
+    assert s.datagram_received(rrq("f"), PHONE, 0.0).sends[0].via is not None
+    assert s.datagram_received(rrq("f"), PHONE, 0.0).sends[0].via is not None
+    busy = s.datagram_received(rrq("f"), PHONE, 0.0)
+    assert busy.sends[0].via is None and "tftp.max_transfers_per_source" in busy.events[0].reason  # type: ignore[attr-defined]
+    # over its rate: silence, one event a second at most
+    assert s.datagram_received(rrq("f"), PHONE, 0.0).sends == []
+    # all sources together: at most 5 transfers
+    for i in range(3, 10):
+        s.datagram_received(rrq("f"), (f"198.18.0.{i}", 69), 0.0)
+    assert s.policy.slots.taken == 5
+    # once they stall (no ACK in time), a new request takes the place of the oldest
+    s.timer_expired(1.5)
+    out = s.datagram_received(rrq("f"), ("198.18.0.77", 69), 1.6)
+    assert out.sends[-1].via is not None and len(out.closed) == 1
+    assert "gave way to a new request" in out.events[0].reason  # type: ignore[attr-defined]
+    # every transfer ends (given up) and frees its slot and socket
+    closed = []
+    while (t := s.next_timer()) is not None:
+        closed += s.timer_expired(t).closed
+    assert len(closed) == 5 and s.policy.slots.taken == 0 and s.live == {}
+
+
+def test_server_core_spoofed_requests_draw_bounded_resends() -> None:
+    s = tftp_server(slots=TransferSlots(10_000), limiter=RateLimiter(10**9, 10**9))
+    received = sent = 0
+    for i in range(20_000):
+        t = i / 1000
+        data = rrq("f")
+        received += len(data)
+        sent += sum(
+            len(x.data) for x in s.datagram_received(data, (f"198.18.0.{i % 250}", i), t).sends
+        )
+        while (w := s.next_timer()) is not None and w <= t:
+            sent += sum(len(x.data) for x in s.timer_expired(w).sends)
+    while (w := s.next_timer()) is not None:
+        sent += sum(len(x.data) for x in s.timer_expired(w).sends)
+    # the first block of each, and resends paid for by what came in (unbounded: 6 blocks each)
+    assert s.resends_skipped > 0
+    assert sent <= 20_000 * 516 + received + RESEND_CREDIT_MAX + RESEND_REFILL * 30
 
 
 def test_tftp_hpa_fetches_the_zero_config_file(lab: Lab, tmp_path: Path) -> None:
@@ -194,3 +281,48 @@ def test_phone_tftp_read_core_with_bytes() -> None:
     late.on_timeout()
     with pytest.raises(TimeoutError):
         late.on_timeout()
+
+
+def test_a_flood_of_read_requests_from_many_sources_leaves_descriptors_bounded(
+    lab: Lab, tmp_path: Path
+) -> None:
+    """100 addresses of the segment each send 40 read requests and never answer, to a
+    server limited to 1,024 descriptors; a phone fetches meanwhile, over TFTP and HTTP."""
+    if shutil.which("tftp") is None or shutil.which("prlimit") is None:
+        pytest.skip("tftp-hpa or prlimit is not installed")
+    srv, flooder, phone = lab.host("srv"), lab.host("flood"), lab.host("phone")
+    net = srv.ipv4.network
+    sources = [str(net[200 - i]) for i in range(100)]
+    for a in sources:
+        flooder.exec("ip", "addr", "add", f"{a}/{net.prefixlen}", "dev", "eth0")
+    sp = start_server(tmp_path, "--interface", "eth0", netns=srv.ns, port=8080,
+                      wrap=["prlimit", "--nofile=1024:1024", "--"])  # fmt: skip
+    try:
+        code = (
+            "import socket, sys\n"
+            "socks = []\n"
+            "for a in sys.argv[2:]:\n"
+            "    for _ in range(40):\n"
+            "        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+            "        s.bind((a, 0)); socks.append(s)\n"
+            "        s.sendto(b'\\x00\\x01KX-HDV130.cfg\\x00octet\\x00', (sys.argv[1], 69))\n"
+            "print(len(socks))\n"
+        )
+        flood = subprocess.run([*flooder.prefix(), sys.executable, "-c", code, str(srv.ipv4.ip),
+                                *sources], capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert flood.stdout.strip() == "4000", flood.stderr
+        fds = len(list(Path(f"/proc/{sp.proc.pid}/fd").iterdir()))
+        got = tmp_path / "got.cfg"
+        r = subprocess.run([*phone.prefix(), "tftp", "-m", "binary", str(srv.ipv4.ip), "-c",
+                            "get", "KX-HDV130.cfg", str(got)], capture_output=True, text=True,
+                           timeout=30)  # fmt: skip
+        assert r.returncode == 0 and lint(got.read_bytes()) == [], r.stdout + r.stderr
+        http = subprocess.run([*phone.prefix(), "curl", "-sS", "--max-time", "5",
+                               f"http://{srv.ipv4.ip}:8080/KX-HDV130.cfg"], capture_output=True)  # fmt: skip
+        assert http.returncode == 0 and lint(http.stdout) == []
+        print(f"descriptors during the flood: {fds}")
+        assert fds < 256 + 64, f"{fds} descriptors open during the flood"
+        ignored = [e for e in sp.events() if e.get("event") == "request.ignored"]
+        assert ignored and sp.proc.poll() is None
+    finally:
+        assert sp.stop() == 0

@@ -339,6 +339,13 @@ class TftpSection(Strict):
     blksize_max: Annotated[int, Field(ge=8, le=65464)] = 1468
     timeout: Annotated[float, Field(gt=0, le=255)] = 1.0
     retries: Annotated[int, Field(ge=0, le=20)] = 5
+    allow: Allow = Allow()
+    rate_burst: Annotated[int, Field(ge=1)] = 20
+    rate_per_second: Annotated[float, Field(gt=0)] = 10.0
+    max_transfers: Annotated[int, Field(ge=1)] = Field(
+        default=256, description="transfers at once, all interfaces together (a socket each)"
+    )
+    max_transfers_per_source: Annotated[int, Field(ge=1)] = 8
 
 
 class AdminSection(Strict):

@@ -11,18 +11,22 @@ Addr = tuple[str, int]
 
 @dataclass(frozen=True)
 class Send:
-    """A datagram to send, and where."""
+    """A datagram to send, and where; `via`: from the socket of that transfer (TFTP's
+    transfer identifiers, RFC 1350 §4), made by the adapter when first named."""
 
     data: bytes
     addr: Addr
+    via: int | None = None
 
 
 @dataclass
 class Output:
-    """The datagrams to send and the events that happened, for one input."""
+    """The datagrams to send and the events that happened, for one input; `closed`:
+    transfers that ended, whose sockets the adapter closes."""
 
     sends: list[Send] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
+    closed: list[int] = field(default_factory=list)
 
 
 def internal_error(channel: str, source: Addr, error: Exception) -> InternalError:

@@ -15,6 +15,34 @@ from .events import EventBus
 from .net import Interface
 
 
+class CoreTimer:
+    """The one timer of a core (STYLE.md §1): armed for the time the core asks to be
+    woken next (its clock: time.monotonic(), as the loop's), calling `expired` then."""
+
+    def __init__(self, expired: Callable[[], None]) -> None:
+        self.expired = expired
+        self._handle: asyncio.TimerHandle | None = None
+        self._at: float | None = None
+
+    def arm(self, wake: float | None) -> None:
+        if wake == self._at:
+            return
+        if self._handle is not None:
+            self._handle.cancel()
+        loop = asyncio.get_running_loop()
+        self._handle = None if wake is None else loop.call_at(wake, self._fire)
+        self._at = wake
+
+    def _fire(self) -> None:
+        self._handle = self._at = None
+        self.expired()
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        self._handle = self._at = None
+
+
 class Core(Protocol):
     def datagram_received(self, data: bytes, source: Addr, now: float) -> Output: ...
 

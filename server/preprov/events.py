@@ -252,6 +252,18 @@ class RequestMalformed(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
+class RequestIgnored(Event):
+    """A request not answered, or refused before it was read, and why: a source not
+    allowed, over its rate, a cap reached."""
+
+    kind: ClassVar[str] = "request.ignored"
+    level: ClassVar[str] = "warning"
+    channel: str
+    client: str | None
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True)
 class ServerStarted(Event):
     kind: ClassVar[str] = "server.started"
     services: tuple[str, ...]

@@ -34,7 +34,8 @@ from .runtime import Runtime, SetupError, build_runtime
 from .safety import AllowList, RateLimiter
 from .sip.pnp import PnpPolicy, PnpResponder
 from .sip.transport import PnpEndpoint
-from .tftp.transport import TftpListener
+from .tftp.core import TftpPolicy, TransferSlots
+from .tftp.transport import TftpEndpoint
 from .web.admin import Metrics, make_admin_app
 from .web.dashboard import Stream
 from .web.httpd import FileServer
@@ -65,6 +66,31 @@ def pnp_policy(rt: Runtime, iface: Interface, old: PnpPolicy | None = None) -> P
         max_transactions=c.max_transactions,
         max_answered=c.max_answered,
         answers=answers,
+    )
+
+
+def tftp_policy(
+    rt: Runtime, iface: Interface, slots: TransferSlots, old: TftpPolicy | None = None
+) -> TftpPolicy:
+    c = rt.config.tftp
+    subnets = (
+        [str(n) for n in c.allow.subnets]
+        if c.allow.subnets is not None
+        # like SIP PnP: phones on this segment only
+        else [str(i.network) for i in iface.ipv4] + [str(i.network) for i in iface.ipv6]
+    )
+    limiter = RateLimiter(c.rate_burst, c.rate_per_second)
+    if old is not None and (old.limiter.burst, old.limiter.rate) == (limiter.burst, limiter.rate):
+        limiter = old.limiter
+    slots.total = c.max_transfers
+    return TftpPolicy(
+        allow=AllowList.build(c.allow.mac, c.allow.oui, subnets),
+        limiter=limiter,
+        slots=slots,
+        max_per_source=c.max_transfers_per_source,
+        blksize_max=c.blksize_max,
+        timeout=c.timeout,
+        retries=c.retries,
     )
 
 
@@ -168,7 +194,7 @@ class Server:
         self.dhcp4: list[Dhcp4Endpoint] = []
         self.leases4: LeaseTable | None = None
         self.dhcp6: list[Dhcp6Endpoint] = []
-        self.tftp: list[TftpListener] = []
+        self.tftp: list[TftpEndpoint] = []
         self.metrics = Metrics()
         self.bus.subscribe(self.metrics)
         self.stream = Stream()
@@ -278,19 +304,20 @@ class Server:
         if config.tftp.enabled:
             if not rt.interfaces:
                 notes.append("tftp off: it needs --interface (a phone-facing interface)")
-            t = config.tftp
+            slots = TransferSlots(config.tftp.max_transfers)
             for iface in rt.interfaces:
                 # one listener per family: the interface's IPv4 address, its first IPv6 one
                 v4 = pnp_local_address(rt, iface)
                 v6 = str(iface.ipv6[0].ip) if iface.ipv6 else None
                 for tftp_addr in [a for a in (v4, v6) if a is not None]:
-                    listener = TftpListener(iface, tftp_addr, self.current, self.bus,
-                                            self.recorder.registered, t.blksize_max, t.timeout,
-                                            t.retries, self.holders.holder)  # fmt: skip
-                    await listener.start(t.port)
+                    listener = TftpEndpoint(
+                        iface, tftp_addr, self.current, self.bus, self.recorder.registered,
+                        tftp_policy(rt, iface, slots), self.holders.holder,
+                    )  # fmt: skip
+                    await listener.start(config.tftp.port)
                     self.tftp.append(listener)
                     host = f"[{tftp_addr}]" if ":" in tftp_addr else tftp_addr
-                    self.listening.append(f"tftp://{host}:{t.port}/ (on {iface.name})")
+                    self.listening.append(f"tftp://{host}:{config.tftp.port}/ (on {iface.name})")
             if self.tftp:
                 services.append("tftp")
         if config.dhcp6.enabled:
@@ -396,6 +423,9 @@ class Server:
             d.server.policy = dhcp4_policy(rt, d.iface, d.server.leases, server_ip)
         for d6 in self.dhcp6:
             d6.server.policy = dhcp6_policy(rt, d6.iface, d6.server.leases, d6.server.policy.duid)
+        for t in self.tftp:
+            old_tftp = t.core.policy
+            t.core.policy = tftp_policy(rt, t.iface, old_tftp.slots, old_tftp)
         self.bus.emit(ConfigReloaded(config=file, notes=tuple(notes)))
         return True
 

@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 from ..datagrams import Addr, Output, internal_error
+from ..endpoint import CoreTimer
 from ..events import EventBus
 from ..net import Interface, multicast_listener, unicast_socket
 from .pnp import CHANNEL, PnpResponder
@@ -43,8 +44,7 @@ class PnpEndpoint:
         self.bus = bus
         self._transports: list[asyncio.DatagramTransport] = []
         self._send: asyncio.DatagramTransport | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
+        self._timer = CoreTimer(self._on_timer)
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -71,7 +71,6 @@ class PnpEndpoint:
         self._process(out)
 
     def _on_timer(self) -> None:
-        self._timer = self._timer_at = None
         try:
             out = self.responder.timer_expired(time.monotonic())
         except Exception as e:
@@ -85,17 +84,9 @@ class PnpEndpoint:
             self._send.sendto(s.data, s.addr)
         for ev in out.events:
             self.bus.emit(ev)
-        wake = self.responder.next_timer()
-        if wake != self._timer_at:
-            if self._timer is not None:
-                self._timer.cancel()
-            self._timer = (
-                None if wake is None else asyncio.get_running_loop().call_at(wake, self._on_timer)
-            )
-            self._timer_at = wake
+        self._timer.arm(self.responder.next_timer())
 
     def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
+        self._timer.cancel()
         for t in self._transports:
             t.close()

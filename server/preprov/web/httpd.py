@@ -33,7 +33,7 @@ from typing import cast
 
 import httptools
 
-from ..events import EventBus, RequestMalformed
+from ..events import EventBus, RequestIgnored, RequestMalformed
 from ..files.service import FileRequest, fetch
 from ..runtime import Runtime
 
@@ -135,7 +135,8 @@ class FileServerProtocol(asyncio.Protocol):
         self.head_started = time.monotonic()  # the first request's head has a deadline too
         why = self.limits.admit(self.peer)
         if why:
-            self._refuse(503, why)
+            self.bus.emit(RequestIgnored(channel=self.channel, client=self.peer, reason=why))
+            self._refuse(503, why, emit=False)
         else:
             self._admitted = True
 

@@ -194,6 +194,30 @@ def test_decline_and_release_only_from_the_holder() -> None:
     assert opt(reply(out), 53) == b"\x05" and reply(out).yiaddr == ip
 
 
+def test_a_flood_of_discovers_does_not_starve_a_phone() -> None:
+    """Offers to made-up MACs that never REQUEST: a used-up pool gives the oldest offer
+    to the next DISCOVER, and the first REQUEST for an offered address wins."""
+    sub = Subnet(IFACE.network, ipaddress.IPv4Address("198.18.0.130"),
+                 ipaddress.IPv4Address("198.18.0.133"), SERVER)  # fmt: skip
+    s = Dhcp4Server(Dhcp4Policy(server_ip=SERVER, rules=RULES, local=sub), LeaseTable([sub]))
+    for i in range(100):
+        s.datagram_received(msg(DHCPMessageType.DHCPDISCOVER, f"02aa{i:08x}"), ("0.0.0.0", 68), T)
+    offer = reply(s.datagram_received(msg(DHCPMessageType.DHCPDISCOVER), ("0.0.0.0", 68), T))
+    # more of the flood, which takes the phone's offered address for another MAC
+    for i in range(100, 110):
+        s.datagram_received(msg(DHCPMessageType.DHCPDISCOVER, f"02aa{i:08x}"), ("0.0.0.0", 68), T)
+    out = s.datagram_received(
+        msg(DHCPMessageType.DHCPREQUEST, o54=SERVER.packed, o50=offer.yiaddr.packed),
+        ("0.0.0.0", 68), T + 0.01,
+    )  # fmt: skip
+    assert opt(reply(out), 53) == b"\x05" and reply(out).yiaddr == offer.yiaddr
+    # the made-up MAC that was offered it last is told no
+    for i in range(100, 110):
+        o = s.datagram_received(msg(DHCPMessageType.DHCPREQUEST, f"02aa{i:08x}", o54=SERVER.packed,
+                                    o50=offer.yiaddr.packed), ("0.0.0.0", 68), T + 0.02)  # fmt: skip
+        assert opt(reply(o), 53) == b"\x06"
+
+
 def test_inform_gets_options_and_no_lease() -> None:
     out = server().datagram_received(
         msg(DHCPMessageType.DHCPINFORM, ciaddr="198.18.0.77"), ("198.18.0.77", 68), T

@@ -286,3 +286,18 @@ def test_bindings_survive_a_restart() -> None:
     assert str(c.IaNa.decode(other.get(c.IA_NA) or b"").addresses[0].address) != lease.ip
     again = answer(fresh.datagram_received(msg(c.SOLICIT, ia()), CLIENT, T + 2))
     assert str(c.IaNa.decode(again.get(c.IA_NA) or b"").addresses[0].address) == lease.ip
+
+
+def test_a_flood_of_solicits_does_not_starve_a_phone() -> None:
+    net = IFACE.network
+    small = Pool6(net, net[0x1000], net[0x1003], frozenset({IFACE.ip}))
+    s = server([small], rapid_commit=False)
+    for i in range(50):
+        duid = b"\x00\x03\x00\x01\x02\xaa" + i.to_bytes(4, "big")
+        s.datagram_received(msg(c.SOLICIT, ia(1), duid=duid), CLIENT, T)
+    adv = answer(s.datagram_received(msg(c.SOLICIT, ia(7)), CLIENT, T))
+    addr = c.IaNa.decode(adv.get(c.IA_NA) or b"").addresses
+    assert len(addr) == 1 and addr[0].address in small.prefix  # not NoAddrsAvail
+    rep = answer(s.datagram_received(msg(c.REQUEST, ia(7, str(addr[0].address)),
+                                         (c.SERVERID, SERVER_DUID)), CLIENT, T + 0.01))  # fmt: skip
+    assert rep.msg_type == c.REPLY and c.IaNa.decode(rep.get(c.IA_NA) or b"").addresses

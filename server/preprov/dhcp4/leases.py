@@ -9,6 +9,7 @@ kill -9 no address is given to two clients.
 from __future__ import annotations
 
 import ipaddress
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 IPv4 = ipaddress.IPv4Address
@@ -33,6 +34,7 @@ class Subnet:
     dns: tuple[IPv4, ...] = ()
     exclude: frozenset[IPv4] = frozenset()  # the server's own addresses
     _cursor: int = field(default=0, repr=False)
+    _full_scan: float = field(default=float("-inf"), repr=False)
     size: int = field(init=False, repr=False)
     label: str = field(init=False, repr=False)  # "198.18.0.0/24", computed once
 
@@ -57,6 +59,9 @@ def default_subnet(iface: ipaddress.IPv4Interface) -> Subnet:
     return Subnet(net, first, last, router=iface.ip, dns=(), exclude=frozenset({iface.ip}))
 
 
+SCAN_MAX = 256  # addresses looked at for a DISCOVER before the oldest offer is taken
+
+
 class NoAddress(Exception):
     pass
 
@@ -68,6 +73,10 @@ class LeaseTable:
         self.reserved = {ip: mac for mac, ip in self.reservations.items()}
         self.by_ip: dict[IPv4, Lease] = {}
         self.by_client: dict[str, Lease] = {}
+        # addresses offered and not yet requested, oldest first: when a pool is used
+        # up, the oldest offer goes to the next DISCOVER (an offer binds nothing; a
+        # flood of DISCOVERs from made-up MACs must not starve the phones)
+        self.offers: OrderedDict[IPv4, Lease] = OrderedDict()
 
     # -- loading -----------------------------------------------------------------
 
@@ -76,6 +85,11 @@ class LeaseTable:
             self._put(lease)
 
     def _put(self, lease: Lease) -> None:
+        if lease.state == "offered":
+            self.offers[lease.ip] = lease
+            self.offers.move_to_end(lease.ip)
+        else:
+            self.offers.pop(lease.ip, None)
         old = self.by_ip.get(lease.ip)
         if old is not None and self.by_client.get(old.client) is old:
             del self.by_client[old.client]
@@ -100,6 +114,18 @@ class LeaseTable:
         if lease is None or lease.expires <= now or lease.state not in ("offered", "bound"):
             return None
         return lease
+
+    def claimable(self, ip: IPv4, client: str, mac: str, subnet: Subnet, now: float) -> bool:
+        """May a REQUEST bind `ip` to this client: free, or only offered to another
+        (RFC 2131 leaves an unrequested offer to the server; the first REQUEST wins)."""
+        if self.free(ip, client, mac, subnet, now):
+            return True
+        lease = self.by_ip.get(ip)
+        if lease is None or lease.state != "offered":
+            return False
+        owner = self.reserved.get(ip)
+        in_pool = subnet.first <= ip <= subnet.last or self.reservations.get(mac) == ip
+        return in_pool and (owner is None or owner == mac) and ip not in subnet.exclude
 
     def free(self, ip: IPv4, client: str, mac: str, subnet: Subnet, now: float) -> bool:
         """May `ip` go to this client?"""
@@ -141,12 +167,23 @@ class LeaseTable:
         return lease
 
     def _next_free(self, client: str, mac: str, subnet: Subnet, now: float) -> IPv4:
+        # a look at most SCAN_MAX addresses on from the cursor, then the oldest offer;
+        # a walk of the whole pool at most once a second (a used-up /16 walked for
+        # every DISCOVER of a flood would stall the server)
+        whole = now - subnet._full_scan >= 1.0
+        if whole:
+            subnet._full_scan = now
         base = int(subnet.first)
-        for step in range(subnet.size):
+        for step in range(subnet.size if whole else min(subnet.size, SCAN_MAX)):
             i = (subnet._cursor + step) % subnet.size
             ip = IPv4(base + i)
             if self.free(ip, client, mac, subnet, now) and ip not in self.reserved:
                 subnet._cursor = (i + 1) % subnet.size
+                return ip
+        for ip, lease in self.offers.items():
+            if lease.client != client and ip in subnet.network and ip not in self.reserved:
+                if self.by_client.get(lease.client) is lease:
+                    del self.by_client[lease.client]
                 return ip
         raise NoAddress(f"no free address in {subnet.first}-{subnet.last}")
 

@@ -242,7 +242,8 @@ class Dhcp4Server:
                 )
                 return
             ip = requested or ciaddr
-            if ip is None or current is None or current.ip != ip:
+            mine = current is not None and current.ip == ip
+            if ip is None or not (mine or self.leases.claimable(ip, client, mac, subnet, now)):
                 offered = current.ip if current else None
                 self._nak(req, facts, ip, f"requested {ip}, offered {offered}", out)
                 return

@@ -12,6 +12,7 @@ from the rules under a configurable enterprise number and sub-option
 from __future__ import annotations
 
 import ipaddress
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from ..datagrams import Addr, Output, Send
@@ -43,6 +44,7 @@ class Pool6:
     last: IPv6
     exclude: frozenset[IPv6] = frozenset()
     cursor: int = 0
+    full_scan: float = float("-inf")  # when the whole pool was last walked
 
     @property
     def size(self) -> int:
@@ -56,11 +58,17 @@ def default_pool(iface: ipaddress.IPv6Interface) -> Pool6:
     return Pool6(net, IPv6(base + 0x1000), IPv6(base + 0xFFFF), frozenset({iface.ip}))
 
 
+SCAN_MAX = 256  # addresses looked at for a SOLICIT before the oldest offer is taken
+
+
 class Leases6:
     def __init__(self, pools: list[Pool6]) -> None:
         self.pools = pools
         self.by_ip: dict[IPv6, Binding] = {}
         self.by_client: dict[str, Binding] = {}
+        # advertised and not yet requested, oldest first: a used-up pool gives the
+        # oldest to the next client (as for DHCPv4: a flood must not starve phones)
+        self.offers: OrderedDict[IPv6, Binding] = OrderedDict()
 
     def load(self, bindings: list[Binding]) -> None:
         for b in bindings:
@@ -89,15 +97,29 @@ class Leases6:
             return b
         if hint is not None and self.free(hint, client, pool, now):
             return self._put(Binding(hint, client, mac, "offered", now + hold))
-        for step in range(pool.size):
+        # at most SCAN_MAX addresses from the cursor, the whole pool once a second
+        whole = now - pool.full_scan >= 1.0
+        if whole:
+            pool.full_scan = now
+        for step in range(pool.size if whole else min(pool.size, SCAN_MAX)):
             i = (pool.cursor + step) % pool.size
             ip = IPv6(int(pool.first) + i)
             if self.free(ip, client, pool, now):
                 pool.cursor = (i + 1) % pool.size
                 return self._put(Binding(ip, client, mac, "offered", now + hold))
+        for ip, old in self.offers.items():
+            if old.client != client and ip in pool.prefix:
+                if self.by_client.get(old.client) is old:
+                    del self.by_client[old.client]
+                return self._put(Binding(ip, client, mac, "offered", now + hold))
         return None
 
     def _put(self, b: Binding) -> Binding:
+        if b.state == "offered":
+            self.offers[b.ip] = b
+            self.offers.move_to_end(b.ip)
+        else:
+            self.offers.pop(b.ip, None)
         self.by_ip[b.ip] = b
         if b.state in ("offered", "bound"):
             self.by_client[b.client] = b

@@ -243,14 +243,15 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--runs", type=int, default=1_000_000)
     ap.add_argument("--target", action="append", choices=TARGETS)
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "fuzz.json")
     args = ap.parse_args()
     results = [run_one(t, args.runs) for t in args.target or TARGETS]
     for r in results:
         print(f"{r['target']:6} {r['runs']:>9} inputs  {r['seconds']:>7} s  crashes {r['crashes']}")
         if r["crashes"]:
             print(r["tail"])
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "fuzz.json").write_text(json.dumps(results, indent=2))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
     return 1 if any(r["crashes"] for r in results) else 0
 
 

@@ -162,9 +162,23 @@ class LeaseTable:
         return self._hold(ip, client, mac, now, hold)
 
     def _hold(self, ip: IPv4, client: str, mac: str, now: float, hold: float) -> Lease:
+        self._drop_expired_offers(now)
         lease = Lease(ip, client, mac, "offered", now + hold)
         self._put(lease)
         return lease
+
+    def _drop_expired_offers(self, now: float) -> None:
+        """Offers never requested are forgotten once they expire, oldest first, so that
+        a flood of DISCOVERs leaves no lease objects behind."""
+        while self.offers:
+            ip, lease = next(iter(self.offers.items()))
+            if lease.expires > now:
+                break
+            del self.offers[ip]
+            if self.by_ip.get(ip) is lease:
+                del self.by_ip[ip]
+            if self.by_client.get(lease.client) is lease:
+                del self.by_client[lease.client]
 
     def _next_free(self, client: str, mac: str, subnet: Subnet, now: float) -> IPv4:
         # a look at most SCAN_MAX addresses on from the cursor, then the oldest offer;

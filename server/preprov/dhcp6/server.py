@@ -95,6 +95,17 @@ class Leases6:
         b = self.current(client, now)
         if b is not None and b.ip in pool.prefix:
             return b
+        # offers never requested are forgotten once expired, oldest first: a flood of
+        # SOLICITs leaves no binding objects behind
+        while self.offers:
+            ip, old = next(iter(self.offers.items()))
+            if old.expires > now:
+                break
+            del self.offers[ip]
+            if self.by_ip.get(ip) is old:
+                del self.by_ip[ip]
+            if self.by_client.get(old.client) is old:
+                del self.by_client[old.client]
         if hint is not None and self.free(hint, client, pool, now):
             return self._put(Binding(hint, client, mac, "offered", now + hold))
         # at most SCAN_MAX addresses from the cursor, the whole pool once a second

@@ -159,7 +159,7 @@ PLAN_EVERY = 5  # checkpoints: the pruning is planned every 5 s
 FORGET_PLAN = 5000  # devices chosen to forget per plan, at most
 FORGET_CHUNK = 500  # devices forgotten per group commit
 PRUNE_CHUNK = 2000  # events deleted at most per group commit, while over the budget
-WRITTEN_MAX = 100_000  # device rows remembered as written (see write)
+WRITTEN_MAX = 20_000  # device rows remembered as written (see write): about 6 MB
 
 _UPSERT_KEYS = ("mac", "model", "fwver", "vendor", "ipv4", "ipv6", "first", "last", "kind", "error",
                 "pnp", "dhcp", "files", "stage", "changed")  # fmt: skip

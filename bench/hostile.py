@@ -1,0 +1,238 @@
+"""preprov under hostile traffic: a million datagrams from many addresses of its segment.
+
+A namespace lab (198.18.0.0/15 and fd00::/8 only): `preprov serve --interface
+eth0` with its defaults in one namespace (CPU 0); an attacker namespace with
+--sources IPv4 and a quarter as many IPv6 addresses of the segment runs
+bench/hostile_flood.py (CPU 1): --count datagrams of garbage, SUBSCRIBEs,
+DHCPv4 and DHCPv6 requests with made-up MACs and DUIDs, and TFTP read requests
+never acknowledged, as fast as it can send them. Meanwhile simulated phones in
+two more namespaces boot again and again: SIP PnP, DHCPINFORM and option 160,
+DHCPv4 DORA and option 160, DHCPv6 and option 17, and a TFTP fetch.
+
+Prints: the state directory's size (and the budget), the server's resident
+memory before, at its peak and 40 s after the flood, the most descriptors
+open, bytes sent per byte received per channel, internal errors (tracebacks),
+and how many phone boots of each kind succeeded during the flood.
+
+    ./run bench hostile [--count 1000000] [--sources 150]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from preprov.lab import Lab, netns_unavailable
+
+HERE = Path(__file__).resolve().parent
+
+
+def pin(cpu: int) -> list[str]:
+    return ["taskset", "-c", str(cpu)] if shutil.which("taskset") else []
+
+
+def status(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])  # kB
+    return 0
+
+
+def dir_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--count", type=int, default=1_000_000)
+    ap.add_argument("--sources", type=int, default=150)
+    args = ap.parse_args()
+    why = netns_unavailable()
+    if why:
+        raise SystemExit(f"this benchmark builds network namespaces: {why}")
+    work = Path(tempfile.mkdtemp(prefix="preprov-bench-hostile-"))
+    state = work / "state"
+    results: dict[str, object] = {"args": vars(args)}
+    with Lab() as lab:
+        srv, flood = lab.host("srv"), lab.host("flood")
+        phone, bare = lab.host("phone"), lab.host("bare", addresses=False)
+        net4, net6 = srv.ipv4.network, srv.ipv6.network
+        v4 = [str(net4[100 + i]) for i in range(min(args.sources, 150))]
+        v6 = [str(net6[0x100 + i]) for i in range(max(1, args.sources // 4))]
+        for a in v4:
+            flood.exec("ip", "addr", "add", f"{a}/{net4.prefixlen}", "dev", "eth0")
+        for a in v6:
+            flood.exec("ip", "-6", "addr", "add", f"{a}/{net6.prefixlen}", "dev", "eth0", "nodad")
+        log = work / "server.log"
+        with open(log, "wb") as f:
+            server = subprocess.Popen(
+                [*srv.prefix(), *pin(0), sys.executable, "-m", "preprov", "serve",
+                 "--interface", "eth0", "--state-dir", str(state), "--log-format", "json"],
+                stdout=f, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 15
+            while b'"server.started"' not in log.read_bytes():
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"server did not start:\n{log.read_text()}")
+                time.sleep(0.05)
+            pid = server.pid
+            before = Phones(phone, bare, srv)
+            before.once()  # the baseline: every kind works before the flood
+            phones = Phones(phone, bare, srv)
+            rss_before = status(pid, "VmRSS")
+            peak_fds = [0]
+            watching = threading.Event()
+
+            def watch() -> None:
+                while not watching.is_set():
+                    with contextlib.suppress(OSError):
+                        fds = len(list(Path(f"/proc/{pid}/fd").iterdir()))
+                        peak_fds[0] = max(peak_fds[0], fds)
+                    time.sleep(0.05)
+
+            watcher = threading.Thread(target=watch)
+            watcher.start()
+            phones.start()
+            r = subprocess.run(
+                [*flood.prefix(), *pin(1), sys.executable, str(HERE / "hostile_flood.py"),
+                 str(srv.ipv4.ip), str(srv.ipv6.ip), "eth0", str(args.count), *v4, "--", *v6],
+                capture_output=True, text=True,
+            )  # fmt: skip
+            phones.stop()
+            if r.returncode != 0:
+                raise SystemExit(f"the flooder failed:\n{r.stderr[-3000:]}")
+            flooded = json.loads(r.stdout.strip().splitlines()[-1])
+            rss_peak = status(pid, "VmHWM")
+            time.sleep(40)  # answered exchanges linger 32 s, offers 30 s
+            watching.set()
+            watcher.join()
+            rss_after = status(pid, "VmRSS")
+            # the same flood again: memory that plateaus is a high-water mark, memory
+            # that grows again is held by the server
+            again = subprocess.run(
+                [*flood.prefix(), *pin(1), sys.executable, str(HERE / "hostile_flood.py"),
+                 str(srv.ipv4.ip), str(srv.ipv6.ip), "eth0", str(args.count), *v4, "--", *v6],
+                capture_output=True, text=True,
+            )  # fmt: skip
+            time.sleep(40)
+            rss_again = status(pid, "VmRSS")
+            after = Phones(phone, bare, srv)
+            after.once()
+            alive = server.poll() is None and again.returncode == 0
+        finally:
+            server.send_signal(signal.SIGTERM)
+            try:
+                server.wait(30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+    text = log.read_text(errors="replace")
+    internal = text.count('"event":"internal.error"')
+    tracebacks = text.count("Traceback")
+    size = dir_bytes(state)
+    print(f"flood: {sum(flooded['datagrams'].values()):,} datagrams in {flooded['seconds']} s "
+          f"from {len(v4)} IPv4 and {len(v6)} IPv6 addresses of the segment")  # fmt: skip
+    for ch in ("sip-pnp", "dhcpv4", "dhcpv6", "tftp"):
+        sent, got = flooded["sent"][ch], flooded["received"][ch]
+        print(f"  {ch:8} {flooded['datagrams'][ch]:>9,} datagrams, {sent:>12,} bytes in, "
+              f"{got:>12,} bytes out: {got / max(sent, 1):.3f} out per byte in")  # fmt: skip
+    print(f"state directory: {size / 2**20:.1f} MiB (budget 256 MiB, inventory.max_bytes)")
+    print(f"resident memory: {rss_before / 1024:.0f} MiB before, {rss_peak / 1024:.0f} MiB peak, "
+          f"{rss_after / 1024:.0f} MiB 40 s after, {rss_again / 1024:.0f} MiB 40 s after the same "
+          "flood again")  # fmt: skip
+    print(f"descriptors: {peak_fds[0]} at most")
+    print(f"internal errors: {internal}, tracebacks: {tracebacks}, server alive: {alive}")
+    print("phones during the flood (provisioned / boots):")
+    for kind, (ok, n) in phones.tally().items():
+        print(f"  {kind:22} {ok} / {n}")
+    print("phones before: " + ", ".join(f"{k} {ok}/{n}" for k, (ok, n) in before.tally().items()))
+    print("phones after: " + ", ".join(f"{k} {ok}/{n}" for k, (ok, n) in after.tally().items()))
+    results.update(flooded=flooded, state_bytes=size, rss_kib=[rss_before, rss_peak, rss_after, rss_again],
+                   peak_fds=peak_fds[0], internal_errors=internal, tracebacks=tracebacks,
+                   phones=phones.tally(), after=after.tally(), alive=alive)  # fmt: skip
+    out = HERE / "results"
+    out.mkdir(exist_ok=True)
+    (out / "hostile.json").write_text(json.dumps(results, indent=2))
+    shutil.rmtree(work, ignore_errors=True)
+    ok = (
+        alive
+        and not internal
+        and not tracebacks
+        and all(n and ok for ok, n in after.tally().values())
+    )
+    return 0 if ok else 1
+
+
+class Phones:
+    """Simulated phones booting again and again, one of each kind at a time."""
+
+    KINDS = {
+        "sip-pnp": ("phone", ["--no-option160", "--no-option159", "--no-option66"]),
+        "dhcpinform-option-160": ("phone", ["--no-sippnp"]),
+        "dhcpv4-dora-option-160": ("bare", ["--no-sippnp"]),
+        "dhcpv6-option-17": ("phone", ["--ip-mode", "ipv6"]),
+    }
+
+    def __init__(self, phone: object, bare: object, srv: object) -> None:
+        self.hosts = {"phone": phone, "bare": bare}
+        self.srv = srv
+        self.results: dict[str, list[bool]] = {k: [] for k in [*self.KINDS, "tftp"]}
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def boot(self, kind: str, n: int) -> bool:
+        if kind == "tftp":
+            host = self.hosts["phone"]
+            cmd = [*host.prefix(), "tftp", str(self.srv.ipv4.ip), "-m", "binary",  # type: ignore[attr-defined]
+                   "-c", "get", "KX-HDV130.cfg", f"/tmp/preprov-hostile-{n}.cfg"]  # fmt: skip
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+            return r.returncode == 0 and "Error" not in r.stdout + r.stderr
+        where, flags = self.KINDS[kind]
+        host = self.hosts[where]
+        mac = f"0080F0{0xE0000 + n:06X}"
+        r = subprocess.run([*host.prefix(), *pin(1), sys.executable, "-m", "preprov", "phone",  # type: ignore[attr-defined]
+                            "--interface", "eth0", "--mac", mac, "--json", *flags],
+                           capture_output=True, text=True, timeout=120)  # fmt: skip
+        return r.returncode == 0
+
+    def once(self) -> None:
+        for i, kind in enumerate(self.results):
+            self.results[kind].append(self.boot(kind, i))
+
+    def start(self) -> None:
+        def loop(kinds: tuple[str, ...], base: int) -> None:
+            n = base
+            while not self._stop.is_set():
+                kind = kinds[n % len(kinds)]
+                self.results[kind].append(self.boot(kind, n))
+                n += 1
+
+        # one `preprov phone` at a time per namespace (ports 5060, 68 and 546 are one
+        # per namespace): the phone with an address cycles through PnP, DHCPINFORM and
+        # DHCPv6; the one without leases by DORA; tftp-hpa fetches beside them
+        for i, kinds in enumerate((("sip-pnp", "dhcpinform-option-160", "dhcpv6-option-17"),
+                                   ("dhcpv4-dora-option-160",), ("tftp",))):  # fmt: skip
+            t = threading.Thread(target=loop, args=(kinds, 1000 * (i + 1)))
+            t.start()
+            self._threads.append(t)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join()
+
+    def tally(self) -> dict[str, tuple[int, int]]:
+        return {k: (sum(v), len(v)) for k, v in self.results.items()}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -156,8 +156,9 @@ def main() -> int:
         print(f"  {kind:22} {ok} / {n}")
     print("phones before: " + ", ".join(f"{k} {ok}/{n}" for k, (ok, n) in before.tally().items()))
     print("phones after: " + ", ".join(f"{k} {ok}/{n}" for k, (ok, n) in after.tally().items()))
-    results.update(flooded=flooded, state_bytes=size, rss_kib=[rss_before, rss_peak, rss_after, rss_again],
-                   peak_fds=peak_fds[0], internal_errors=internal, tracebacks=tracebacks,
+    results.update(flooded=flooded, state_bytes=size, peak_fds=peak_fds[0],
+                   rss_kib=[rss_before, rss_peak, rss_after, rss_again],
+                   internal_errors=internal, tracebacks=tracebacks,
                    phones=phones.tally(), after=after.tally(), alive=alive)  # fmt: skip
     out = HERE / "results"
     out.mkdir(exist_ok=True)

@@ -22,8 +22,13 @@ def dhcp_socket(iface: Interface, port: int) -> socket.socket:
     return udp_socket("0.0.0.0", port, iface.name, (broadcast,), big_buffer=True)
 
 
+# a request still queued after this long was asked again or given up
+# (RFC 2131 §4.1: a client waits 4 s before it asks again)
+STALE_AFTER = 4.0
+
+
 class Dhcp4Endpoint(DatagramEndpoint):
     server: Dhcp4Server
 
     def __init__(self, iface: Interface, port: int, server: Dhcp4Server, bus: EventBus) -> None:
-        super().__init__(iface, port, server, bus, dhcp_socket, (Dhcp4Lease,), CHANNEL)
+        super().__init__(iface, port, server, bus, dhcp_socket, (Dhcp4Lease,), CHANNEL, STALE_AFTER)

@@ -23,8 +23,15 @@ def dhcp6_socket(iface: Interface, port: int) -> socket.socket:
     return udp_socket("::", port, iface.name, (join6(ALL_DHCP_SERVERS, iface),), big_buffer=True)
 
 
+# a request still queued after this long was asked again or given up
+# (RFC 8415 §15: SOL_TIMEOUT and REQ_TIMEOUT are 1 s)
+STALE_AFTER = 1.0
+
+
 class Dhcp6Endpoint(DatagramEndpoint):
     server: Dhcp6Server
 
     def __init__(self, iface: Interface, port: int, server: Dhcp6Server, bus: EventBus) -> None:
-        super().__init__(iface, port, server, bus, dhcp6_socket, (Dhcp6Lease,), CHANNEL)
+        super().__init__(
+            iface, port, server, bus, dhcp6_socket, (Dhcp6Lease,), CHANNEL, STALE_AFTER
+        )

@@ -4,33 +4,24 @@ Per interface: a socket that hears 224.0.1.75:5060 on that interface only,
 and one bound to the interface's own address, port 5060, which every answer
 leaves from and the phones' answers to the NOTIFY come back to. Both feed the
 same responder core; its datagrams are sent, its events emitted, its timer
-re-armed. asyncio's DatagramProtocol, not aioudp: aioudp hides its socket, so
-it can neither join a multicast group nor bind to a device.
+re-armed. The sockets are read by endpoint.DatagramReader: in batches, with
+the kernel's receive time, a SUBSCRIBE queued past STALE_AFTER dropped.
 """
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import time
-from typing import Any
 
 from ..datagrams import Addr, Output, internal_error
-from ..endpoint import CoreTimer
+from ..endpoint import CoreTimer, DatagramReader
 from ..events import EventBus
 from ..net import Interface, multicast_listener, unicast_socket
 from .pnp import CHANNEL, PnpResponder
 
-
-class _Proto(asyncio.DatagramProtocol):
-    def __init__(self, endpoint: PnpEndpoint) -> None:
-        self.endpoint = endpoint
-
-    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
-        self.endpoint.received(data, (addr[0], addr[1]))
-
-    def error_received(self, exc: Exception) -> None:
-        pass  # ICMP port unreachable from a phone that went away: the core's timers handle it
+# A SUBSCRIBE still queued after this long was sent again by its phone, which
+# waits 5 s in all for the NOTIFY, resending at T1 doubling (PROTOCOL.md §3).
+STALE_AFTER = 2.0
 
 
 class PnpEndpoint:
@@ -42,22 +33,22 @@ class PnpEndpoint:
         self.group = group
         self.responder = responder
         self.bus = bus
-        self._transports: list[asyncio.DatagramTransport] = []
-        self._send: asyncio.DatagramTransport | None = None
+        self._readers: list[DatagramReader] = []
         self._timer = CoreTimer(self._on_timer)
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
         socks: list[socket.socket] = [unicast_socket(self.local[0], self.local[1], self.iface)]
         try:
             socks.append(multicast_listener(self.iface, self.group, self.local[1]))
         except OSError:
             socks[0].close()
             raise
-        for s in socks:
-            t, _ = await loop.create_datagram_endpoint(lambda: _Proto(self), sock=s)
-            self._transports.append(t)
-        self._send = self._transports[0]
+        # every answer leaves from the first: the interface's address, port 5060
+        self._readers = [DatagramReader(s, self.received, STALE_AFTER) for s in socks]
+
+    @property
+    def stale(self) -> int:
+        return sum(r.stale for r in self._readers)
 
     # The core's clock is time.monotonic(): uvloop's loop.time() counts whole
     # milliseconds, too coarse for the timings the events report.
@@ -79,14 +70,13 @@ class PnpEndpoint:
         self._process(out)
 
     def _process(self, out: Output) -> None:
-        assert self._send is not None
         for s in out.sends:
-            self._send.sendto(s.data, s.addr)
+            self._readers[0].sendto(s.data, s.addr)
         for ev in out.events:
             self.bus.emit(ev)
         self._timer.arm(self.responder.next_timer())
 
     def close(self) -> None:
         self._timer.cancel()
-        for t in self._transports:
-            t.close()
+        for r in self._readers:
+            r.close()

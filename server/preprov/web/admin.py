@@ -62,6 +62,9 @@ class Metrics:
                              ["last_event"], registry=self.registry)  # fmt: skip
         self.leases = Gauge("preprov_leases_in_use", "Bound leases", ["family"],
                             registry=self.registry)  # fmt: skip
+        self.stale = Gauge("preprov_requests_stale", "Requests dropped unanswered since start: "
+                           "still queued past the client's retransmission time", ["channel"],
+                           registry=self.registry)  # fmt: skip
         self._children: dict[tuple[type, str], list[Callable[[], None]]] = {}
 
     def observer(self, channel: str) -> Callable[[float], None]:
@@ -207,6 +210,9 @@ def make_admin_app(server: Server, metrics: Metrics, stream: Stream) -> web.Appl
             metrics.devices.labels(last_event).set(n)
         for family, n in in_use.items():
             metrics.leases.labels(family).set(n)
+        for channel, endpoints in (("dhcpv4", server.dhcp4), ("dhcpv6", server.dhcp6),
+                                   ("sip-pnp", server.pnp)):  # fmt: skip
+            metrics.stale.labels(channel).set(sum(ep.stale for ep in endpoints))
         return web.Response(body=generate_latest(metrics.registry),
                             headers={"Content-Type": CONTENT_TYPE_LATEST})  # fmt: skip
 

@@ -29,6 +29,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 from preprov.lab import Lab, netns_unavailable
@@ -154,6 +155,8 @@ def main() -> int:
     print("phones during the flood (provisioned / boots):")
     for kind, (ok, n) in phones.tally().items():
         print(f"  {kind:22} {ok} / {n}")
+    for reason, n in phones.reasons.most_common(8):
+        print(f"  failed x{n}: {reason}")
     print("phones before: " + ", ".join(f"{k} {ok}/{n}" for k, (ok, n) in before.tally().items()))
     print("phones after: " + ", ".join(f"{k} {ok}/{n}" for k, (ok, n) in after.tally().items()))
     results.update(flooded=flooded, state_bytes=size, peak_fds=peak_fds[0],
@@ -187,6 +190,7 @@ class Phones:
         self.hosts = {"phone": phone, "bare": bare}
         self.srv = srv
         self.results: dict[str, list[bool]] = {k: [] for k in [*self.KINDS, "tftp"]}
+        self.reasons: Counter[str] = Counter()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -203,6 +207,12 @@ class Phones:
         r = subprocess.run([*host.prefix(), *pin(1), sys.executable, "-m", "preprov", "phone",  # type: ignore[attr-defined]
                             "--interface", "eth0", "--mac", mac, "--json", *flags],
                            capture_output=True, text=True, timeout=120)  # fmt: skip
+        if r.returncode != 0:
+            try:
+                reason = json.loads(r.stdout).get("reason") or r.stderr[-200:]
+            except ValueError:
+                reason = (r.stdout + r.stderr)[-200:]
+            self.reasons[f"{kind}: {reason}"] += 1
         return r.returncode == 0
 
     def once(self) -> None:

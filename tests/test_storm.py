@@ -25,12 +25,9 @@ def test_mix_and_percentiles() -> None:
 def test_storm_provisions_every_phone_and_writes_the_report(lab: Lab, tmp_path: Path) -> None:
     srv = lab.host("srv")
     storm = lab.host("storm")
-    cfg = tmp_path / "c.yaml"
-    # every phone of the storm comes from one address: the per-source limit is raised
-    cfg.write_text("pnp:\n  rate_burst: 100000\n  rate_per_second: 100000\n")
-    sp = start_server(
-        tmp_path, "--interface", "eth0", "--config", str(cfg), netns=srv.ns, port=8080
-    )
+    # a server with its defaults: each phone comes from an address of its own, so the
+    # per-source limits meet the storm as they would a lab of real phones
+    sp = start_server(tmp_path, "--interface", "eth0", netns=srv.ns, port=8080)
     report = tmp_path / "storm.html"
     try:
         r = subprocess.run(
@@ -44,5 +41,11 @@ def test_storm_provisions_every_phone_and_writes_the_report(lab: Lab, tmp_path: 
         assert "sip-pnp" in r.stdout and "dhcpv6-option-17" in r.stdout
         page = report.read_text()
         assert page.count("<svg") == 2 and "40 of 40 phones provisioned" in page
+        sources = {e["client"] for e in sp.events() if e.get("event") == "pnp.subscribe"}
+        assert len(sources) >= 20  # not one address for all
+        assert not [e for e in sp.events() if "rate limit" in str(e.get("reason", ""))]
+        # the addresses it put on the interface are gone again
+        left = storm.exec("ip", "-4", "-o", "addr", "show", "dev", "eth0").stdout
+        assert left.count(" inet ") == 1
     finally:
         assert sp.stop() == 0

@@ -288,28 +288,33 @@ def phone(
 @click.option("--mix", default="ipv4:70,ipv6:10,dual:20", show_default=True,
               help="IP modes and their weights")  # fmt: skip
 @click.option("--timeout", default=60.0, show_default=True, help="seconds each phone may take")
+@click.option("--ipv4-range", "ipv4_range",
+              help="FIRST-LAST: the phones' own addresses, put on the interface for the run "
+                   "(default: the lower half of its subnet)")  # fmt: skip
 @click.option("--report", "report_path", type=click.Path(dir_okay=False),
               help="write an HTML report with a latency histogram per channel")  # fmt: skip
 def storm(
-    interface: str, phones: int, rate: float, mix: str, timeout: float, report_path: str | None
-) -> None:
+    interface: str, phones: int, rate: float, mix: str, timeout: float, ipv4_range: str | None,
+    report_path: str | None,
+) -> None:  # fmt: skip
     """Boot many simulated phones at once from this namespace. Exit 0 only when every
     phone is provisioned."""
     from .net import InterfaceError
     from .net import interface as find_interface
-    from .storm import html_report, parse_mix, run_storm, summary
+    from .storm import html_report, parse_mix, parse_range, run_storm, summary
 
     try:
         iface = find_interface(interface)
         weights = parse_mix(mix)
+        sources = parse_range(ipv4_range) if ipv4_range else None
     except (InterfaceError, ValueError) as e:
         _fail(f"preprov storm: {e}", 2)
         return
     if phones < 1 or rate <= 0:
         _fail("preprov storm: --phones and --rate must be positive", 2)
     try:
-        results = uvloop.run(run_storm(iface, phones, rate, weights, timeout))
-    except ValueError as e:
+        results = uvloop.run(run_storm(iface, phones, rate, weights, timeout, sources=sources))
+    except (ValueError, OSError) as e:
         _fail(f"preprov storm: {e}", 2)
         return
     text, by_channel = summary(results)

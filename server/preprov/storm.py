@@ -2,10 +2,12 @@
 
 Each phone is a SimulatedPhone in this one process, with its own MAC and model,
 started at `--rate` a second, in the IP mode the `--mix` draws for it, through
-the real channels: SIP PnP from the interface's IPv4 address on a SIP port of
-its own (a server answers any source port, PROTOCOL.md §3), DHCPv6 from a
-client port of its own (preprov's DHCPv6 server answers the port a request
-came from; port 546 is one per namespace), and HTTP. A progress bar while
+the real channels: SIP PnP from an IPv4 address of its own (`--ipv4-range`, by
+default the lower half of the interface's subnet, put on the interface for the
+run), so that a server's per-source limits meet it as they would a real
+phone, on a SIP port of its own; HTTP from that address too (IPv4 phones);
+DHCPv6 from a client port of its own (preprov's DHCPv6 server answers the port
+a request came from; port 546 is one per namespace). A progress bar while
 they boot; then how many were provisioned, the failures grouped by reason,
 and the 50th/95th/99th percentile time to provisioned per channel.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import html
+import ipaddress
 import math
 import random
 import statistics
@@ -28,7 +31,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from .net import Interface
 from .phone.core import PhoneProfile, Report
-from .phone.driver import SimulatedPhone
+from .phone.driver import SimulatedPhone, run_ip
 
 MODELS = ["KX-HDV130", "KX-HDV230N", "KX-HDV330", "KX-HDV430", "KX-TGP600", "KX-HDV100"]
 
@@ -62,13 +65,52 @@ def percentile(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, max(0, math.ceil(q / 100 * len(s)) - 1))] if s else float("nan")
 
 
+def parse_range(text: str) -> list[str]:
+    """`198.18.0.100-198.18.0.199` -> the addresses; raises ValueError with the reason."""
+    first, sep, last = text.partition("-")
+    try:
+        a, b = ipaddress.IPv4Address(first.strip()), ipaddress.IPv4Address(last.strip())
+    except ValueError as e:
+        raise ValueError(f"--ipv4-range {text!r}: {e}") from None
+    if not sep or b < a or int(b) - int(a) >= 4096:
+        raise ValueError(f"--ipv4-range {text!r}: FIRST-LAST, at most 4,096 addresses")
+    return [str(ipaddress.IPv4Address(i)) for i in range(int(a), int(b) + 1)]
+
+
+def default_range(iface: Interface, count: int) -> list[str]:
+    """Addresses of the lower half of the interface's subnet (a server's zero-config
+    pool is the upper half), not its own and not the subnet's first host (the
+    server's or the gateway's, commonly); at most one per phone."""
+    net = iface.ipv4[0].network
+    own = {i.ip for i in iface.ipv4}
+    half = list(net.hosts())[: max(1, (net.num_addresses - 2) // 2)]
+    picks = [str(a) for a in half[1:] if a not in own]
+    return picks[: max(1, count)]
+
+
 async def run_storm(
     iface: Interface, phones: int, rate: float, mix: dict[str, int], timeout: float,
-    seed: int = 1,
+    seed: int = 1, sources: list[str] | None = None,
 ) -> list[Result]:  # fmt: skip
     if not iface.ipv4:
-        raise ValueError(f"{iface.name} has no IPv4 address: the storm's phones share it")
-    ip = str(iface.ipv4[0].ip)
+        raise ValueError(f"{iface.name} has no IPv4 address: the storm needs its subnet")
+    sources = sources or default_range(iface, phones)
+    prefix = iface.ipv4[0].network.prefixlen
+    own = {str(i.ip) for i in iface.ipv4}
+    added = [a for a in sources if a not in own]
+    for a in added:
+        await run_ip("addr", "add", f"{a}/{prefix}", "dev", iface.name)
+    try:
+        return await _storm(iface, phones, rate, mix, timeout, seed, sources)
+    finally:
+        for a in added:
+            await run_ip("addr", "del", f"{a}/{prefix}", "dev", iface.name)
+
+
+async def _storm(
+    iface: Interface, phones: int, rate: float, mix: dict[str, int], timeout: float,
+    seed: int, sources: list[str],
+) -> list[Result]:  # fmt: skip
     ip6 = str(iface.ipv6[0].ip) if iface.ipv6 else None
     rng = random.Random(seed)
     modes = rng.choices(list(mix), weights=list(mix.values()), k=phones)
@@ -76,9 +118,11 @@ async def run_storm(
 
     async def boot(i: int, mode: str, progress: Progress, task: Any) -> None:
         mac = f"0080F0{0xA00000 + i:06X}"
+        ip = sources[i % len(sources)]
         profile = PhoneProfile(mac=mac, model=MODELS[i % len(MODELS)], fwver="01.000",
                                ip=ip, ip6=ip6, ip_mode=mode, sip_port=20000 + i)  # fmt: skip
-        phone = SimulatedPhone(profile, iface.name, dhcp6_port=40000 + i)
+        phone = SimulatedPhone(profile, iface.name, dhcp6_port=40000 + i,
+                               http_source=ip if mode == "ipv4" else None)  # fmt: skip
         started = time.monotonic()
         try:
             report = await phone.run(timeout)

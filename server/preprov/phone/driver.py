@@ -59,7 +59,9 @@ class SimulatedPhone:
         self, profile: PhoneProfile, interface: str, http_timeout: float = 5.0,
         cacert: str | None = None,
         dhcp6_port: int = 546,
+        http_source: str | None = None,
     ) -> None:  # fmt: skip
+        self.http_source = http_source  # the address HTTP connections leave from
         self.core = PhoneCore(profile)
         self.profile = profile
         self.interface = interface
@@ -88,8 +90,9 @@ class SimulatedPhone:
             self._dhcp6, _ = await loop.create_datagram_endpoint(lambda: _Proto(self), sock=sock6)
         await self._open_pnp()
         ssl_ctx = ssl.create_default_context(cafile=self.cacert) if self.cacert else None
+        local = (self.http_source, 0) if self.http_source else None
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(ssl=ssl_ctx) if ssl_ctx else None,
+            connector=aiohttp.TCPConnector(ssl=ssl_ctx or True, local_addr=local),
             headers={"User-Agent": self.profile.user_agent},
             timeout=aiohttp.ClientTimeout(total=self.http_timeout),
         )
@@ -109,7 +112,7 @@ class SimulatedPhone:
                     transport.close()
             await self._session.close()
             for address in self._configured:
-                await _ip("addr", "del", address, "dev", self.interface)
+                await run_ip("addr", "del", address, "dev", self.interface)
         return self.core.report
 
     # -- feeding the core ---------------------------------------------------------
@@ -185,7 +188,7 @@ class SimulatedPhone:
     async def _configure(self, actions: Actions) -> None:
         assert actions.configure is not None
         extra = ["nodad"] if ":" in actions.configure else []
-        await _ip("addr", "add", actions.configure, "dev", self.interface, *extra)
+        await run_ip("addr", "add", actions.configure, "dev", self.interface, *extra)
         self._configured.append(actions.configure)
         actions.configure = None
         await self._open_pnp()
@@ -224,7 +227,7 @@ class SimulatedPhone:
             return r.status, await r.read()
 
 
-async def _ip(*args: str) -> None:
+async def run_ip(*args: str) -> None:
     proc = await asyncio.create_subprocess_exec(
         "ip", *args, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
     )

@@ -14,7 +14,7 @@ memory before, at its peak and 40 s after the flood, the most descriptors
 open, bytes sent per byte received per channel, internal errors (tracebacks),
 and how many phone boots of each kind succeeded during the flood.
 
-    ./run bench hostile [--count 1000000] [--sources 150]
+    ./run bench hostile [--count 1000000] [--sources 150] [--rate 0]
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -56,6 +57,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--count", type=int, default=1_000_000)
     ap.add_argument("--sources", type=int, default=150)
+    ap.add_argument("--rate", type=float, default=0,
+                    help="datagrams a second (default 0: as fast as the attacker can)")  # fmt: skip
     args = ap.parse_args()
     why = netns_unavailable()
     if why:
@@ -103,12 +106,11 @@ def main() -> int:
 
             watcher = threading.Thread(target=watch)
             watcher.start()
+            attack = [sys.executable, str(HERE / "hostile_flood.py"), str(srv.ipv4.ip),
+                      str(srv.ipv6.ip), "eth0", str(args.count), str(args.rate),
+                      *v4, "--", *v6]  # fmt: skip
             phones.start()
-            r = subprocess.run(
-                [*flood.prefix(), *pin(1), sys.executable, str(HERE / "hostile_flood.py"),
-                 str(srv.ipv4.ip), str(srv.ipv6.ip), "eth0", str(args.count), *v4, "--", *v6],
-                capture_output=True, text=True,
-            )  # fmt: skip
+            r = subprocess.run([*flood.prefix(), *pin(1), *attack], capture_output=True, text=True)
             phones.stop()
             if r.returncode != 0:
                 raise SystemExit(f"the flooder failed:\n{r.stderr[-3000:]}")
@@ -121,10 +123,8 @@ def main() -> int:
             # the same flood again: memory that plateaus is a high-water mark, memory
             # that grows again is held by the server
             again = subprocess.run(
-                [*flood.prefix(), *pin(1), sys.executable, str(HERE / "hostile_flood.py"),
-                 str(srv.ipv4.ip), str(srv.ipv6.ip), "eth0", str(args.count), *v4, "--", *v6],
-                capture_output=True, text=True,
-            )  # fmt: skip
+                [*flood.prefix(), *pin(1), *attack], capture_output=True, text=True
+            )
             time.sleep(40)
             rss_again = status(pid, "VmRSS")
             after = Phones(phone, bare, srv)
@@ -166,7 +166,10 @@ def main() -> int:
     out = HERE / "results"
     out.mkdir(exist_ok=True)
     (out / "hostile.json").write_text(json.dumps(results, indent=2))
-    shutil.rmtree(work, ignore_errors=True)
+    if "PREPROV_BENCH_KEEP" in os.environ:
+        print(f"kept: {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
     ok = (
         alive
         and not internal

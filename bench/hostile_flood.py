@@ -8,7 +8,7 @@ Mix: garbage to every port, SIP PnP SUBSCRIBEs with made-up MACs and Call-IDs
 requests that are never acknowledged. Prints one JSON line: bytes and
 datagrams sent per channel, bytes received per channel.
 
-    python bench/hostile_flood.py SERVER4 SERVER6 IFNAME COUNT ADDR4... -- ADDR6...
+    python bench/hostile_flood.py SERVER4 SERVER6 IFNAME COUNT RATE ADDR4... -- ADDR6...
 """
 
 from __future__ import annotations
@@ -59,7 +59,8 @@ def solicit(duid_tail: bytes, xid: int) -> bytes:
 
 def main() -> int:
     server4, server6, ifname, count = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-    rest = sys.argv[5:]
+    rate = float(sys.argv[5])  # datagrams a second; 0: as fast as it can
+    rest = sys.argv[6:]
     cut = rest.index("--")
     addrs4, addrs6 = rest[:cut], rest[cut + 1 :]
     rng = random.Random(9)
@@ -125,6 +126,10 @@ def main() -> int:
     rrq = b"\x00\x01KX-HDV130.cfg\x00octet\x00"
     started = time.monotonic()
     for i in range(count):
+        if rate and i % 100 == 0:
+            ahead = started + i / rate - time.monotonic()
+            if ahead > 0:
+                time.sleep(ahead)
         r = rng.random()
         a, s = socks4[i % len(socks4)]
         try:

@@ -218,6 +218,25 @@ def test_a_flood_of_discovers_does_not_starve_a_phone() -> None:
         assert opt(reply(o), 53) == b"\x06"
 
 
+def test_blind_requests_bind_nothing() -> None:
+    """A REQUEST for an address nobody was offered (SELECTING), or from a client the
+    server has no record of (INIT-REBOOT: RFC 2131 §4.3.2, silence), binds nothing."""
+    s = server()
+    ip = ipaddress.IPv4Address("198.18.0.200")
+    out = s.datagram_received(msg(DHCPMessageType.DHCPREQUEST, "02bb00000001",
+                                  o54=SERVER.packed, o50=ip.packed), ("0.0.0.0", 68), T)  # fmt: skip
+    assert opt(reply(out), 53) == b"\x06"
+    out = s.datagram_received(msg(DHCPMessageType.DHCPREQUEST, "02bb00000002", o50=ip.packed),
+                              ("0.0.0.0", 68), T)  # fmt: skip
+    assert out.sends == [] and "no record" in out.events[0].reason  # type: ignore[attr-defined]
+    # nor an address offered to another client
+    offered = reply(s.datagram_received(msg(DHCPMessageType.DHCPDISCOVER), ("0.0.0.0", 68), T))
+    out = s.datagram_received(msg(DHCPMessageType.DHCPREQUEST, "02bb00000003", o54=SERVER.packed,
+                                  o50=offered.yiaddr.packed), ("0.0.0.0", 68), T)  # fmt: skip
+    assert opt(reply(out), 53) == b"\x06"
+    assert not [x for x in s.leases.by_ip.values() if x.state == "bound"]
+
+
 def test_inform_gets_options_and_no_lease() -> None:
     out = server().datagram_received(
         msg(DHCPMessageType.DHCPINFORM, ciaddr="198.18.0.77"), ("198.18.0.77", 68), T

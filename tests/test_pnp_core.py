@@ -24,6 +24,7 @@ from preprov.sip.pnp import (
     LINGER,
     RESEND_CREDIT_MAX,
     RESEND_REFILL,
+    STALLED,
     T1,
     TIMER_F,
     PnpPolicy,
@@ -258,6 +259,10 @@ def test_transaction_cap() -> None:
         assert r.datagram_received(subscribe(call_id=f"c{i}"), PHONE, 0.0).sends
     out = r.datagram_received(subscribe(call_id="c3"), PHONE, 0.0)
     assert out.sends == [] and "transactions open, the cap" in out.events[0].reason  # type: ignore[attr-defined]
+    # once the oldest NOTIFY has gone unanswered for a while, it gives way
+    out = r.datagram_received(subscribe(call_id="c4"), PHONE, STALLED + 0.1)
+    assert len(out.sends) == 2 and isinstance(out.events[0], PnpNotifyTimedOut)
+    assert "gave way to a new SUBSCRIBE" in out.events[0].reason and r.open_transactions == 2
 
 
 def test_cap_counts_open_exchanges_only() -> None:

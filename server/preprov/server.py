@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import ipaddress
 import signal
 import time
@@ -42,6 +44,20 @@ from .web.httpd import FileServer
 from .web.tls import server_context
 
 Loader = Callable[[], tuple[Config, str | None]]
+
+TRIM_EVERY = 30.0  # seconds
+
+
+def _malloc_trim() -> Callable[[], object] | None:
+    """glibc's malloc_trim, or None elsewhere. Python frees the memory of a flood's
+    transactions, but glibc keeps the freed heap for itself; trimming gives it
+    back to the system, so memory returns towards its baseline after a flood."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+    return lambda: trim(0)
 
 
 def pnp_policy(rt: Runtime, iface: Interface, old: PnpPolicy | None = None) -> PnpPolicy:
@@ -205,6 +221,7 @@ class Server:
         self.log = LogSink()
         self.listening: list[str] = []
         self._stop = asyncio.Event()
+        self._trim: Callable[[], object] | None = None
 
     def observer(self, channel: str) -> Callable[[float], None]:
         """What a transport calls with the seconds from a request to its answer:
@@ -339,6 +356,14 @@ class Server:
             )
         )
         await self.bus.settled()
+        self._trim = _malloc_trim()
+        if self._trim is not None:
+            asyncio.get_running_loop().call_later(TRIM_EVERY, self._release_memory)
+
+    def _release_memory(self) -> None:
+        if self._trim is not None and not self._stop.is_set():
+            self._trim()
+            asyncio.get_running_loop().call_later(TRIM_EVERY, self._release_memory)
 
     async def _start_dhcp4(self, rt: Runtime, notes: list[str]) -> None:
         assert self.store is not None

@@ -259,9 +259,25 @@ class Dhcp4Server:
             if current is not None and current.ip != ip:
                 self._nak(req, facts, ip, f"the client's lease is {current.ip}, not {ip}", out)
                 return
-            if current is None and not self.leases.free(ip, client, mac, subnet, now):
-                self._nak(req, facts, ip, f"{ip} is leased to another client", out)
-                return
+            if current is None:
+                held = self.leases.by_ip.get(ip)
+                if (
+                    held is not None
+                    and held.client != client
+                    and (not self.leases.free(ip, client, mac, subnet, now))
+                ):
+                    self._nak(req, facts, ip, f"{ip} is leased to another client", out)
+                    return
+                if held is None or held.client != client:
+                    # RFC 2131 §4.3.2: with no record of the client, remain silent
+                    out.events.append(
+                        Dhcp4Ignored(**_dev(facts, None), request="DHCPREQUEST",
+                                     reason=f"no record of this client's lease of {ip}")
+                    )  # fmt: skip
+                    return
+                if not self.leases.free(ip, client, mac, subnet, now):
+                    self._nak(req, facts, ip, f"{ip} is not free (declined)", out)
+                    return
         lease = self.leases.bind(client, mac, ip, now, p.lease_time, _text(req, HOSTNAME))
         out.events.append(_lease_event(facts, lease, client))
         self._reply(req, facts, subnet, DHCPMessageType.DHCPACK, lease.ip, now, out)

@@ -42,6 +42,7 @@ T1 = 0.5  # RFC 3261 §17.1.2
 T2 = 4.0
 TIMER_F = 64 * T1
 LINGER = 64 * T1  # how long an answered SUBSCRIBE is remembered for its retransmissions
+STALLED = 4 * T1  # an exchange whose NOTIFY is unanswered this long may give way at the cap
 
 
 @dataclass
@@ -242,13 +243,25 @@ class PnpResponder:
                              retransmission=True)
             )  # fmt: skip
             return
-        # 6. bounded state, and the budget of all sources together
+        # 6. bounded state, and the budget of all sources together. At the cap, the
+        # oldest exchange whose NOTIFY has gone unanswered for STALLED seconds gives
+        # way (a phone answers in milliseconds; the SUBSCRIBEs of a spoofed flood
+        # are never answered and would hold the cap for Timer F, 32 s)
         if len(self._by_sub) >= self.policy.max_transactions:
+            oldest = next(iter(self._by_sub.values()))
+            if now - oldest.first_sent < STALLED:
+                out.events.append(
+                    PnpIgnored(**dev, reason=f"{len(self._by_sub)} transactions open, the cap "
+                               "(pnp.max_transactions); SUBSCRIBE dropped")
+                )  # fmt: skip
+                return
             out.events.append(
-                PnpIgnored(**dev, reason=f"{len(self._by_sub)} transactions open, the cap "
-                           "(pnp.max_transactions); SUBSCRIBE dropped")
+                PnpNotifyTimedOut(**self._dev(oldest), call_id=oldest.call_id,
+                                  transmissions=oldest.transmissions,
+                                  reason=f"no answer to the NOTIFY in {now - oldest.first_sent:.1f}"
+                                  " s: gave way to a new SUBSCRIBE at the cap")
             )  # fmt: skip
-            return
+            self._forget(oldest)
         answers = self.policy.answers
         if not answers.allow("", now):
             if answers.report("", now) is not None:

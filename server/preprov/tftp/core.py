@@ -154,6 +154,7 @@ class Transfer:
 CHANNEL = "tftp"
 RESEND_CREDIT_MAX = 1 << 20  # bytes, as for SIP PnP's NOTIFY resends
 RESEND_REFILL = 64 * 1024  # bytes a second
+STALLED = 0.25  # seconds of silence after which a transfer may give way at the cap
 
 
 class TransferSlots:
@@ -194,6 +195,13 @@ class _Live:
     transfer: Transfer
     served: Event
     wake: float
+    started: float = 0.0
+    heard: bool = False  # the client has answered at least once
+
+    def stalled(self, now: float) -> bool:
+        """A client that answers does so in milliseconds: one silent for STALLED since
+        the transfer began, or that needed a resend, is not likely to."""
+        return self.transfer.tries > 0 or (not self.heard and now - self.started > STALLED)
 
 
 class TftpServer:
@@ -243,7 +251,7 @@ class TftpServer:
             busy = (f"{p.max_per_source} transfers at once from {client}, the cap "
                     "(tftp.max_transfers_per_source)")  # fmt: skip
         elif p.slots.taken >= p.slots.total:
-            stalled = next((tid for tid, x in self.live.items() if x.transfer.tries > 0), None)
+            stalled = next((tid for tid, x in self.live.items() if x.stalled(now)), None)
             if stalled is None:
                 busy = f"{p.slots.taken} transfers at once, the cap (tftp.max_transfers)"
             else:
@@ -264,7 +272,7 @@ class TftpServer:
         t = Transfer(answer.body, req, p.blksize_max, p.timeout, p.retries)
         tid = self._next_tid
         self._next_tid += 1
-        self.live[tid] = _Live(source, t, answer.event, now + t.timeout)
+        self.live[tid] = _Live(source, t, answer.event, now + t.timeout, started=now)
         p.slots.taken += 1
         self.per_source[client] = self.per_source.get(client, 0) + 1
         out.sends.append(Send(t.start(), source, tid))
@@ -277,6 +285,7 @@ class TftpServer:
         if live is None or source != live.client:
             return out  # its socket is connected to the client: a stray
         self._refill(len(data), now)
+        live.heard = True
         nxt = live.transfer.on_packet(data)
         if nxt is not None:
             out.sends.append(Send(nxt, live.client, tid))

@@ -261,3 +261,20 @@ def test_variables_files(tmp_path: Path) -> None:
     y.write_text("0080F0000001: 5\n")
     with pytest.raises(VariablesError, match=":1: variables of 0080F0000001 must be a mapping"):
         load_variables(y)
+
+
+def test_etag_and_304(make_runtime: Callable[..., Runtime]) -> None:
+    rt = make_runtime()
+    first = fetch(rt, FileRequest("http", "198.18.0.2", "/KX-HDV130.cfg", user_agent=UA))
+    headers = dict(first.headers)
+    etag = headers["ETag"]
+    assert first.status == 200 and etag.startswith('"') and "GMT" in headers["Last-Modified"]
+    again = fetch(rt, FileRequest("http", "198.18.0.2", "/KX-HDV130.cfg", user_agent=UA,
+                                  if_none_match=f'W/"x", {etag}'))  # fmt: skip
+    assert (again.status, again.body) == (304, b"") and dict(again.headers)["ETag"] == etag
+    assert isinstance(again.event, FileServed) and again.event.status == 304
+    # another phone's file is other bytes: another tag
+    other = fetch(rt, FileRequest("http", "198.18.0.2", "/KX-HDV230N.cfg",
+                                  user_agent=UA.replace("KX-HDV130", "KX-HDV230N"),
+                                  if_none_match=etag))  # fmt: skip
+    assert other.status == 200 and dict(other.headers)["ETag"] != etag

@@ -58,6 +58,12 @@ def test_curl_fetches_the_chain_and_the_inventory_records_the_phone(
     other_ua = "Panasonic_KX-HDV130/01.000 (0080f0c571ec)"
     other = curl("-A", other_ua, f"{server.base}/Config0080F0C571EC.cfg").stdout
     assert other != body and b'SIP_AUTHID_1="0080f0c571ec"' in other
+    # asked again with its tag: 304, no body
+    tag = next(line.split(b": ", 1)[1] for line in head.split(b"\r\n") if line.startswith(b"ETag"))
+    again = curl("-A", UA, "-i", "-H", f"If-None-Match: {tag.decode()}",
+                 f"{server.base}/Config0080F0C571EB.cfg").stdout  # fmt: skip
+    assert again.startswith(b"HTTP/1.1 304") and again.endswith(b"\r\n\r\n")
+    assert b"Content-Length" not in again
     # without its User-Agent (and from no address it holds), no phone's own file
     stolen = curl("-i", f"{server.base}/Config0080F0C571EC.cfg").stdout
     assert stolen.startswith(b"HTTP/1.1 403") and b"SIP_PASS" not in stolen
@@ -80,7 +86,10 @@ def test_curl_fetches_the_chain_and_the_inventory_records_the_phone(
     assert devices["0080F0C571EB"]["vendor"] == "Panasonic"
     assert devices["0080F0C571EB"]["last_event"] == "file.served"
     served = [e for e in server.events() if e["event"] == "file.served"]
-    assert [e["template"] for e in served] == ["{MODEL}.cfg", "Config{MAC}.cfg", "Config{MAC}.cfg"]
+    assert [(e["template"], e["status"]) for e in served] == [
+        ("{MODEL}.cfg", 200), ("Config{MAC}.cfg", 200), ("Config{MAC}.cfg", 200),
+        ("Config{MAC}.cfg", 304),
+    ]  # fmt: skip
 
 
 TRAVERSALS = [

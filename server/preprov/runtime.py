@@ -7,6 +7,7 @@ before anything changes.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from .config import Config
@@ -58,6 +59,7 @@ class Runtime:
     sites: list[Site]  # one per interface; one for no interface
     interfaces: list[Interface] = field(default_factory=list)
     auth: Authenticator = field(default_factory=lambda: Authenticator("preprov"))
+    loaded: float = field(default_factory=time.time)  # when this configuration was read
 
     @property
     def site(self) -> Site:

@@ -8,9 +8,11 @@ call the same function.
 
 from __future__ import annotations
 
+import hashlib
 import mimetypes
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from email.utils import formatdate
 
 from ..events import DeviceEvent, FileRefused, FileServed
 from ..ident import DeviceFacts, facts_from_user_agent
@@ -29,6 +31,7 @@ class FileRequest:
     method: str = "GET"
     user_agent: str | None = None
     authorization: str | None = None
+    if_none_match: str | None = None  # RFC 9110 §13.1.2
 
 
 @dataclass(frozen=True)
@@ -173,12 +176,26 @@ def fetch(
     except TemplateError as e:
         return refuse(500, f"template {e}", facts, entry.name, decision.rule)
     ctype = "text/plain" if entry.panasonic else _content_type(entry.name, entry.raw)
+    # The same bytes, the same tag: a phone that asks again with If-None-Match gets
+    # a 304 and no body. Last-Modified: the template's edit or the configuration's
+    # (re)load, whichever is later (a rendered file changes with either).
+    etag = '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
+    modified = max(entry.mtime_ns / 1e9, rt.loaded)
+    headers = [("ETag", etag), ("Last-Modified", formatdate(modified, usegmt=True))]
+    status = 304 if _matches(req.if_none_match, etag) else 200
     ev = FileServed(
         channel=req.channel, client=req.client, mac=facts.mac, model=facts.model,
         fwver=facts.fwver, vendor=facts.vendor, path=path_for_event, template=entry.name,
-        rule=decision.rule, size=len(body),
+        rule=decision.rule, size=len(body) if status == 200 else 0, status=status,
     )  # fmt: skip
-    return FileAnswer(200, body, ev, ctype)
+    return FileAnswer(status, body if status == 200 else b"", ev, ctype, headers)
+
+
+def _matches(if_none_match: str | None, etag: str) -> bool:
+    if not if_none_match:
+        return False
+    tags = [t.strip().removeprefix("W/") for t in if_none_match.split(",")]
+    return "*" in tags or etag in tags
 
 
 def _binding_refused(

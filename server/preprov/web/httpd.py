@@ -74,8 +74,9 @@ def response_bytes(
         b"Server: " + SERVER,
         b"Date: " + _date(),
         b"Content-Type: " + content_type.encode() + charset,
-        b"Content-Length: %d" % len(body),
     ]  # fmt: skip
+    if status != 304:  # a 304's length would be the 200's (RFC 9110 §8.6): none is sent
+        lines.append(b"Content-Length: %d" % len(body))
     lines += [f"{k}: {v}".encode("latin-1", "replace") for k, v in headers]
     if not keep_alive:
         lines.append(b"Connection: close")
@@ -118,6 +119,7 @@ class FileServerProtocol(asyncio.Protocol):
         self._body_size = 0
         self._ua: str | None = None
         self._auth: str | None = None
+        self._inm: str | None = None
         self._header_name = b""
         # answers in request order: each cell is filled when its event is committed
         self._slots: deque[list[bytes | None]] = deque()
@@ -183,7 +185,7 @@ class FileServerProtocol(asyncio.Protocol):
         self.head_started = time.monotonic()
         self._url = b""
         self._head_size = self._body_size = 0
-        self._ua = self._auth = None
+        self._ua = self._auth = self._inm = None
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -196,6 +198,8 @@ class FileServerProtocol(asyncio.Protocol):
             self._ua = value.decode("latin-1")
         elif n == b"authorization":
             self._auth = value.decode("latin-1")
+        elif n == b"if-none-match":
+            self._inm = value.decode("latin-1")
 
     def on_body(self, body: bytes) -> None:
         self._body_size += len(body)
@@ -217,6 +221,7 @@ class FileServerProtocol(asyncio.Protocol):
             user_agent=self._ua,
             authorization=self._auth,
             local=self.local,
+            if_none_match=self._inm,
         )
         answer = fetch(self.runtime(), req, self.registered, holder=self.holder)
         data = response_bytes(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
 import signal
 import socket
@@ -336,3 +338,48 @@ def test_pipelined_answers_are_bounded(make_runtime: Callable[..., Runtime]) -> 
     for cb in bus.waiting:
         cb(None)  # type: ignore[operator]
     assert not t.paused and len(t.written) == MAX_PENDING + 10
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def test_firmware_is_streamed_with_ranges(tmp_path: Path, templates: Path) -> None:
+    """A 30 MB raw file to 20 phones at once: the bytes are right and the server's memory
+    grows by no more than its sockets' buffers; ranges, HEAD and 304 as RFC 9110 says."""
+    blob = os.urandom(1 << 20) * 30
+    (templates / "firmware-{MODEL}.bin").write_bytes(blob)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"files:\n  templates: {templates}\n")
+    sp = start_server(tmp_path, "--config", str(cfg))
+    try:
+        url = f"{sp.base}/firmware-KX-HDV130.bin"
+        before = rss_kib(sp.proc.pid)
+        outs = [tmp_path / f"fw{i}" for i in range(20)]
+        procs = [subprocess.Popen(["curl", "-sS", "--max-time", "60", "--limit-rate", "20M",
+                                   "-o", str(o), url]) for o in outs]  # fmt: skip
+        peak = before
+        while any(p.poll() is None for p in procs):
+            peak = max(peak, rss_kib(sp.proc.pid))
+            time.sleep(0.02)
+        assert all(p.returncode == 0 for p in procs)
+        digest = hashlib.sha256(blob).hexdigest()
+        assert all(hashlib.sha256(o.read_bytes()).hexdigest() == digest for o in outs)
+        print(f"RSS grew {peak - before} KiB while 20 phones fetched 30 MB each")
+        assert peak - before < 16 * 1024, f"RSS grew {peak - before} KiB for 20 x 30 MB"
+        head = curl("-sI", url).stdout
+        assert head.startswith(b"HTTP/1.1 200") and b"Content-Length: 31457280" in head
+        assert b"Accept-Ranges: bytes" in head
+        part = curl("-i", "-r", "1000-1999", url).stdout
+        h, _, body = part.partition(b"\r\n\r\n")
+        assert h.startswith(b"HTTP/1.1 206") and b"Content-Range: bytes 1000-1999/31457280" in h
+        assert body == blob[1000:2000]
+        assert curl("-i", "-r", "-10", url).stdout.endswith(blob[-10:])
+        assert status_of("-r", "40000000-", url) == 416
+        tag = next(x.split(b": ", 1)[1] for x in head.split(b"\r\n") if x.startswith(b"ETag"))
+        assert status_of("-H", f"If-None-Match: {tag.decode()}", url) == 304
+    finally:
+        assert sp.stop() == 0

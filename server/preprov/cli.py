@@ -14,7 +14,7 @@ import uvloop
 
 from .config import Config, ConfigError, build_config, load_config
 from .files.lint import lint
-from .files.service import FileRequest, fetch
+from .files.service import FileRequest, fetch, whole_body
 from .inventory.store import SchemaTooNew, SQLiteStore
 from .macros import expand_macros, normalize_mac
 from .runtime import Runtime, SetupError, build_runtime
@@ -203,7 +203,7 @@ def render(
     )
     if ans.status != 200:
         _fail(ans.body.decode().strip(), 1)
-    sys.stdout.buffer.write(ans.body)
+    sys.stdout.buffer.write(whole_body(ans))
 
 
 CHANNEL_SWITCHES = {

@@ -13,13 +13,14 @@ import mimetypes
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.utils import formatdate
+from typing import BinaryIO
 
 from ..events import DeviceEvent, FileRefused, FileServed
 from ..ident import DeviceFacts, facts_from_user_agent
 from ..macros import mac_colon, url_dir
 from ..rules import Decision
 from ..runtime import Runtime, base_url
-from .templates import Resolved, TemplateError, UnsafePath, check_request_path
+from .templates import Entry, Resolved, TemplateError, UnsafePath, check_request_path
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class FileRequest:
     user_agent: str | None = None
     authorization: str | None = None
     if_none_match: str | None = None  # RFC 9110 §13.1.2
+    range: str | None = None  # RFC 9110 §14.2, for the files streamed from disk
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,21 @@ class FileAnswer:
     event: DeviceEvent
     content_type: str = "text/plain"
     headers: list[tuple[str, str]] = field(default_factory=list)
+    # a large raw file: its bytes offset..offset+length are read from disk as they
+    # are sent, never held in memory (body is then empty)
+    stream: Callable[[], BinaryIO] | None = None
+    offset: int = 0
+    length: int = 0
+
+
+def whole_body(answer: FileAnswer) -> bytes:
+    """The bytes of an answer, read from disk when it is streamed (for TFTP, whose
+    transfer resends blocks from memory, and for `preprov render`)."""
+    if answer.stream is None:
+        return answer.body
+    with answer.stream() as f:
+        f.seek(answer.offset)
+        return f.read(answer.length)
 
 
 def facts_from_path(resolved: Resolved, client: str | None = None) -> DeviceFacts:
@@ -166,7 +183,15 @@ def fetch(
                 [("WWW-Authenticate", c) for c in challenges],
             )
 
-    # 7. rendering
+    # 7. a large raw file (firmware): streamed from disk, ranges served
+    try:
+        big = rt.templates.big_file(entry)
+    except TemplateError as e:
+        return refuse(500, f"template {e}", facts, entry.name, decision.rule)
+    if big is not None:
+        return _streamed(rt, req, entry, big, facts, decision.rule, path_for_event)
+
+    # 8. rendering
     cache_key = (facts.mac, facts.model, facts.fwver, facts.vendor, decision.rule, site.interface,
                  ipv6)  # fmt: skip
     try:
@@ -189,6 +214,57 @@ def fetch(
         rule=decision.rule, size=len(body) if status == 200 else 0, status=status,
     )  # fmt: skip
     return FileAnswer(status, body if status == 200 else b"", ev, ctype, headers)
+
+
+def _streamed(
+    rt: Runtime, req: FileRequest, entry: Entry, big: tuple[int, int], facts: DeviceFacts,
+    rule: str, path: str,
+) -> FileAnswer:  # fmt: skip
+    size, mtime_ns = big
+    etag = f'"{size:x}-{mtime_ns:x}"'  # size and edit time: no hash of a large file
+    headers = [("ETag", etag), ("Last-Modified", formatdate(mtime_ns / 1e9, usegmt=True)),
+               ("Accept-Ranges", "bytes")]  # fmt: skip
+    ctype = _content_type(entry.name, True)
+    start, length, status = 0, size, 200
+    if _matches(req.if_none_match, etag):
+        status, length = 304, 0
+    elif req.range:
+        span = _byte_range(req.range, size)
+        if span is None:
+            refused = FileRefused(channel=req.channel, client=req.client, mac=facts.mac,
+                             model=facts.model, fwver=facts.fwver, vendor=facts.vendor,
+                             path=path, status=416, reason=f"range {req.range!r} not in "
+                             f"{size} bytes", template=entry.name, rule=rule)  # fmt: skip
+            headers.append(("Content-Range", f"bytes */{size}"))
+            return FileAnswer(416, b"", refused, ctype, headers)
+        if span != (0, size):
+            start, length, status = span[0], span[1] - span[0], 206
+            headers.append(("Content-Range", f"bytes {start}-{span[1] - 1}/{size}"))
+    ev = FileServed(
+        channel=req.channel, client=req.client, mac=facts.mac, model=facts.model,
+        fwver=facts.fwver, vendor=facts.vendor, path=path, template=entry.name, rule=rule,
+        size=length, status=status,
+    )  # fmt: skip
+    opener = None if status == 304 else (lambda: rt.templates.open_raw(entry))
+    return FileAnswer(status, b"", ev, ctype, headers, opener, start, length)
+
+
+def _byte_range(header: str, size: int) -> tuple[int, int] | None:
+    """`bytes=a-b`, `bytes=a-` or `bytes=-n` as [start, end); the whole file for a
+    header this server does not serve (several ranges, another unit: RFC 9110 lets
+    it answer 200); None when it is not satisfiable (416)."""
+    unit, _, spec = header.strip().partition("=")
+    if unit.strip().lower() != "bytes" or "," in spec:
+        return (0, size)
+    first, dash, last = spec.strip().partition("-")
+    if not dash or not (first.isdigit() or last.isdigit()):
+        return (0, size)
+    if not first:
+        n = int(last)
+        return (max(0, size - n), size) if n > 0 and size else None
+    start = int(first)
+    end = min(int(last) + 1, size) if last.isdigit() else size
+    return (start, end) if start < size and start < end else None
 
 
 def _matches(if_none_match: str | None, etag: str) -> bool:

@@ -40,6 +40,7 @@ _NAME_MACRO = re.compile(r"\{(MAC|mac|MODEL|fwver)\}")
 
 CACHE_SIZE = 4096
 STAT_INTERVAL = 1.0  # seconds
+RAW_INLINE_MAX = 1 << 20  # raw files larger than this are streamed from disk, never held
 
 
 class TemplateError(Exception):
@@ -59,6 +60,7 @@ class Entry:
     checked: float = 0.0  # monotonic time of the last stat
     compiled: jinja2.Template | None = None
     data: bytes | None = None
+    size: int = 0  # of a raw file streamed from disk (data None)
 
     @property
     def per_device(self) -> bool:
@@ -224,6 +226,9 @@ class TemplateSet:
             st = os.fstat(f.fileno())
             if st.st_mtime_ns == e.mtime_ns and (e.compiled is not None or e.data is not None):
                 return
+            if e.raw and st.st_size > RAW_INLINE_MAX:
+                e.data, e.size, e.mtime_ns = None, st.st_size, st.st_mtime_ns
+                return  # streamed: see big_file
             data = f.read()
         e.mtime_ns = st.st_mtime_ns
         if e.raw:
@@ -258,6 +263,26 @@ class TemplateSet:
             raise
         return f
 
+    def big_file(self, e: Entry) -> tuple[int, int] | None:
+        """(size, mtime_ns) of a raw file too large to hold, which is streamed from disk
+        (open_raw), or None for a file served from memory. TemplateError as render."""
+        if not e.raw:
+            return None
+        self._load_or_explain(e)
+        return (e.size, e.mtime_ns) if e.data is None else None
+
+    def _load_or_explain(self, e: Entry) -> None:
+        try:
+            self._load(e)
+        except FileNotFoundError:
+            raise TemplateError(f"{e.name} was removed; send SIGHUP to re-index") from None
+        except OSError as err:
+            raise TemplateError(f"{e.name}: cannot read: {err.strerror}") from None
+
+    def open_raw(self, e: Entry) -> BinaryIO:
+        """The file itself, opened as _open does (no symlink followed, inside the root)."""
+        return self._open(e)
+
     def render(
         self,
         e: Entry,
@@ -265,12 +290,7 @@ class TemplateSet:
         cache_key: Hashable | None = None,
     ) -> bytes:
         """The bytes a device receives. Panasonic files go out with CRLF line ends."""
-        try:
-            self._load(e)
-        except FileNotFoundError:
-            raise TemplateError(f"{e.name} was removed; send SIGHUP to re-index") from None
-        except OSError as err:
-            raise TemplateError(f"{e.name}: cannot read: {err.strerror}") from None
+        self._load_or_explain(e)
         if e.raw:
             assert e.data is not None
             return e.data

@@ -25,7 +25,7 @@ from typing import Any
 from ..datagrams import Addr, Output, internal_error
 from ..endpoint import CoreTimer
 from ..events import EventBus
-from ..files.service import FileRequest, fetch
+from ..files.service import FileRequest, fetch, whole_body
 from ..net import Interface, udp_socket
 from ..runtime import Runtime
 from .core import CHANNEL, FileAnswer, TftpPolicy, TftpServer
@@ -67,7 +67,7 @@ class TftpEndpoint:
         """The same answer as over HTTP: templates, rules, device binding, inventory."""
         req = FileRequest(CHANNEL, client, path, local=self.local_ip)
         a = fetch(self.runtime(), req, self.registered, holder=self.holder)
-        return FileAnswer(a.status, a.body, a.event)
+        return FileAnswer(a.status, whole_body(a), a.event)
 
     async def start(self, port: int) -> None:
         loop = asyncio.get_running_loop()

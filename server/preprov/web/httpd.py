@@ -29,7 +29,7 @@ from collections import deque
 from collections.abc import Callable
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import cast
+from typing import BinaryIO, cast
 
 import httptools
 
@@ -66,6 +66,7 @@ def response_bytes(
     keep_alive: bool,
     head: bool = False,
     version: str = "1.1",
+    length: int | None = None,
 ) -> bytes:
     phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else ""
     charset = b"; charset=utf-8" if content_type.startswith("text/") else b""
@@ -76,7 +77,7 @@ def response_bytes(
         b"Content-Type: " + content_type.encode() + charset,
     ]  # fmt: skip
     if status != 304:  # a 304's length would be the 200's (RFC 9110 §8.6): none is sent
-        lines.append(b"Content-Length: %d" % len(body))
+        lines.append(b"Content-Length: %d" % (len(body) if length is None else length))
     lines += [f"{k}: {v}".encode("latin-1", "replace") for k, v in headers]
     if not keep_alive:
         lines.append(b"Connection: close")
@@ -120,9 +121,11 @@ class FileServerProtocol(asyncio.Protocol):
         self._ua: str | None = None
         self._auth: str | None = None
         self._inm: str | None = None
+        self._range: str | None = None
         self._header_name = b""
         # answers in request order: each cell is filled when its event is committed
-        self._slots: deque[list[bytes | None]] = deque()
+        self._slots: deque[list[bytes | _Stream | None]] = deque()
+        self._streaming: _Stream | None = None  # a file going out as the socket drains
         self._closing = False
 
     # -- asyncio.Protocol ----------------------------------------------------------
@@ -144,6 +147,9 @@ class FileServerProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.connections.discard(self)
+        if self._streaming is not None:
+            self._streaming.close()
+            self._streaming = None
         if self._admitted:
             self.limits.release(self.peer)
             self._admitted = False
@@ -156,6 +162,8 @@ class FileServerProtocol(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._write_full = False
         self._flow()
+        if self._streaming is not None:
+            self._pump()
 
     def _flow(self) -> None:
         pause = self._write_full or len(self._slots) >= MAX_PENDING
@@ -185,7 +193,7 @@ class FileServerProtocol(asyncio.Protocol):
         self.head_started = time.monotonic()
         self._url = b""
         self._head_size = self._body_size = 0
-        self._ua = self._auth = self._inm = None
+        self._ua = self._auth = self._inm = self._range = None
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -200,6 +208,8 @@ class FileServerProtocol(asyncio.Protocol):
             self._auth = value.decode("latin-1")
         elif n == b"if-none-match":
             self._inm = value.decode("latin-1")
+        elif n == b"range":
+            self._range = value.decode("latin-1")
 
     def on_body(self, body: bytes) -> None:
         self._body_size += len(body)
@@ -222,13 +232,19 @@ class FileServerProtocol(asyncio.Protocol):
             authorization=self._auth,
             local=self.local,
             if_none_match=self._inm,
+            range=self._range,
         )
         answer = fetch(self.runtime(), req, self.registered, holder=self.holder)
-        data = response_bytes(
+        head = method == "HEAD"
+        wire = response_bytes(
             answer.status, answer.body, answer.content_type, answer.headers, keep_alive,
-            head=method == "HEAD", version="1.0" if version == "1.0" else "1.1",
+            head=head, version="1.0" if version == "1.0" else "1.1",
+            length=answer.length if answer.stream is not None or answer.status == 206 else None,
         )  # fmt: skip
-        cell: list[bytes | None] = [None]
+        data: bytes | _Stream = wire
+        if answer.stream is not None and not head:
+            data = _Stream(wire, answer.stream, answer.offset, answer.length)
+        cell: list[bytes | _Stream | None] = [None]
         self._slots.append(cell)
         self.bus.emit(answer.event)
         # The answer leaves only once its event is stored: nothing served is
@@ -241,8 +257,8 @@ class FileServerProtocol(asyncio.Protocol):
 
     def _ready(
         self,
-        cell: list[bytes | None],
-        data: bytes,
+        cell: list[bytes | _Stream | None],
+        data: bytes | _Stream,
         keep_alive: bool,
         error: BaseException | None,
         started: float,
@@ -253,16 +269,50 @@ class FileServerProtocol(asyncio.Protocol):
             data = response_bytes(503, b"inventory unavailable\n", "text/plain", [], False)
             keep_alive = False
         cell[0] = data
-        # send every answer whose predecessors have gone, in order
-        while self._slots and self._slots[0][0] is not None:
-            out = self._slots.popleft()[0]
-            if self.transport is not None and out is not None:
-                self.transport.write(out)
-        self._flow()
         if not keep_alive:
             self._closing = True
-            if not self._slots:
-                self._close()
+        self._drain()
+
+    def _drain(self) -> None:
+        """Send every answer whose predecessors have gone, in order; a streamed file
+        holds the ones after it until its last byte is written."""
+        while self._streaming is None and self._slots and self._slots[0][0] is not None:
+            out = self._slots.popleft()[0]
+            if self.transport is None:
+                continue
+            if isinstance(out, _Stream):
+                self.transport.write(out.head)
+                try:
+                    out.open()
+                except OSError:
+                    self._closing = True  # the head promised bytes that cannot come
+                    self._slots.clear()
+                    break
+                self._streaming = out
+                self._pump()
+            elif out is not None:
+                self.transport.write(out)
+        self._flow()
+        if self._closing and not self._slots and self._streaming is None:
+            self._close()
+
+    def _pump(self) -> None:
+        """Write the streamed file while the socket takes it (pause_writing stops this,
+        resume_writing starts it again): at most the transport's buffer in memory."""
+        st = self._streaming
+        while st is not None and st.remaining and not self._write_full:
+            if self.transport is None:
+                break
+            chunk = st.read()
+            if not chunk:  # the file shrank under us: the length sent cannot be kept
+                self._closing = True
+                self._slots.clear()
+                break
+            self.transport.write(chunk)
+        if st is not None and (not st.remaining or self._closing or self.transport is None):
+            st.close()
+            self._streaming = None
+            self._drain()
 
     def _count(self, n: int) -> None:
         self._head_size += n
@@ -292,6 +342,35 @@ class FileServerProtocol(asyncio.Protocol):
         if not self._slots and now - self.last_active > KEEPALIVE:
             return ""  # idle: closed without an event, as any keep-alive ends
         return None
+
+
+CHUNK = 64 * 1024  # bytes read from a streamed file at a time
+
+
+class _Stream:
+    """An answer whose body is read from disk as it is sent."""
+
+    def __init__(self, head: bytes, opener: Callable[[], BinaryIO], offset: int, length: int):
+        self.head = head
+        self.opener = opener
+        self.offset = offset
+        self.remaining = length
+        self.file: BinaryIO | None = None
+
+    def open(self) -> None:
+        self.file = self.opener()
+        self.file.seek(self.offset)
+
+    def read(self) -> bytes:
+        assert self.file is not None
+        chunk = self.file.read(min(CHUNK, self.remaining))
+        self.remaining -= len(chunk)
+        return chunk
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
 
 
 class ConnectionLimits:

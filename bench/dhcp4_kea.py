@@ -4,9 +4,10 @@ One namespace lab on 198.19.0.0/16 (benchmarking range): the server namespace
 runs preprov (`serve --interface eth0`, inventory and event log on) and then
 kea-dhcp4 (memfile lease file with persist on), each pinned to CPU 0, each
 with the same pool (198.19.1.0-198.19.255.254), lease time and the same
-provisioning options always sent (66, 67, 159, 160), and both logging at
-WARN (Kea's per-lease lines are INFO; preprov's per-packet event lines too):
-preprov still stores every event and lease in its inventory before answering.
+provisioning options always sent (66, 67, 159, 160); Kea logs at WARN (its
+per-lease lines are INFO), preprov at its default level (`--log-level`: a
+summary line a second, no line per packet) and stores every event and lease in
+its inventory before answering.
 perfdhcp, pinned to CPU 1 in a client namespace, runs full DORA exchanges at rising rates for --step
 seconds each, from --clients distinct MACs. A rate is sustained when both
 DISCOVER-OFFER and REQUEST-ACK drop at most 2.5 %. Prints the highest rate each
@@ -14,7 +15,7 @@ sustains and the ratio.
 
 Then preprov's resident memory with 100,000 bound leases loaded from its store.
 
-    ./run bench dhcp4_kea [--step 5] [--clients 50000] [--rates 1000,2000,...]
+    ./run bench dhcp4_kea [--step 5] [--clients 50000] [--rates 1000,2000,...] [--log-level]
 """
 
 from __future__ import annotations
@@ -53,7 +54,6 @@ pnp:
   enabled: false
 log:
   format: json
-  level: warning   # as Kea's logger below: per-packet lines off, the inventory on
 """
 
 
@@ -189,6 +189,8 @@ def main() -> int:
         "--rates", default="2000,4000,5000,6000,7000,8000,9000,10000,12000,14000,16000,18000"
     )
     ap.add_argument("--only", choices=["preprov", "kea"], help="run one server only")
+    ap.add_argument("--log-level", choices=["info", "warning"], default="info",
+                    help="preprov's log level (info, its default)")  # fmt: skip
     args = ap.parse_args()
     rates = [int(r) for r in args.rates.split(",")]
     why = netns_unavailable()
@@ -204,7 +206,7 @@ def main() -> int:
             srv = lab.host("srv")
             client = lab.host("perf")
             server_ip = str(srv.ipv4.ip)
-            (work / "preprov.yaml").write_text(PREPROV_CONFIG)
+            (work / "preprov.yaml").write_text(PREPROV_CONFIG + f"  level: {args.log_level}\n")
             print("preprov:", flush=True)
             pp = start_and_wait(
                 [*srv.prefix(), *pin(0), sys.executable, "-m", "preprov", "serve", "--config",
@@ -238,10 +240,7 @@ def main() -> int:
             # preprov started on a store of 100,000 bound leases: its resident memory
             state = work / "state-100k"
             store_with_leases(state, 100_000)
-            # the same configuration at INFO, so that "server.started" says when it is up
-            (work / "preprov-info.yaml").write_text(
-                PREPROV_CONFIG.replace("level: warning", "level: info")
-            )
+            (work / "preprov-info.yaml").write_text(PREPROV_CONFIG)
             big = start_and_wait(
                 [*srv.prefix(), sys.executable, "-m", "preprov", "serve", "--config",
                  str(work / "preprov-info.yaml"), "--interface", "eth0", "--state-dir", str(state)],

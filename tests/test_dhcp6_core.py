@@ -21,6 +21,7 @@ from preprov.dhcp6 import codec as c
 from preprov.dhcp6.server import Dhcp6Policy, Dhcp6Server, Leases6, Pool6, default_pool, mac_of_duid
 from preprov.events import Dhcp6Answered, Dhcp6Ignored, Dhcp6Lease, RequestMalformed
 from preprov.rules import RuleSet
+from preprov.safety import RateLimiter
 
 SERVER_DUID = b"\x00\x04" + bytes(range(16))
 IFACE = ipaddress.IPv6Interface("fd00:1::1/64")
@@ -301,3 +302,13 @@ def test_a_flood_of_solicits_does_not_starve_a_phone() -> None:
     rep = answer(s.datagram_received(msg(c.REQUEST, ia(7, str(addr[0].address)),
                                          (c.SERVERID, SERVER_DUID)), CLIENT, T + 0.01))  # fmt: skip
     assert rep.msg_type == c.REPLY and c.IaNa.decode(rep.get(c.IA_NA) or b"").addresses
+
+
+def test_rate_limit_per_source_not_for_relays() -> None:
+    s = server(limiter=RateLimiter(5, 1), rapid_commit=False)
+    answered = sum(bool(s.datagram_received(msg(c.SOLICIT, ia(i)), CLIENT, T).sends)
+                   for i in range(50))  # fmt: skip
+    assert answered == 5
+    relay = c.encode(c.Relay(c.RELAY_FORW, 0, IFACE.ip, ipaddress.IPv6Address("fe80::9"),
+                             [(c.RELAY_MSG, msg(c.SOLICIT, ia(1)))]))  # fmt: skip
+    assert all(s.datagram_received(relay, ("fd00:1::99", 547), T).sends for _ in range(20))

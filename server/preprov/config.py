@@ -327,6 +327,10 @@ class Dhcp6Section(Strict):
         default=1, description="the sub-option of option 17 that carries the URL"
     )
     always_send: bool = Field(default=False, description="send option 17 even when not in ORO")
+    rate_burst: Annotated[int, Field(ge=1)] = Field(
+        default=200, description="messages at once per source address (relayed ones: no limit)"
+    )
+    rate_per_second: Annotated[float, Field(gt=0)] = 50.0
     allow: Allow = Allow()
     dry_run: bool = False
 

@@ -68,8 +68,9 @@ class RateLimiter:
                 self._suppressed.pop(old, None)
         else:
             self._buckets.move_to_end(source)
-            b[0] = min(self.burst, b[0] + (now - b[1]) * self.rate)
-            b[1] = now
+            # a clock that steps back (the DHCP cores get the wall clock) refills nothing
+            b[0] = min(self.burst, b[0] + max(0.0, now - b[1]) * self.rate)
+            b[1] = max(now, b[1])
         if b[0] >= 1.0:
             b[0] -= 1.0
             return True

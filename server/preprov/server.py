@@ -158,8 +158,13 @@ def dhcp6_pools(rt: Runtime) -> list[Pool6]:
     ]
 
 
-def dhcp6_policy(rt: Runtime, iface: Interface, leases: Leases6, duid: bytes) -> Dhcp6Policy:
+def dhcp6_policy(
+    rt: Runtime, iface: Interface, leases: Leases6, duid: bytes, old: Dhcp6Policy | None = None
+) -> Dhcp6Policy:
     c = rt.config.dhcp6
+    limiter = RateLimiter(c.rate_burst, c.rate_per_second)
+    if old is not None and (old.limiter.burst, old.limiter.rate) == (limiter.burst, limiter.rate):
+        limiter = old.limiter  # a reload keeps the buckets
     own = iface.ipv6[0].ip if iface.ipv6 else None
     return Dhcp6Policy(
         duid=duid,
@@ -174,6 +179,7 @@ def dhcp6_policy(rt: Runtime, iface: Interface, leases: Leases6, duid: bytes) ->
         offer_hold=c.offer_hold,
         allow=AllowList.build(c.allow.mac, c.allow.oui, [str(n) for n in c.allow.subnets or []]),
         dry_run=c.dry_run,
+        limiter=limiter,
     )
 
 
@@ -447,7 +453,8 @@ class Server:
             server_ip = str(d.server.policy.server_ip)
             d.server.policy = dhcp4_policy(rt, d.iface, d.server.leases, server_ip)
         for d6 in self.dhcp6:
-            d6.server.policy = dhcp6_policy(rt, d6.iface, d6.server.leases, d6.server.policy.duid)
+            old6 = d6.server.policy
+            d6.server.policy = dhcp6_policy(rt, d6.iface, d6.server.leases, old6.duid, old6)
         for t in self.tftp:
             old_tftp = t.core.policy
             t.core.policy = tftp_policy(rt, t.iface, old_tftp.slots, old_tftp)

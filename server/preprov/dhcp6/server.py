@@ -16,10 +16,17 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from ..datagrams import Addr, Output, Send
-from ..events import DeviceFields, Dhcp6Answered, Dhcp6Ignored, Dhcp6Lease, RequestMalformed
+from ..events import (
+    DeviceFields,
+    Dhcp6Answered,
+    Dhcp6Ignored,
+    Dhcp6Lease,
+    RequestIgnored,
+    RequestMalformed,
+)
 from ..ident import DeviceFacts
 from ..rules import RuleSet
-from ..safety import AllowList
+from ..safety import AllowList, RateLimiter
 from . import codec as c
 
 CHANNEL = "dhcpv6"
@@ -166,6 +173,10 @@ class Dhcp6Policy:
     offer_hold: float = 30.0
     allow: AllowList = field(default_factory=AllowList)
     dry_run: bool = False
+    # per source address, before anything is parsed (relayed messages, which all
+    # come from their relay, are not limited): a client sends a handful of
+    # messages a boot, a flood from a few addresses is cut to this
+    limiter: RateLimiter = field(default_factory=lambda: RateLimiter(200, 50))
 
 
 def mac_of_duid(duid: bytes) -> str | None:
@@ -184,6 +195,17 @@ class Dhcp6Server:
 
     def datagram_received(self, data: bytes, source: Addr, now: float) -> Output:
         out = Output()
+        client = source[0].split("%")[0]
+        limiter = self.policy.limiter
+        if data[:1] != bytes((c.RELAY_FORW,)) and not limiter.allow(client, now):
+            suppressed = limiter.report(client, now)
+            if suppressed is not None:
+                out.events.append(
+                    RequestIgnored(channel=CHANNEL, client=client, reason=f"rate limit: more "
+                                   f"than {limiter.burst:g} at once or {limiter.rate:g}/s from "
+                                   f"{client} ({suppressed} more not reported)")
+                )  # fmt: skip
+            return out
         try:
             self._receive(data, source, now, out)
         except c.CodecError as e:

@@ -123,7 +123,9 @@ def test_failures_name_the_file_and_the_reason() -> None:
     url = phone.datagram_received(notify.data, SERVER, 0.0).fetches[0].url
     phone.fetch_done(url, 404, b"no template matches /KX-HDV130N.cfg\n", None, 0.1)
     assert phone.done and not phone.report.provisioned
-    assert phone.report.reason == "http://198.18.0.1:8080/KX-HDV130N.cfg: HTTP 404"
+    assert phone.report.reason == (  # the server's reason, from the body
+        "http://198.18.0.1:8080/KX-HDV130N.cfg: HTTP 404: no template matches /KX-HDV130N.cfg"
+    )
 
 
 def test_a_file_breaking_the_format_fails_the_boot() -> None:

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from preprov.lab import Lab
-from preprov.storm import parse_mix, percentile
+from preprov.phone.core import Report
+from preprov.storm import Result, failure_group, parse_mix, percentile, summary
 from serverproc import start_server
 
 
@@ -20,6 +21,25 @@ def test_mix_and_percentiles() -> None:
             parse_mix(bad)
     assert percentile([5.0, 1.0, 3.0, 2.0, 4.0], 50) == 3.0
     assert percentile(list(map(float, range(1, 101))), 99) == 99.0
+
+
+def test_failures_are_grouped_by_cause() -> None:
+    def failed(mac: str, reason: str) -> Result:
+        return Result("ipv4", Report(mac, "KX-HDV130", "01.000", "ipv4", reason=reason), 1.0)
+
+    results = [
+        failed(f"0080F0{i:06X}", f"http://198.18.0.1:8080/Config0080F0{i:06X}.cfg: HTTP 403: "
+               f"0080F0{i:06X}'s own file: the User-Agent names no MAC, 198.18.0.{i} is held by "
+               "no device")
+        for i in range(30)
+    ] + [failed(f"0080F1{i:06X}", f"cause number {i}") for i in range(12)]  # fmt: skip
+    assert failure_group(results[0].report.reason or "") == (
+        "http://<address>:8080/Config<MAC>.cfg: HTTP 403: <MAC>'s own file: the User-Agent "
+        "names no MAC, <address> is held by no device"
+    )
+    text, _ = summary(results, groups=5)
+    assert "failed x30: http://<address>:8080/Config<MAC>.cfg: HTTP 403" in text
+    assert "and 8 more groups (8 phones)" in text
 
 
 def test_storm_provisions_every_phone_and_writes_the_report(lab: Lab, tmp_path: Path) -> None:
@@ -41,6 +61,8 @@ def test_storm_provisions_every_phone_and_writes_the_report(lab: Lab, tmp_path: 
         assert "sip-pnp" in r.stdout and "dhcpv6-option-17" in r.stdout
         page = report.read_text()
         assert page.count("<svg") == 2 and "40 of 40 phones provisioned" in page
+        assert "time to provisioned" in page and page.count("<td>provisioned</td>") == 40
+        assert "<th align=left>phones</th><td>40</td>" in page
         sources = {e["client"] for e in sp.events() if e.get("event") == "pnp.subscribe"}
         assert len(sources) >= 20  # not one address for all
         assert not [e for e in sp.events() if "rate limit" in str(e.get("reason", ""))]

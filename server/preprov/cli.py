@@ -320,7 +320,10 @@ def storm(
     text, by_channel = summary(results)
     click.echo(text)
     if report_path:
-        html_report(Path(report_path), text, by_channel)
+        settings = {"interface": interface, "phones": phones, "rate": rate, "mix": mix,
+                    "timeout": timeout, "ipv4 range": ipv4_range or "lower half of the subnet",
+                    "started": time.strftime("%Y-%m-%d %H:%M:%S")}  # fmt: skip
+        html_report(Path(report_path), text, by_channel, settings, results)
         click.echo(f"report: {report_path}")
     if not all(r.report.provisioned for r in results):
         sys.exit(1)

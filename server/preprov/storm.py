@@ -19,6 +19,7 @@ import html
 import ipaddress
 import math
 import random
+import re
 import statistics
 import time
 from collections import Counter
@@ -142,12 +143,43 @@ async def _storm(
     return results
 
 
-def summary(results: list[Result]) -> tuple[str, dict[str, list[float]]]:
+_MAC_LIKE = re.compile(r"[0-9A-Fa-f]{12}")
+_ADDR_LIKE = re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}\b")
+
+
+def failure_group(reason: str) -> str:
+    """A failure's reason with what differs from phone to phone (MACs in URLs and
+    messages, addresses) masked, so that one cause is one group."""
+    return _ADDR_LIKE.sub("<address>", _MAC_LIKE.sub("<MAC>", reason))
+
+
+def refusals(results: list[Result]) -> Counter[str]:
+    """What the server refused or let go unanswered, as the phones saw it."""
+    seen: Counter[str] = Counter()
+    for r in results:
+        for f in r.report.files:
+            if f.status is not None and f.status >= 400:
+                seen[f"HTTP {f.status}"] += 1
+        for step in r.report.steps:
+            if step["step"].endswith("gave-up"):
+                seen[step["step"]] += 1
+    return seen
+
+
+def summary(results: list[Result], groups: int = 10) -> tuple[str, dict[str, list[float]]]:
     ok = [r for r in results if r.report.provisioned]
     lines = [f"{len(ok)} of {len(results)} phones provisioned"]
-    reasons = Counter(r.report.reason or "?" for r in results if not r.report.provisioned)
-    for reason, n in reasons.most_common(10):
+    reasons = Counter(failure_group(r.report.reason or "?") for r in results
+                      if not r.report.provisioned)  # fmt: skip
+    for reason, n in reasons.most_common(groups):
         lines.append(f"  failed x{n}: {reason}")
+    if len(reasons) > groups:
+        rest = sum(n for _, n in reasons.most_common()[groups:])
+        lines.append(f"  and {len(reasons) - groups} more groups ({rest} phones)")
+    refused = refusals(results)
+    if refused:
+        lines.append("refused or unanswered, as the phones saw it: "
+                     + ", ".join(f"{k} x{n}" for k, n in refused.most_common()))  # fmt: skip
     by_channel: dict[str, list[float]] = {}
     for r in ok:
         by_channel.setdefault(r.report.channel or "?", []).append(r.seconds * 1000)
@@ -158,9 +190,18 @@ def summary(results: list[Result]) -> tuple[str, dict[str, list[float]]]:
     return "\n".join(lines), by_channel
 
 
-def html_report(path: Path, text: str, by_channel: dict[str, list[float]]) -> None:
-    """A page with the summary and, per channel, a histogram of time to provisioned."""
-    parts = [f"<h1>preprov storm</h1><pre>{html.escape(text)}</pre>"]
+def html_report(
+    path: Path, text: str, by_channel: dict[str, list[float]],
+    settings: dict[str, object] | None = None, results: list[Result] | None = None,
+) -> None:  # fmt: skip
+    """A page with the run's settings, the summary, per channel a histogram of time to
+    provisioned (axes labelled), and a table of every phone."""
+    parts = ["<h1>preprov storm</h1>"]
+    if settings:
+        parts.append("<table>" + "".join(f"<tr><th align=left>{html.escape(str(k))}</th>"
+                                         f"<td>{html.escape(str(v))}</td></tr>"
+                                         for k, v in settings.items()) + "</table>")  # fmt: skip
+    parts.append(f"<pre>{html.escape(text)}</pre>")
     for ch, ms in sorted(by_channel.items()):
         top = max(ms) or 1.0
         bins = 20
@@ -176,9 +217,24 @@ def html_report(path: Path, text: str, by_channel: dict[str, list[float]]) -> No
         )
         parts.append(
             f"<h2>{html.escape(ch)}: {len(ms)} phones, median {statistics.median(ms):.1f} ms</h2>"
-            f'<svg width="660" height="230"><line x1="40" y1="200" x2="640" y2="200" '
-            f'stroke="#333"/>{bars}<text x="40" y="220">0 ms</text>'
-            f'<text x="560" y="220">{top:.0f} ms</text></svg>'
+            f'<svg width="660" height="250"><line x1="40" y1="200" x2="640" y2="200" '
+            f'stroke="#333"/><line x1="40" y1="20" x2="40" y2="200" stroke="#333"/>{bars}'
+            f'<text x="40" y="220">0 ms</text><text x="560" y="220">{top:.0f} ms</text>'
+            f'<text x="250" y="245">time to provisioned</text>'
+            f'<text x="2" y="28">{peak}</text><text x="2" y="200">0</text>'
+            f'<text x="2" y="110" transform="rotate(-90 12 110)">phones</text></svg>'
         )
+    if results:
+        rows = "".join(
+            f"<tr><td>{r.report.mac}</td><td>{html.escape(r.report.model)}</td>"
+            f"<td>{r.mode}</td><td>{html.escape(r.report.ip or r.report.ip6 or '')}</td>"
+            f"<td>{html.escape(r.report.channel or '-')}</td><td>{r.seconds * 1000:.1f}</td>"
+            f"<td>{'provisioned' if r.report.provisioned else 'failed'}</td>"
+            f"<td>{html.escape(r.report.reason or '')}</td></tr>"
+            for r in sorted(results, key=lambda r: r.report.mac)
+        )
+        parts.append("<h2>Phones</h2><table border=1 cellspacing=0><tr><th>MAC</th>"
+                     "<th>model</th><th>mode</th><th>address</th><th>channel</th><th>ms</th>"
+                     f"<th>result</th><th>reason</th></tr>{rows}</table>")  # fmt: skip
     head = "<!doctype html><meta charset=utf-8><title>preprov storm</title>"
     path.write_text(head + "<body style='font-family:sans-serif'>" + "".join(parts) + "</body>")

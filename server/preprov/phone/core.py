@@ -229,6 +229,10 @@ class PhoneCore:
             return Actions()
         _, parameter, started = self._fetching
         self._fetching = None
+        if error is None and status is not None and status >= 400:
+            # the server's own words: preprov's refusals say why in the body
+            said = body[:300].decode("utf-8", "replace").strip().splitlines()
+            error = f"HTTP {status}: {said[0]}" if said else f"HTTP {status}"
         r = FileResult(url, parameter, status, len(body), error, ms=_ms(now - started))
         self.report.files.append(r)
         if status == 200:

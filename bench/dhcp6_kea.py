@@ -3,8 +3,9 @@
 One namespace lab (fd00::/8 only): the server namespace runs preprov (`serve
 --interface eth0`, inventory on) and then kea-dhcp6 (memfile lease file with
 persist on), each pinned to CPU 0, each with the same pool and lifetimes and
-option 17 (enterprise 258, sub-option 1, the URL) always sent, both logging at
-WARN. perfdhcp -6, pinned to CPU 1 in a client namespace, runs SOLICIT,
+option 17 (enterprise 258, sub-option 1, the URL) always sent; Kea logs at WARN,
+preprov at its default level, with its per-source limit lifted (perfdhcp sends
+every client from one address). perfdhcp -6, pinned to CPU 1 in a client namespace, runs SOLICIT,
 ADVERTISE, REQUEST, REPLY exchanges from its link-local address to ff02::1:2
 at rising rates. A rate is sustained when both exchanges drop at most 2.5 %.
 
@@ -40,6 +41,10 @@ dhcp6:
   preferred_lifetime: {LIFETIME}
   valid_lifetime: {LIFETIME * 2}
   always_send: true
+  # perfdhcp sends every client from one address: the per-source limit is lifted
+  # for the run (as for pnp_sipp); relayed messages are not limited anyway
+  rate_burst: 1000000
+  rate_per_second: 1000000
   subnets:
     - {{prefix: '{net}', pool: ['{first}', '{last}']}}
 dhcp4:
@@ -48,7 +53,6 @@ pnp:
   enabled: false
 log:
   format: json
-  level: warning
 """
     kea = {
         "Dhcp6": {

@@ -79,10 +79,11 @@ def test_device_records_merge_facts_and_keep_history(tmp_path: Path) -> None:
     )
     d = store.device("0080F0000001")
     assert d is not None
+    # a refused request (anybody can name a MAC) does not move the phone's address
     assert (d.model, d.fwver, d.ipv4, d.first_seen, d.last_seen) == (
         "KX-HDV130",
         "02.000",
-        "198.18.0.3",
+        "198.18.0.2",
         1.0,
         3.0,
     )
@@ -196,6 +197,7 @@ def test_refusals_create_no_device_and_stages_are_kept(tmp_path: Path) -> None:
     assert store.devices() == []  # a flood of refused datagrams invents no device
     store.write([refused("0080F0BB0001", channel="http")])
     assert [d.mac for d in store.devices()] == ["0080F0BB0001"]  # a refused phone over TCP does
+    assert store.devices()[0].ipv4 == "198.18.0.9"  # its facts fill the gaps of a new record
     store.db.execute("DELETE FROM devices")
     mac = "0080F0000001"
     store.write([PnpNotifySent(channel="sip-pnp", client="198.18.0.2", mac=mac, call_id="c",

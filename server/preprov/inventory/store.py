@@ -161,14 +161,17 @@ FORGET_CHUNK = 500  # devices forgotten per group commit
 PRUNE_CHUNK = 2000  # events deleted at most per group commit, while over the budget
 WRITTEN_MAX = 20_000  # device rows remembered as written (see write): about 6 MB
 
-_UPSERT_KEYS = ("mac", "model", "fwver", "vendor", "ipv4", "ipv6", "first", "last", "kind", "error",
+_FACTS = ("model", "fwver", "vendor", "ipv4", "ipv6")
+_UPSERT_KEYS = ("mac", *_FACTS, *(f"g{k}" for k in _FACTS), "first", "last", "kind", "error",
                 "pnp", "dhcp", "files", "stage", "changed")  # fmt: skip
+# Facts from a refusal (prefix g) only fill gaps, never overwrite: anybody can send a
+# request naming a MAC, and a refused one must not move a phone's address or model.
 _SET = """
-  model = COALESCE(:model, model),
-  fwver = COALESCE(:fwver, fwver),
-  vendor = COALESCE(:vendor, vendor),
-  ipv4 = COALESCE(:ipv4, ipv4),
-  ipv6 = COALESCE(:ipv6, ipv6),
+  model = COALESCE(:model, model, :gmodel),
+  fwver = COALESCE(:fwver, fwver, :gfwver),
+  vendor = COALESCE(:vendor, vendor, :gvendor),
+  ipv4 = COALESCE(:ipv4, ipv4, :gipv4),
+  ipv6 = COALESCE(:ipv6, ipv6, :gipv6),
   last_seen = :last,
   last_event = :kind,
   last_error = COALESCE(:error, last_error),
@@ -181,8 +184,9 @@ _SET = """
 _UPSERT = f"""
 INSERT INTO devices (mac, model, fwver, vendor, ipv4, ipv6, first_seen, last_seen, last_event,
                      last_error, pnp, dhcp, files, stage, changed)
-VALUES (:mac, :model, :fwver, :vendor, :ipv4, :ipv6, :first, :last, :kind, :error, :pnp, :dhcp,
-        :files, :stage, COALESCE(:changed, 0))
+VALUES (:mac, COALESCE(:model, :gmodel), COALESCE(:fwver, :gfwver), COALESCE(:vendor, :gvendor),
+        COALESCE(:ipv4, :gipv4), COALESCE(:ipv6, :gipv6), :first, :last, :kind, :error, :pnp,
+        :dhcp, :files, :stage, COALESCE(:changed, 0))
 ON CONFLICT (mac) DO UPDATE SET {_SET}
 """
 # A refused datagram updates a device already known and creates none: its source
@@ -531,15 +535,17 @@ class SQLiteStore:
                     d["mac"], d["first"], d["files"], d["stage"] = mac, ev.ts, 0, 0
                     d["create"] = False
                 d["last"], d["kind"] = ev.ts, ev.kind
+                refused = is_refusal(ev)
+                prefix = "g" if refused else ""
                 for k in ("model", "fwver", "vendor"):
                     if data[k]:
-                        d[k] = data[k]
+                        d[prefix + k] = data[k]
                 client = data["client"]
                 if client:
-                    d["ipv6" if ":" in client else "ipv4"] = client
+                    d[prefix + ("ipv6" if ":" in client else "ipv4")] = client
                 if ev.level != "info":
                     d["error"] = f"{ev.kind}: {data.get('reason', '')}"
-                if not is_refusal(ev) or data["channel"] in ("http", "https"):
+                if not refused or data["channel"] in ("http", "https"):
                     d["create"] = True
                 _stage_of(d, ev.kind, data)
         # A device row changes when a fact about it changes (its stage included);
@@ -551,7 +557,8 @@ class SQLiteStore:
         prior: dict[str, tuple[tuple[object, ...], float, int] | None] = {}
         for mac, d in devices.items():
             state = (d["model"], d["fwver"], d["vendor"], d["ipv4"], d["ipv6"], d["kind"],
-                     d["error"], d["pnp"], d["dhcp"], d["stage"])  # fmt: skip
+                     d["error"], d["pnp"], d["dhcp"], d["stage"],
+                     d["gipv4"], d["gipv6"])  # fmt: skip
             written = prior[mac] = self._written.get(mac)
             if written is None or written[0] != state or d["last"] - written[1] >= 1.0:
                 # the change cursor moves for a new fact, not for a refreshed last_seen

@@ -326,3 +326,13 @@ def test_a_flood_of_read_requests_from_many_sources_leaves_descriptors_bounded(
         assert ignored and sp.proc.poll() is None
     finally:
         assert sp.stop() == 0
+
+
+def test_at_the_cap_the_source_holding_most_gives_way_at_once() -> None:
+    s = tftp_server(slots=TransferSlots(8), max_per_source=8, limiter=RateLimiter(100, 100))
+    flooder = ("198.18.0.66", 69)
+    for _ in range(8):
+        assert s.datagram_received(rrq("f"), flooder, 0.0).sends[0].via is not None
+    out = s.datagram_received(rrq("f"), PHONE, 0.01)  # no transfer has stalled yet
+    assert out.sends[-1].via is not None and len(out.closed) == 1
+    assert s.per_source == {"198.18.0.66": 7, "198.18.0.2": 1}

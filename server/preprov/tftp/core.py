@@ -251,11 +251,11 @@ class TftpServer:
             busy = (f"{p.max_per_source} transfers at once from {client}, the cap "
                     "(tftp.max_transfers_per_source)")  # fmt: skip
         elif p.slots.taken >= p.slots.total:
-            stalled = next((tid for tid, x in self.live.items() if x.stalled(now)), None)
-            if stalled is None:
+            victim = self._give_way(client, now)
+            if victim is None:
                 busy = f"{p.slots.taken} transfers at once, the cap (tftp.max_transfers)"
             else:
-                self._end(stalled, out, "stalled, it gave way to a new request at the cap")
+                self._end(victim, out, "it gave way to a new request at the cap")
         if busy:
             out.events.append(RequestIgnored(channel=CHANNEL, client=client, reason=busy))
             out.sends.append(Send(error_packet(NOT_DEFINED, "server busy, try again"), source))
@@ -316,6 +316,18 @@ class TftpServer:
         return min((x.wake for x in self.live.values()), default=None)
 
     # -- state ---------------------------------------------------------------------
+
+    def _give_way(self, client: str, now: float) -> int | None:
+        """At the cap, the transfer that makes room: the oldest stalled one, else the
+        oldest of the source holding the most, when it holds more than this client
+        (a flood from a few addresses cannot lock a phone out for its 0.25 s)."""
+        stalled = next((tid for tid, x in self.live.items() if x.stalled(now)), None)
+        if stalled is not None:
+            return stalled
+        heavy = max(self.per_source, key=lambda a: self.per_source[a], default=None)
+        if heavy is None or self.per_source[heavy] <= self.per_source.get(client, 0) + 1:
+            return None
+        return next(tid for tid, x in self.live.items() if x.client[0] == heavy)
 
     def _end(self, tid: int, out: Output, why: str | None = None) -> None:
         live = self.live.pop(tid)

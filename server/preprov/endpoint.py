@@ -52,6 +52,19 @@ _STAMP = struct.Struct("@qq")  # struct timespec
 BATCH = 64  # datagrams read per turn of the loop for one socket: bounded work per turn
 
 
+def feed_core(
+    bus: EventBus, channel: str, source: Addr, call: Callable[[], Output]
+) -> Output | None:
+    """Call a protocol core. The last-resort catch lives here, in the adapters only: an
+    exception is a bug, not the peer's fault; it becomes an internal.error event and
+    the server goes on (the cores catch nothing, so their tests and fuzzers see it)."""
+    try:
+        return call()
+    except Exception as e:
+        bus.emit(internal_error(channel, source, e))
+        return None
+
+
 class DatagramReader:
     """Reads a UDP socket in batches, with the kernel's receive time of each datagram.
 
@@ -60,20 +73,35 @@ class DatagramReader:
     instead of answering at its maximum (issue: DHCPv6 offered 6,000/s answered
     0.02 %). A datagram older than `stale_after` seconds is dropped unanswered, and
     counted; at most BATCH are read per turn, so the other sockets and the timers
-    get their turn."""
+    get their turn. With `stale_after` None nothing is dropped for its age."""
 
     def __init__(
-        self, sock: socket.socket, received: Callable[[bytes, Addr], None], stale_after: float
-    ) -> None:
+        self, sock: socket.socket, received: Callable[[bytes, Addr], None],
+        stale_after: float | None,
+    ) -> None:  # fmt: skip
         self.sock = sock
         self.received = received
         self.stale_after = stale_after
         self.stale = 0  # datagrams dropped for their age
-        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        if stale_after is not None:
+            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         self._space = socket.CMSG_SPACE(_STAMP.size)
-        asyncio.get_running_loop().add_reader(sock.fileno(), self._readable)
+        asyncio.get_running_loop().add_reader(
+            sock.fileno(), self._readable if stale_after is not None else self._readable_plain
+        )
+
+    def _readable_plain(self) -> None:
+        for _ in range(BATCH):
+            try:
+                data, addr = self.sock.recvfrom(65536)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                continue  # an ICMP error queued on the socket: the next datagram
+            self.received(data, (str(addr[0]), int(addr[1])))
 
     def _readable(self) -> None:
+        assert self.stale_after is not None
         now = time.time()
         for _ in range(BATCH):
             try:
@@ -137,10 +165,13 @@ class DatagramEndpoint:
 
     def received(self, data: bytes, source: Addr) -> None:
         started = time.monotonic()
-        try:
-            out = self.server.datagram_received(data, source, time.time())
-        except Exception as e:  # the last resort: a bug, not the client's fault
-            self.bus.emit(internal_error(self.channel, source, e))
+        out = feed_core(
+            self.bus,
+            self.channel,
+            source,
+            lambda: self.server.datagram_received(data, source, time.time()),
+        )
+        if out is None:
             return
         for ev in out.events:
             self.bus.emit(ev)

@@ -13,8 +13,8 @@ from __future__ import annotations
 import socket
 import time
 
-from ..datagrams import Addr, Output, internal_error
-from ..endpoint import CoreTimer, DatagramReader
+from ..datagrams import Addr, Output
+from ..endpoint import CoreTimer, DatagramReader, feed_core
 from ..events import EventBus
 from ..net import Interface, multicast_listener, unicast_socket
 from .pnp import CHANNEL, PnpResponder
@@ -54,22 +54,24 @@ class PnpEndpoint:
     # milliseconds, too coarse for the timings the events report.
 
     def received(self, data: bytes, source: Addr) -> None:
-        try:
-            out = self.responder.datagram_received(data, source, time.monotonic())
-        except Exception as e:  # the last resort: a bug, not the phone's fault
-            self.bus.emit(internal_error(CHANNEL, source, e))
-            out = Output()
-        self._process(out)
+        r = self.responder
+        self._process(
+            feed_core(
+                self.bus,
+                CHANNEL,
+                source,
+                lambda: r.datagram_received(data, source, time.monotonic()),
+            )
+        )
 
     def _on_timer(self) -> None:
-        try:
-            out = self.responder.timer_expired(time.monotonic())
-        except Exception as e:
-            self.bus.emit(internal_error(CHANNEL, ("timer", 0), e))
-            out = Output()
-        self._process(out)
+        r = self.responder
+        self._process(
+            feed_core(self.bus, CHANNEL, ("timer", 0), lambda: r.timer_expired(time.monotonic()))
+        )
 
-    def _process(self, out: Output) -> None:
+    def _process(self, out: Output | None) -> None:
+        out = out or Output()  # after an internal error: the timer is re-armed all the same
         for s in out.sends:
             self._readers[0].sendto(s.data, s.addr)
         for ev in out.events:

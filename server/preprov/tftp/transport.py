@@ -1,11 +1,10 @@
 """The asyncio side of TFTP: sockets and one timer around the core (STYLE.md §1).
 
-The request port is UDP 69 on the wildcard address pinned to the interface (an
-asyncio DatagramProtocol: it must bind to a device). Each transfer the core
-starts gets a socket of its own, bound to the interface's address and
-connected to the client (RFC 1350 §4: a new TID), read with the loop's
-add_reader and written without blocking; it is closed as soon as the core says
-the transfer ended. Every datagram goes to the core, its sends leave, its
+The request port is UDP 69 on the wildcard address pinned to the interface.
+Each transfer the core starts gets a socket of its own, bound to the
+interface's address and connected to the client (RFC 1350 §4: a new TID); it
+is closed as soon as the core says the transfer ended. Every socket is read by
+endpoint.DatagramReader. Every datagram goes to the core, its sends leave, its
 events are emitted, its one timer is re-armed.
 
 aioudp, which served the transfers before, is not used: its per-peer
@@ -15,15 +14,12 @@ every transfer from one timer and needs plain callbacks.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import socket
 import time
 from collections.abc import Callable
-from typing import Any
 
-from ..datagrams import Addr, Output, internal_error
-from ..endpoint import CoreTimer
+from ..datagrams import Addr, Output
+from ..endpoint import CoreTimer, DatagramReader, feed_core
 from ..events import EventBus
 from ..files.service import FileRequest, fetch, whole_body
 from ..net import Interface, udp_socket
@@ -33,17 +29,6 @@ from .core import CHANNEL, FileAnswer, TftpPolicy, TftpServer
 
 def tftp_socket(iface: Interface, port: int, ipv6: bool = False) -> socket.socket:
     return udp_socket("::" if ipv6 else "0.0.0.0", port, iface.name)
-
-
-class _RequestPort(asyncio.DatagramProtocol):
-    def __init__(self, endpoint: TftpEndpoint) -> None:
-        self.endpoint = endpoint
-
-    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
-        self.endpoint.received(data, (str(addr[0]), int(addr[1])))
-
-    def error_received(self, exc: Exception) -> None:
-        pass  # ICMP from a client that went away
 
 
 class TftpEndpoint:
@@ -59,8 +44,8 @@ class TftpEndpoint:
         self.registered = registered
         self.holder = holder
         self.core = TftpServer(policy, self._answer)
-        self.transport: asyncio.DatagramTransport | None = None
-        self.sockets: dict[int, socket.socket] = {}
+        self.requests: DatagramReader | None = None  # the request port
+        self.transfers: dict[int, DatagramReader] = {}  # a socket each, by transfer id
         self._timer = CoreTimer(self._on_timer)
 
     def _answer(self, path: str, client: str) -> FileAnswer:
@@ -70,89 +55,71 @@ class TftpEndpoint:
         return FileAnswer(a.status, whole_body(a), a.event)
 
     async def start(self, port: int) -> None:
-        loop = asyncio.get_running_loop()
         sock = tftp_socket(self.iface, port, ipv6=":" in self.local_ip)
-        self.transport, _ = await loop.create_datagram_endpoint(
-            lambda: _RequestPort(self), sock=sock
-        )
+        # a client resends its request on its own timer: nothing is dropped for its age
+        self.requests = DatagramReader(sock, self.received, None)
 
     # The core's clock is time.monotonic(), as for SIP PnP.
 
     def received(self, data: bytes, source: Addr) -> None:
-        try:
-            out = self.core.datagram_received(data, source, time.monotonic())
-        except Exception as e:  # the last resort: a bug, not the client's fault
-            self.bus.emit(internal_error(CHANNEL, source, e))
-            return
-        self._process(out)
+        core = self.core
+        self._process(
+            feed_core(self.bus, CHANNEL, source,
+                      lambda: core.datagram_received(data, source, time.monotonic()))
+        )  # fmt: skip
 
-    def _readable(self, tid: int) -> None:
-        sock = self.sockets.get(tid)
-        if sock is None:
-            return
-        for _ in range(16):  # what has arrived, in one turn
-            try:
-                data, addr = sock.recvfrom(65536)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                break  # ICMP port unreachable: the client went away; its timer ends it
-            try:
-                out = self.core.transfer_received(tid, data, (str(addr[0]), int(addr[1])),
-                                                  time.monotonic())  # fmt: skip
-            except Exception as e:
-                self.bus.emit(internal_error(CHANNEL, (str(addr[0]), 0), e))
-                return
-            self._process(out)
+    def _transfer_received(self, tid: int, data: bytes, source: Addr) -> None:
+        core = self.core
+        self._process(
+            feed_core(self.bus, CHANNEL, source,
+                      lambda: core.transfer_received(tid, data, source, time.monotonic()))
+        )  # fmt: skip
 
     def _on_timer(self) -> None:
-        try:
-            out = self.core.timer_expired(time.monotonic())
-        except Exception as e:
-            self.bus.emit(internal_error(CHANNEL, ("timer", 0), e))
-            out = Output()
-        self._process(out)
+        core = self.core
+        self._process(
+            feed_core(self.bus, CHANNEL, ("timer", 0), lambda: core.timer_expired(time.monotonic()))
+        )
 
-    def _process(self, out: Output) -> None:
+    def _process(self, out: Output | None) -> None:
+        out = out or Output()  # after an internal error: the timer is re-armed all the same
         for s in out.sends:
-            if s.via is None:
-                if self.transport is not None:
-                    self.transport.sendto(s.data, s.addr)
-                continue
-            sock = self.sockets.get(s.via) or self._open(s.via, s.addr)
-            if sock is not None:
-                with contextlib.suppress(OSError):  # a full buffer: the resend covers it
-                    sock.send(s.data)
+            reader = self.requests if s.via is None else (
+                self.transfers.get(s.via) or self._open(s.via, s.addr)
+            )  # fmt: skip
+            if reader is not None:
+                reader.sendto(s.data, s.addr)  # a full buffer: the core's resend covers it
         for tid in out.closed:
             self._close(tid)
         for ev in out.events:
             self.bus.emit(ev)
         self._timer.arm(self.core.next_timer())
 
-    def _open(self, tid: int, client: Addr) -> socket.socket | None:
-        family = socket.AF_INET6 if ":" in self.local_ip else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_DGRAM)
+    def _open(self, tid: int, client: Addr) -> DatagramReader | None:
+        """The transfer's own socket: the interface's address, a new port, connected
+        to the client (RFC 1350 §4)."""
         try:
-            sock.setblocking(False)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, self.iface.name.encode())
-            sock.bind((self.local_ip, 0))
+            sock = udp_socket(self.local_ip, 0, self.iface.name)
+        except OSError:
+            return None  # no descriptor left: the transfer's timer ends it
+        try:
             sock.connect(client)
         except OSError:
             sock.close()
             return None
-        self.sockets[tid] = sock
-        asyncio.get_running_loop().add_reader(sock.fileno(), self._readable, tid)
-        return sock
+        reader = DatagramReader(sock, lambda data, src: self._transfer_received(tid, data, src),
+                                None)  # fmt: skip
+        self.transfers[tid] = reader
+        return reader
 
     def _close(self, tid: int) -> None:
-        sock = self.sockets.pop(tid, None)
-        if sock is not None:
-            asyncio.get_running_loop().remove_reader(sock.fileno())
-            sock.close()
+        reader = self.transfers.pop(tid, None)
+        if reader is not None:
+            reader.close()
 
     def close(self) -> None:
         self._timer.cancel()
-        for tid in list(self.sockets):
+        for tid in list(self.transfers):
             self._close(tid)
-        if self.transport is not None:
-            self.transport.close()
+        if self.requests is not None:
+            self.requests.close()

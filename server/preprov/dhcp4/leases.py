@@ -12,6 +12,8 @@ import ipaddress
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+from ..offers import Offers
+
 IPv4 = ipaddress.IPv4Address
 
 
@@ -75,10 +77,7 @@ class LeaseTable:
         self.reserved = {ip: mac for mac, ip in self.reservations.items()}
         self.by_ip: dict[IPv4, Lease] = {}
         self.by_client: dict[str, Lease] = {}
-        # addresses offered and not yet requested, oldest first: when a pool is used
-        # up, the oldest offer goes to the next DISCOVER (an offer binds nothing; a
-        # flood of DISCOVERs from made-up MACs must not starve the phones)
-        self.offers: OrderedDict[IPv4, Lease] = OrderedDict()
+        self.offers: Offers[IPv4, Lease] = Offers()
         # offers taken back for another DISCOVER, (address, client), the latest few:
         # their client's REQUEST still wins
         self.taken_back: OrderedDict[tuple[IPv4, str], None] = OrderedDict()
@@ -90,11 +89,7 @@ class LeaseTable:
             self._put(lease)
 
     def _put(self, lease: Lease) -> None:
-        if lease.state == "offered":
-            self.offers[lease.ip] = lease
-            self.offers.move_to_end(lease.ip)
-        else:
-            self.offers.pop(lease.ip, None)
+        self.offers.note(lease.ip, lease)
         old = self.by_ip.get(lease.ip)
         if old is not None and self.by_client.get(old.client) is old:
             del self.by_client[old.client]
@@ -171,23 +166,10 @@ class LeaseTable:
         return self._hold(ip, client, mac, now, hold)
 
     def _hold(self, ip: IPv4, client: str, mac: str, now: float, hold: float) -> Lease:
-        self._drop_expired_offers(now)
+        self.offers.expire(now, self.by_ip, self.by_client)
         lease = Lease(ip, client, mac, "offered", now + hold)
         self._put(lease)
         return lease
-
-    def _drop_expired_offers(self, now: float) -> None:
-        """Offers never requested are forgotten once they expire, oldest first, so that
-        a flood of DISCOVERs leaves no lease objects behind."""
-        while self.offers:
-            ip, lease = next(iter(self.offers.items()))
-            if lease.expires > now:
-                break
-            del self.offers[ip]
-            if self.by_ip.get(ip) is lease:
-                del self.by_ip[ip]
-            if self.by_client.get(lease.client) is lease:
-                del self.by_client[lease.client]
 
     def _next_free(self, client: str, mac: str, subnet: Subnet, now: float) -> IPv4:
         # A look at the pool from the cursor, then the oldest offer. Once a look found
@@ -206,14 +188,15 @@ class LeaseTable:
             if subnet.size > SCAN_MAX:
                 subnet._full_scan = now
             subnet._used_up = now
-        for ip, lease in self.offers.items():
-            if lease.client != client and ip in subnet.network and ip not in self.reserved:
-                if self.by_client.get(lease.client) is lease:
-                    del self.by_client[lease.client]
-                self.taken_back[(ip, lease.client)] = None
-                if len(self.taken_back) > TAKEN_BACK_MAX:
-                    self.taken_back.popitem(last=False)
-                return ip
+        taken = self.offers.take_back(
+            client, lambda ip: ip in subnet.network and ip not in self.reserved, self.by_client
+        )
+        if taken is not None:
+            ip, lease = taken
+            self.taken_back[(ip, lease.client)] = None
+            if len(self.taken_back) > TAKEN_BACK_MAX:
+                self.taken_back.popitem(last=False)
+            return ip
         raise NoAddress(f"no free address in {subnet.first}-{subnet.last}")
 
     def bind(

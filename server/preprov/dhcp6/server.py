@@ -12,7 +12,6 @@ from the rules under a configurable enterprise number and sub-option
 from __future__ import annotations
 
 import ipaddress
-from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from ..datagrams import Addr, Output, Send
@@ -25,6 +24,7 @@ from ..events import (
     RequestMalformed,
 )
 from ..ident import DeviceFacts
+from ..offers import Offers
 from ..rules import RuleSet
 from ..safety import AllowList, RateLimiter
 from . import codec as c
@@ -73,9 +73,7 @@ class Leases6:
         self.pools = pools
         self.by_ip: dict[IPv6, Binding] = {}
         self.by_client: dict[str, Binding] = {}
-        # advertised and not yet requested, oldest first: a used-up pool gives the
-        # oldest to the next client (as for DHCPv4: a flood must not starve phones)
-        self.offers: OrderedDict[IPv6, Binding] = OrderedDict()
+        self.offers: Offers[IPv6, Binding] = Offers()
 
     def load(self, bindings: list[Binding]) -> None:
         for b in bindings:
@@ -102,17 +100,7 @@ class Leases6:
         b = self.current(client, now)
         if b is not None and b.ip in pool.prefix:
             return b
-        # offers never requested are forgotten once expired, oldest first: a flood of
-        # SOLICITs leaves no binding objects behind
-        while self.offers:
-            ip, old = next(iter(self.offers.items()))
-            if old.expires > now:
-                break
-            del self.offers[ip]
-            if self.by_ip.get(ip) is old:
-                del self.by_ip[ip]
-            if self.by_client.get(old.client) is old:
-                del self.by_client[old.client]
+        self.offers.expire(now, self.by_ip, self.by_client)
         if hint is not None and self.free(hint, client, pool, now):
             return self._put(Binding(hint, client, mac, "offered", now + hold))
         # at most SCAN_MAX addresses from the cursor, the whole pool once a second
@@ -125,19 +113,13 @@ class Leases6:
             if self.free(ip, client, pool, now):
                 pool.cursor = (i + 1) % pool.size
                 return self._put(Binding(ip, client, mac, "offered", now + hold))
-        for ip, old in self.offers.items():
-            if old.client != client and ip in pool.prefix:
-                if self.by_client.get(old.client) is old:
-                    del self.by_client[old.client]
-                return self._put(Binding(ip, client, mac, "offered", now + hold))
+        taken = self.offers.take_back(client, lambda ip: ip in pool.prefix, self.by_client)
+        if taken is not None:
+            return self._put(Binding(taken[0], client, mac, "offered", now + hold))
         return None
 
     def _put(self, b: Binding) -> Binding:
-        if b.state == "offered":
-            self.offers[b.ip] = b
-            self.offers.move_to_end(b.ip)
-        else:
-            self.offers.pop(b.ip, None)
+        self.offers.note(b.ip, b)
         self.by_ip[b.ip] = b
         if b.state in ("offered", "bound"):
             self.by_client[b.client] = b

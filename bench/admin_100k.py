@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -27,6 +27,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from dhcp4_kea import stop
 from http_vs_nginx import free_port, pin, wait_port, wrk
 from preprov.events import FileServed, PnpNotifyAcked, PnpNotifySent, device_fields
 from preprov.ident import DeviceFacts
@@ -114,12 +115,12 @@ def main() -> int:
 
         wrk(port, 2, 32, 1000)  # warm-up
         alone = wrk(port, args.seconds, 32, 1000)
-        stop = threading.Event()
+        polling_done = threading.Event()
         polls: list[float] = []
 
         def poller() -> None:
             c = cursor
-            while not stop.is_set():
+            while not polling_done.is_set():
                 ms, _, h = timed_get(f"{admin}/api/status?since={c}")
                 c = int(h["X-Cursor"])
                 polls.append(ms)
@@ -130,7 +131,7 @@ def main() -> int:
         th = threading.Thread(target=poller)
         th.start()
         polled = wrk(port, args.seconds, 32, 1000)
-        stop.set()
+        polling_done.set()
         th.join()
         print(f"phones alone:          {alone['rate']:8.0f} req/s  p99 {alone['p99_ms']:.2f} ms")
         print(f"phones while polled:   {polled['rate']:8.0f} req/s  p99 {polled['p99_ms']:.2f} ms"
@@ -143,12 +144,8 @@ def main() -> int:
              "slowest_poll_ms": max(polls)}, indent=2))  # fmt: skip
         return 0
     finally:
-        pp.send_signal(signal.SIGTERM)
-        try:
-            pp.wait(20)
-        except subprocess.TimeoutExpired:
-            pp.kill()
-        subprocess.run(["rm", "-rf", str(tmp)], check=False)
+        stop(pp)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -33,13 +32,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from dhcp4_kea import pin, start_and_wait, stop
 from preprov.lab import Lab, netns_unavailable
 
 HERE = Path(__file__).resolve().parent
-
-
-def pin(cpu: int) -> list[str]:
-    return ["taskset", "-c", str(cpu)] if shutil.which("taskset") else []
 
 
 def status(pid: int, key: str) -> int:
@@ -77,18 +73,12 @@ def main() -> int:
         for a in v6:
             flood.exec("ip", "-6", "addr", "add", f"{a}/{net6.prefixlen}", "dev", "eth0", "nodad")
         log = work / "server.log"
-        with open(log, "wb") as f:
-            server = subprocess.Popen(
-                [*srv.prefix(), *pin(0), sys.executable, "-m", "preprov", "serve",
-                 "--interface", "eth0", "--state-dir", str(state), "--log-format", "json"],
-                stdout=f, stderr=subprocess.STDOUT,
-            )  # fmt: skip
+        server = start_and_wait(
+            [*srv.prefix(), *pin(0), sys.executable, "-m", "preprov", "serve",
+             "--interface", "eth0", "--state-dir", str(state), "--log-format", "json"],
+            log, b'"server.started"',
+        )  # fmt: skip
         try:
-            deadline = time.monotonic() + 15
-            while b'"server.started"' not in log.read_bytes():
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"server did not start:\n{log.read_text()}")
-                time.sleep(0.05)
             pid = server.pid
             before = Phones(phone, bare, srv)
             before.once()  # the baseline: every kind works before the flood
@@ -131,11 +121,7 @@ def main() -> int:
             after.once()
             alive = server.poll() is None and again.returncode == 0
         finally:
-            server.send_signal(signal.SIGTERM)
-            try:
-                server.wait(30)
-            except subprocess.TimeoutExpired:
-                server.kill()
+            stop(server)
     text = log.read_text(errors="replace")
     internal = text.count('"event":"internal.error"')
     tracebacks = text.count("Traceback")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from .config import Config, ConfigError
+from .config import Allow, Config, ConfigError
 from .dhcp4.leases import Lease, LeaseTable, Subnet, default_subnet
 from .dhcp4.server import Dhcp4Policy, Dhcp4Server
 from .dhcp4.transport import Dhcp4Endpoint
@@ -60,28 +60,38 @@ def _malloc_trim() -> Callable[[], object] | None:
     return lambda: trim(0)
 
 
+def limiter(
+    burst: float, rate: float, old: RateLimiter | None, sources: int = 65536
+) -> RateLimiter:
+    """A token bucket per source; a reload keeps the old one's buckets when its figures
+    are the same."""
+    if old is not None and (old.burst, old.rate, old.max_sources) == (burst, rate, sources):
+        return old
+    return RateLimiter(burst, rate, sources)
+
+
+def segment(allow: Allow, iface: Interface, ipv6: bool = False) -> AllowList:
+    """Who a datagram channel answers: `allow`, by default phones on this segment only
+    (the interface's own subnets)."""
+    if allow.subnets is not None:
+        subnets = [str(n) for n in allow.subnets]
+    else:
+        subnets = [str(i.network) for i in iface.ipv4]
+        subnets += [str(i.network) for i in iface.ipv6] if ipv6 else []
+    return AllowList.build(allow.mac, allow.oui, subnets)
+
+
 def pnp_policy(rt: Runtime, iface: Interface, old: PnpPolicy | None = None) -> PnpPolicy:
     c = rt.config.pnp
-    subnets = (
-        [str(n) for n in c.allow.subnets]
-        if c.allow.subnets is not None
-        else [str(i.network) for i in iface.ipv4]  # default: phones on this segment only
-    )
-    limiter = RateLimiter(c.rate_burst, c.rate_per_second)
-    answers = RateLimiter(c.max_answers_per_second, c.max_answers_per_second, 1)
-    if old is not None:  # a reload keeps the buckets
-        if (old.limiter.burst, old.limiter.rate) == (limiter.burst, limiter.rate):
-            limiter = old.limiter
-        if old.answers.rate == answers.rate:
-            answers = old.answers
+    per_second = c.max_answers_per_second
     return PnpPolicy(
         rules=rt.site_for(interface=iface.name).rules,
-        allow=AllowList.build(c.allow.mac, c.allow.oui, subnets),
-        limiter=limiter,
+        allow=segment(c.allow, iface),
+        limiter=limiter(c.rate_burst, c.rate_per_second, old.limiter if old else None),
         body=c.body,
         max_transactions=c.max_transactions,
         max_answered=c.max_answered,
-        answers=answers,
+        answers=limiter(per_second, per_second, old.answers if old else None, 1),
     )
 
 
@@ -89,19 +99,10 @@ def tftp_policy(
     rt: Runtime, iface: Interface, slots: TransferSlots, old: TftpPolicy | None = None
 ) -> TftpPolicy:
     c = rt.config.tftp
-    subnets = (
-        [str(n) for n in c.allow.subnets]
-        if c.allow.subnets is not None
-        # like SIP PnP: phones on this segment only
-        else [str(i.network) for i in iface.ipv4] + [str(i.network) for i in iface.ipv6]
-    )
-    limiter = RateLimiter(c.rate_burst, c.rate_per_second)
-    if old is not None and (old.limiter.burst, old.limiter.rate) == (limiter.burst, limiter.rate):
-        limiter = old.limiter
     slots.total = c.max_transfers
     return TftpPolicy(
-        allow=AllowList.build(c.allow.mac, c.allow.oui, subnets),
-        limiter=limiter,
+        allow=segment(c.allow, iface, ipv6=True),
+        limiter=limiter(c.rate_burst, c.rate_per_second, old.limiter if old else None),
         slots=slots,
         max_per_source=c.max_transfers_per_source,
         blksize_max=c.blksize_max,
@@ -162,9 +163,6 @@ def dhcp6_policy(
     rt: Runtime, iface: Interface, leases: Leases6, duid: bytes, old: Dhcp6Policy | None = None
 ) -> Dhcp6Policy:
     c = rt.config.dhcp6
-    limiter = RateLimiter(c.rate_burst, c.rate_per_second)
-    if old is not None and (old.limiter.burst, old.limiter.rate) == (limiter.burst, limiter.rate):
-        limiter = old.limiter  # a reload keeps the buckets
     own = iface.ipv6[0].ip if iface.ipv6 else None
     return Dhcp6Policy(
         duid=duid,
@@ -179,7 +177,7 @@ def dhcp6_policy(
         offer_hold=c.offer_hold,
         allow=AllowList.build(c.allow.mac, c.allow.oui, [str(n) for n in c.allow.subnets or []]),
         dry_run=c.dry_run,
-        limiter=limiter,
+        limiter=limiter(c.rate_burst, c.rate_per_second, old.limiter if old else None),
     )
 
 

@@ -82,8 +82,10 @@ def start_server(
     netns: str | None = None,
     host: str = "127.0.0.1",
     wrap: Sequence[str] = (),
+    env: dict[str, str] | None = None,
 ) -> ServerProc:
-    """`wrap`: a command that runs the server, e.g. prlimit with its limits."""
+    """`wrap`: a command that runs the server, e.g. prlimit with its limits; `env`: variables
+    added to the environment."""
     port = port or free_port()
     state = tmp / "state"
     log = tmp / f"server-{port}.log"
@@ -108,7 +110,7 @@ def start_server(
     if netns:
         cmd = ["ip", "netns", "exec", netns, *cmd]
     with open(log, "wb") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=dict(os.environ))
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=dict(os.environ) | (env or {}))
     sp = ServerProc(proc, log, port, state, host)
     sp.wait_event("server.started")
     return sp

@@ -89,6 +89,46 @@ def test_without_a_token_changes_are_refused(tmp_path: Path) -> None:
         assert sp.stop() == 0
 
 
+def test_the_token_from_a_flag_or_the_environment_and_a_refused_reload_says_why(
+    tmp_path: Path,
+) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("http:\n  realm: lab\n")
+    for how in (("--admin-token", "flag-token"), ()):
+        sp = start_server(tmp_path, "--config", str(cfg), *how,
+                          env={} if how else {"PREPROV_ADMIN_TOKEN": "env-token"})
+        token = "flag-token" if how else "env-token"
+        try:
+            assert call(sp.admin + "/api/reload", "POST", token="other")[0] == 401
+            assert call(sp.admin + "/api/reload", "POST", token=token)[0] == 200
+            cfg.write_text("http:\n  realm: lab\n  prot: 80\nrules:\n  - name: x\n"
+                           "    url: gopher://nope\n")
+            status, body = call(sp.admin + "/api/reload", "POST", token=token)
+            answer = json.loads(body)
+            assert status == 422 and answer["reloaded"] is False
+            assert {(p["line"], p["key"]) for p in answer["problems"]} == {
+                (3, "http.prot"), (6, "rules[0].url")}
+            assert all(p["file"] == str(cfg) and p["reason"] for p in answer["problems"])
+            cfg.write_text("http:\n  realm: lab\n")
+            health = json.loads(call(sp.admin + "/api/health")[1])
+            assert health["status"] == "ok" and "http" in health["services"]
+        finally:
+            assert sp.stop() == 0
+
+
+def test_the_openapi_document_names_every_route_and_only_those() -> None:
+    from preprov.web.admin import OPENAPI, Metrics, make_admin_app
+    from preprov.web.dashboard import Stream
+
+    app = make_admin_app(None, Metrics(), Stream())  # type: ignore[arg-type]
+    routes = {(r.method.lower(), r.resource.canonical) for r in app.router.routes()
+              if r.method != "HEAD" and r.resource is not None}
+    documented = {(m, path) for path, ops in OPENAPI["paths"].items() for m in ops}
+    assert routes == documented
+    refs = {v for v in json.dumps(OPENAPI).split('"') if v.startswith("#/components/schemas/")}
+    assert {r.rsplit("/", 1)[1] for r in refs} <= set(OPENAPI["components"]["schemas"])
+
+
 def test_https_with_the_lab_ca_downloaded_from_the_api(tmp_path: Path) -> None:
     import shutil
     import subprocess

@@ -48,3 +48,30 @@ def test_zero_config_on_an_interface_serves_a_phone_on_another_host(
     (dev,) = [d for d in json.loads(inv.stdout) if d["mac"] == "0080F0C571EB"]
     assert (dev["model"], dev["fwver"]) == ("KX-HDV130", "01.000")
     assert (dev["ipv4"], dev["ipv6"]) == (str(phone.ipv4.ip), str(phone.ipv6.ip))
+
+
+def test_interfaces_from_the_file_alone_bring_pnp_and_dhcp(lab: Lab, tmp_path: Path) -> None:
+    """`serve --config` with server.interfaces only in the file: no flag empties them."""
+    cfg = tmp_path / "lab.yaml"
+    cfg.write_text("server:\n  interfaces: [eth0]\n")
+    srv = lab.host("srv")
+    checked = subprocess.run([*srv.prefix(), sys.executable, "-m", "preprov", "check", "--config",
+                              str(cfg)], capture_output=True, text=True)  # fmt: skip
+    assert checked.returncode == 0, checked.stderr
+    assert "sip-pnp: on eth0" in checked.stdout and "dhcpv4: on eth0" in checked.stdout
+    sp = start_server(tmp_path, "--config", str(cfg), netns=srv.ns, port=8080)
+    try:
+        services = sp.wait_event("server.started")["services"]
+        assert {"sip-pnp", "dhcpv4", "dhcpv6", "tftp"} <= set(services)  # type: ignore[arg-type]
+        for n, switches in enumerate(([], ["--no-sippnp"])):
+            phone = lab.host(f"phone{n}", addresses=False)
+            r = subprocess.run(
+                [*phone.prefix(), sys.executable, "-m", "preprov", "phone", "--interface", "eth0",
+                 "--mac", f"00:80:F0:00:00:0{n + 1}", *switches, "--timeout", "30"],
+                capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+            assert r.returncode == 0, r.stdout + r.stderr
+            via = "sip-pnp" if not switches else "dhcpv4-option-160"
+            assert f"provisioned through {via}" in r.stdout, r.stdout
+    finally:
+        assert sp.stop() == 0

@@ -18,7 +18,7 @@ from .files.service import FileRequest, fetch, whole_body
 from .inventory.store import SchemaTooNew, SQLiteStore
 from .macros import expand_macros, normalize_mac
 from .runtime import Runtime, SetupError, build_runtime
-from .server import Server
+from .server import Server, plan
 
 SAMPLE_MAC = "0080F0000001"
 
@@ -31,7 +31,8 @@ def _overrides(**flags: Any) -> dict[str, Any]:
         if value is not None and value != ():
             o.setdefault(section, {})[key] = value
 
-    put("server", "interfaces", list(flags.get("interface") or ()))
+    # only what a flag sets: an absent --interface leaves server.interfaces of the file
+    put("server", "interfaces", list(flags.get("interface") or ()) or None)
     put("server", "state_dir", flags.get("state_dir"))
     put("server", "address", flags.get("address"))
     put("http", "port", flags.get("http_port"))
@@ -40,6 +41,7 @@ def _overrides(**flags: Any) -> dict[str, Any]:
     put("log", "level", flags.get("log_level"))
     put("files", "templates", flags.get("templates"))
     put("files", "variables", flags.get("variables"))
+    put("admin", "token", flags.get("admin_token"))
     return o
 
 
@@ -80,6 +82,10 @@ def main() -> None:
 @click.option("--variables", help="per-device variables, CSV or YAML")
 @click.option("--log-format", type=click.Choice(["console", "json"]))
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option(
+    "--admin-token", envvar="PREPROV_ADMIN_TOKEN", show_envvar=True,
+    help="bearer token for changes through the API (batches, devices, reload)",
+)  # fmt: skip
 def serve(config: str | None, **flags: Any) -> None:
     """Run the server. With --interface alone it derives everything from that interface;
     with neither --interface nor --config it serves on loopback."""
@@ -144,6 +150,8 @@ def check(
     errors = 0
     ua = f"Panasonic_{model}/{fwver} ({mac.lower()})"
     click.echo(f"configuration: {config or '(built-in defaults)'}: valid")
+    for line in plan(rt):
+        click.echo(line)
     click.echo(f"templates: {rt.templates.root} ({len(rt.templates.entries)} files)")
     for s in rt.templates.skipped:
         click.echo(f"{s.name}: warning: {s.reason}")

@@ -7,8 +7,8 @@ the YAML line where the file has one: `lab.yaml:14: rules[0].url: ...`.
 from __future__ import annotations
 
 import ipaddress
-import os
 from collections.abc import Sequence
+from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -34,12 +34,9 @@ from .macros import (
     url_length_problem,
 )
 
-# The repository's configs/ folder: bundled templates and example configurations.
-# PREPROV_CONFIGS points elsewhere when the package is installed away from the
-# checkout (the container image sets it).
-CONFIGS_DIR = Path(
-    os.environ.get("PREPROV_CONFIGS") or Path(__file__).resolve().parents[2] / "configs"
-)
+# The bundled templates and example configuration ship inside the package
+# (package data), so an installed wheel finds them where the checkout does.
+CONFIGS_DIR = Path(str(resources.files("preprov") / "configs"))
 BUNDLED_TEMPLATES = CONFIGS_DIR / "templates"
 
 # Panasonic SIP models named in the Administrator Guides; the longest one sizes

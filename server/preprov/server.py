@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -200,6 +201,52 @@ def listen_addresses(rt: Runtime) -> list[str]:
     return out or ["127.0.0.1"]
 
 
+def plan(rt: Runtime) -> list[str]:
+    """What `serve` will run with this runtime: interfaces, listeners, each service on or
+    off and why. `check` prints it, so a file that is valid but serves nothing says so."""
+    c = rt.config
+    out = []
+    if rt.interfaces:
+        for iface in rt.interfaces:
+            addrs = ", ".join(str(a) for a in iface.ipv4 + iface.ipv6) or "no address"
+            out.append(f"interface {iface.name}: {addrs}")
+    else:
+        out.append(
+            "interfaces: none (loopback only: give --interface or server.interfaces "
+            "for SIP PnP, DHCP and TFTP)"
+        )
+
+    def hosts(port: int) -> str:
+        return " ".join(
+            f"{'[' + a + ']' if ':' in a else a}:{port}" for a in listen_addresses(rt)
+        )
+
+    out.append(f"http: {hosts(c.http.port)}" if c.http.enabled else "http: off (http.enabled)")
+    if c.http.enabled and c.https.enabled:
+        out.append(f"https: {hosts(c.https.port)}")
+    names = [i.name for i in rt.interfaces]
+    pools = ", ".join(f"{s.first}-{s.last}" for s in dhcp4_subnets(rt))
+    for name, section, on, extra in (
+        ("sip-pnp", "pnp", c.pnp.enabled, f" ({c.pnp.group}:{c.pnp.port})"),
+        ("dhcpv4", "dhcp4", c.dhcp4.enabled, f" (port {c.dhcp4.port}, pools {pools})"),
+        ("dhcpv6", "dhcp6", c.dhcp6.enabled, f" (port {c.dhcp6.port})"),
+        ("tftp", "tftp", c.tftp.enabled, f" (port {c.tftp.port})"),
+    ):
+        if not on:
+            out.append(f"{name}: off ({section}.enabled: false)")
+        elif not names:
+            out.append(f"{name}: off (no interface)")
+        else:
+            out.append(f"{name}: on {', '.join(names)}{extra}")
+    if c.admin.enabled:
+        token = "token set" if c.admin.token else "no token: changes refused"
+        listen = " ".join(f"{a}:{c.admin.port}" for a in c.admin.listen)
+        out.append(f"admin: {listen} ({token})")
+    else:
+        out.append("admin: off (admin.enabled)")
+    return out
+
+
 class Server:
     def __init__(self, load: Loader) -> None:
         self.load = load
@@ -224,6 +271,8 @@ class Server:
         self.admin: web.AppRunner | None = None
         self.log = LogSink()
         self.listening: list[str] = []
+        self.services: list[str] = []
+        self.started = time.time()
         self._stop = asyncio.Event()
         self._trim: Callable[[], object] | None = None
 
@@ -348,6 +397,7 @@ class Server:
                 await self._start_dhcp6(rt, notes)
                 if self.dhcp6:
                     services.append("dhcpv6")
+        self.services = services
         self.bus.emit(
             ServerStarted(
                 services=tuple(services),
@@ -425,15 +475,21 @@ class Server:
             pools = ", ".join(f"{p.first}-{p.last}" for p in leases.pools)
             self.listening.append(f"dhcpv6://[::]:{c.port}%{iface.name} (pools {pools})")
 
-    def reload(self) -> bool:
-        """Re-read the configuration; keep the old one when the new one is bad."""
+    def reload(self) -> list[dict[str, Any]]:
+        """Re-read the configuration; keep the old one when the new one is bad. Returns
+        the problems that refused it (file, line, key, reason), none when it was taken."""
         old = self.current()
         try:
             config, file = self.load()
             rt = build_runtime(config, file)
-        except (ConfigError, SetupError) as e:
+        except ConfigError as e:
             self.bus.emit(ConfigRejected(config=old.config_file, reason=str(e)))
-            return False
+            return [{"file": e.file, "line": line, "key": key, "reason": reason}
+                    for key, reason, line in e.problems]  # fmt: skip
+        except SetupError as e:
+            self.bus.emit(ConfigRejected(config=old.config_file, reason=str(e)))
+            key, _, reason = str(e).partition(": ")
+            return [{"file": old.config_file, "line": None, "key": key, "reason": reason}]
         notes = []
         if (
             listen_addresses(rt) != listen_addresses(old)
@@ -457,7 +513,7 @@ class Server:
             old_tftp = t.core.policy
             t.core.policy = tftp_policy(rt, t.iface, old_tftp.slots, old_tftp)
         self.bus.emit(ConfigReloaded(config=file, notes=tuple(notes)))
-        return True
+        return []
 
     def request_stop(self, signame: str) -> None:
         self.bus.emit(ServerStopping(signal=signame))
@@ -468,7 +524,7 @@ class Server:
         await self.start()
         loop.add_signal_handler(signal.SIGINT, self.request_stop, "SIGINT")
         loop.add_signal_handler(signal.SIGTERM, self.request_stop, "SIGTERM")
-        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)  # problems are logged
         try:
             await self._stop.wait()
         finally:

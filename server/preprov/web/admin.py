@@ -175,8 +175,15 @@ def make_admin_app(server: Server, metrics: Metrics, stream: Stream) -> web.Appl
                             headers=headers)  # fmt: skip
 
     async def reload(_: web.Request) -> web.Response:
-        ok = server.reload()
-        return web.json_response({"reloaded": ok}, status=200 if ok else 422)
+        problems = server.reload()
+        if problems:
+            return web.json_response({"reloaded": False, "problems": problems}, status=422)
+        return web.json_response({"reloaded": True})
+
+    async def health(_: web.Request) -> web.Response:
+        """For container health checks and load balancers: the services that run."""
+        return web.json_response({"status": "ok", "services": list(server.services),
+                                  "uptime": round(time.time() - server.started, 1)})  # fmt: skip
 
     async def register(request: web.Request) -> web.Response:
         try:
@@ -343,6 +350,7 @@ def make_admin_app(server: Server, metrics: Metrics, stream: Stream) -> web.Appl
     app.router.add_get("/", page)
     app.router.add_get("/api/status", status_view)
     app.router.add_get("/api/summary", summary)
+    app.router.add_get("/api/health", health)
     app.router.add_get("/api/stream", stream_view)
     app.router.add_get("/api/batches", batches_view)
     app.router.add_post("/api/batches", guarded(add_batch))
@@ -387,69 +395,111 @@ def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-_json = {"application/json": {"schema": {"type": "object"}}}
+def _obj(more: dict[str, Any] | None = None, /, **props: str) -> dict[str, Any]:
+    """An object schema: properties by type name, and those in more as given."""
+    return {"type": "object", "properties": {k: {"type": t} for k, t in props.items()}
+            | (more or {})}  # fmt: skip
+
+
+def _op(summary: str, ok: str, schema: dict[str, Any] | None = None, *, guarded: bool = False,
+        params: tuple[tuple[str, str, str], ...] = (), errors: dict[str, str] | None = None,
+        ctype: str = "application/json") -> dict[str, Any]:  # fmt: skip
+    """One operation: its 200 answer (with a schema when JSON), parameters as (name, in,
+    type), and the error answers; guarded ones need the bearer token."""
+    answer: dict[str, Any] = {"description": ok}
+    if schema is not None:
+        answer["content"] = {ctype: {"schema": schema}}
+    op: dict[str, Any] = {"summary": summary, "responses": {"200": answer}}
+    for code, why in (errors or {}).items():
+        op["responses"][code] = {"description": why, "content": {"application/json": {
+            "schema": _ref("Error")}}}  # fmt: skip
+    if guarded:
+        op["security"] = [{"token": []}]
+        op["responses"]["401"] = {"description": "no or wrong token (or none configured)"}
+    if params:
+        op["parameters"] = [{"name": n, "in": where, "required": where == "path",
+                             "schema": {"type": t}} for n, where, t in params]  # fmt: skip
+    return op
+
+
+def _list(name: str) -> dict[str, Any]:
+    return {"type": "array", "items": _ref(name)}
+
+
+_PAGE = (("limit", "query", "integer"), ("after", "query", "string"))
+_DEVICE = dict(mac="string", model="string", fwver="string", vendor="string", ipv4="string",
+               ipv6="string", first_seen="number", last_seen="number", last_event="string",
+               last_error="string")  # fmt: skip
 OPENAPI: dict[str, Any] = {
     "openapi": "3.0.3",
     "info": {"title": "preprov administration API", "version": "1"},
     "components": {
         "securitySchemes": {"token": {"type": "http", "scheme": "bearer"}},
         "schemas": {
-            "Device": {"type": "object", "properties": {
-                k: {"type": t} for k, t in [
-                    ("mac", "string"), ("model", "string"), ("fwver", "string"),
-                    ("vendor", "string"), ("ipv4", "string"), ("ipv6", "string"),
-                    ("first_seen", "number"), ("last_seen", "number"),
-                    ("last_event", "string"), ("last_error", "string")]}},
-            "Event": {"type": "object", "properties": {
-                "id": {"type": "integer"}, "ts": {"type": "number"}, "mac": {"type": "string"},
-                "kind": {"type": "string"}}, "additionalProperties": True},
+            "Device": _obj(**_DEVICE),
+            "Status": _obj(**_DEVICE, pnp="string", dhcp="string", files="string",
+                           stage="string", changed="integer"),
+            "Event": _obj(id="integer", ts="number", mac="string", kind="string")
+            | {"additionalProperties": True},
+            "Lease": _obj(ip="string", client_id="string", mac="string", state="string",
+                          expires="number", hostname="string"),
+            "Batch": _obj({"missing": {"type": "array", "items": _obj(
+                mac="string", stage="string", reason="string")}}, id="integer", name="string",
+                expected="integer", provisioned="integer"),
+            "Problem": _obj(file="string", line="integer", key="string", reason="string"),
+            "Error": _obj(error="string"),
         },
     },
     "paths": {
+        "/": {"get": _op("The dashboard (HTML)", "page")},
+        "/api/health": {"get": _op("Liveness: the services that run", "running",
+                                   _obj({"services": {"type": "array", "items": {
+                                       "type": "string"}}}, status="string", uptime="number"))},
+        "/api/summary": {"get": _op("Counts by stage, the inventory's size, what was pruned",
+                                    "counts", {"type": "object"})},
         "/api/devices": {
-            "get": {"summary": "Devices seen", "responses": {"200": {"description": "list",
-                    "content": {"application/json": {"schema": {"type": "array",
-                                                                 "items": _ref("Device")}}}}}},
-            "post": {"summary": "Register MACs (served with auto-add off)",
-                     "security": [{"token": []}],
-                     "requestBody": {"content": _json},
-                     "responses": {"200": {"description": "registered"},
-                                   "401": {"description": "no or wrong token"}}},
+            "get": _op("Devices seen, by MAC, a page at a time (Link: rel=next)", "page",
+                       _list("Device"), params=_PAGE),
+            "post": _op("Register MACs (served with auto-add off): {\"macs\": [...]}",
+                        "registered", guarded=True, errors={"400": "not MACs"}),
         },
-        "/api/devices/{mac}": {"get": {"summary": "One device", "parameters": [
-            {"name": "mac", "in": "path", "required": True, "schema": {"type": "string"}}],
-            "responses": {"200": {"description": "device"}, "404": {"description": "unknown"}}}},
-        "/api/devices/{mac}/events": {"get": {"summary": "A device's timeline", "parameters": [
-            {"name": "mac", "in": "path", "required": True, "schema": {"type": "string"}},
-            {"name": "limit", "in": "query", "schema": {"type": "integer"}}],
-            "responses": {"200": {"description": "events"}}}},
-        "/api/events": {"get": {"summary": "The latest events", "parameters": [
-            {"name": "limit", "in": "query", "schema": {"type": "integer"}}],
-            "responses": {"200": {"description": "events"}}}},
-        "/api/leases": {"get": {"summary": "DHCPv4 and DHCPv6 leases",
-                                "responses": {"200": {"description": "leases"}}}},
-        "/api/reload": {"post": {"summary": "Reload the configuration (as SIGHUP)",
-                                 "security": [{"token": []}],
-                                 "responses": {"200": {"description": "reloaded"},
-                                               "422": {"description": "refused, old kept"},
-                                               "401": {"description": "no or wrong token"}}}},
-        "/api/status": {"get": {"summary": "Each device's stage per channel (the dashboard)",
-                                "responses": {"200": {"description": "list"}}}},
-        "/api/stream": {"get": {"summary": "Server-sent events: one per device event",
-                                "responses": {"200": {"description": "text/event-stream"}}}},
+        "/api/devices/{mac}": {"get": _op("One device", "device", _ref("Device"),
+                                          params=(("mac", "path", "string"),),
+                                          errors={"400": "not a MAC", "404": "unknown"})},
+        "/api/devices/{mac}/events": {"get": _op(
+            "A device's timeline, newest first", "events", _list("Event"),
+            params=(("mac", "path", "string"), ("limit", "query", "integer"),
+                    ("before", "query", "integer")), errors={"400": "not a MAC"})},
+        "/api/events": {"get": _op("The latest events, newest first", "events", _list("Event"),
+                                   params=(("limit", "query", "integer"),
+                                           ("before", "query", "integer")))},
+        "/api/leases": {"get": _op("DHCPv4 and DHCPv6 leases by address (Link: rel=next)",
+                                   "page", _list("Lease"), params=_PAGE)},
+        "/api/reload": {"post": _op(
+            "Reload the configuration (as SIGHUP); refused: the old one is kept", "reloaded",
+            _obj(reloaded="boolean"), guarded=True,
+            errors={"422": "refused: {reloaded: false, problems: [Problem]}"})},
+        "/api/status": {"get": _op(
+            "Each device's stage per channel (the dashboard); ?since= a cursor (X-Cursor)",
+            "list", _list("Status"), params=(*_PAGE, ("since", "query", "integer")))},
+        "/api/stream": {"get": _op("Server-sent events: one per device event", "stream",
+                                   {"type": "string"}, ctype="text/event-stream")},
         "/api/batches": {
-            "get": {"summary": "Batches with N of M provisioned and what is missing",
-                    "responses": {"200": {"description": "list"}}},
-            "post": {"summary": "Upload a manifest (CSV, a MAC per line); ?name=",
-                     "security": [{"token": []}],
-                     "responses": {"200": {"description": "created"},
-                                   "400": {"description": "not MACs"}}}},
-        "/api/batches/{id}": {"get": {"summary": "A batch's report; {id}.csv for CSV",
-                                      "parameters": [{"name": "id", "in": "path", "required": True,
-                                                      "schema": {"type": "string"}}],
-                                      "responses": {"200": {"description": "report"},
-                                                    "404": {"description": "unknown"}}}},
-        "/metrics": {"get": {"summary": "Prometheus metrics",
-                             "responses": {"200": {"description": "text"}}}},
+            "get": _op("Batches with N of M provisioned and what is missing", "list",
+                       _list("Batch")),
+            "post": _op("Upload a manifest (CSV, a MAC per line); ?name=", "created",
+                        _obj(id="integer", name="string", expected="integer"), guarded=True,
+                        params=(("name", "query", "string"),), errors={"400": "not MACs"}),
+        },
+        "/api/batches/{id}": {"get": _op("A batch's report; {id}.csv for CSV", "report",
+                                         _ref("Batch"), params=(("id", "path", "string"),),
+                                         errors={"404": "unknown"})},
+        "/api/openapi.json": {"get": _op("This document", "OpenAPI 3", {"type": "object"})},
+        "/api/ca.crt": {"get": _op("The lab CA certificate phones must trust for HTTPS",
+                                   "certificate", {"type": "string"},
+                                   ctype="application/x-x509-ca-cert",
+                                   errors={"404": "HTTPS is off: no lab CA"})},
+        "/metrics": {"get": _op("Prometheus metrics", "text", {"type": "string"},
+                                ctype="text/plain")},
     },
 }  # fmt: skip

@@ -1,0 +1,1 @@
+"""preprov: the server side of SIP phone pre-provisioning."""

@@ -1,0 +1,534 @@
+"""The DHCPv4 server core: no sockets, no clock (STYLE.md §1), on codec.py.
+
+`datagram_received(data, source, now)` returns the datagrams to send and the
+events. A request goes through named stages (STYLE.md §2), and the stage that
+decides says so in an event: decode, identify, allow-list, subnet (the
+interface's, or the relay's by giaddr), message type, address, options, size.
+
+Provisioning options come from the same rules as everything else (PROTOCOL.md
+§4): 160 and 159 carry the rule URL's folder as plain ASCII (not their IANA
+meanings), 66 the whole URL, its folder or its host, 67 its file name. They
+are sent when the client's parameter request list asks for them, or always
+when configured.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from enum import IntEnum
+from socket import inet_ntoa
+
+from ..config import Dhcp4Options
+from ..datagrams import Addr, Output, Send
+from ..events import (
+    DeviceFields,
+    Dhcp4Answered,
+    Dhcp4Ignored,
+    Dhcp4Lease,
+    Dhcp4Nak,
+    Dhcp4Refused,
+    RequestMalformed,
+    device_fields,
+)
+from ..ident import DeviceFacts
+from ..macros import url_dir
+from ..rules import Decision, RuleSet
+from ..safety import AllowList
+from .codec import BOOTREPLY, BOOTREQUEST, BROADCAST_FLAG, ZERO4, CodecError, Overflow, Packet
+from .codec import decode as decode_packet
+from .codec import encode as encode_packet
+from .leases import IPv4, Lease, LeaseTable, NoAddress, Subnet
+
+CHANNEL = "dhcpv4"
+SERVER_PORT = 67
+CLIENT_PORT = 68
+BROADCAST = "255.255.255.255"
+PROVISIONING = (160, 159, 66, 67)
+
+
+class DHCPMessageType(IntEnum):
+    """Option 53 (RFC 2132 §9.6)."""
+
+    DHCPDISCOVER = 1
+    DHCPOFFER = 2
+    DHCPREQUEST = 3
+    DHCPDECLINE = 4
+    DHCPACK = 5
+    DHCPNAK = 6
+    DHCPRELEASE = 7
+    DHCPINFORM = 8
+
+
+# option codes (RFC 2132)
+MASK, ROUTER, DNS, HOSTNAME, REQUESTED_IP, LEASE_TIME = 1, 3, 6, 12, 50, 51
+MSG_TYPE, SERVER_ID, PRL, MAX_SIZE, T1, T2, VENDOR_CLASS, CLIENT_ID = 53, 54, 55, 57, 58, 59, 60, 61
+RELAY_INFO = 82
+
+
+@dataclass
+class Dhcp4Policy:
+    server_ip: IPv4
+    rules: RuleSet
+    local: Subnet | None  # the interface's own subnet, for clients that are not relayed
+    options: Dhcp4Options = field(default_factory=Dhcp4Options)
+    lease_time: int = 3600
+    offer_hold: float = 30.0
+    quarantine: float = 3600.0
+    allow: AllowList = field(default_factory=AllowList)
+    dry_run: bool = False
+
+
+def provisioning_options(decision: Decision, opts: Dhcp4Options) -> dict[int, bytes]:
+    """The values of 160, 159, 66 and 67 for a rule's URL (PROTOCOL.md §4).
+
+    160 and 159 name the folder without a file (`http://h:8080` or
+    `http://h:8080/pana`): the phone appends `/<option 67>` or `/{MODEL}.cfg`.
+    """
+    url = decision.url
+    folder = url_dir(url)
+    base = folder.rstrip("/")
+    filename = decision.parsed.filename
+    out: dict[int, bytes] = {}
+    if opts.option160:
+        out[160] = base.encode()
+    if opts.option159:
+        out[159] = base.encode()
+    if opts.option66 == "url":
+        out[66] = (url if filename else folder).encode()
+    elif opts.option66 == "folder":
+        out[66] = folder.encode()
+    elif opts.option66 == "host":
+        out[66] = decision.parsed.host.encode()
+    if opts.option67 and filename:
+        out[67] = filename.encode()
+    return out
+
+
+class Dhcp4Server:
+    def __init__(self, policy: Dhcp4Policy, leases: LeaseTable) -> None:
+        self.leases = leases
+        self.policy = policy
+
+    @property
+    def policy(self) -> Dhcp4Policy:
+        return self._policy
+
+    @policy.setter
+    def policy(self, policy: Dhcp4Policy) -> None:
+        self._policy = policy
+        self._provisioning: dict[str, dict[int, bytes]] = {}  # per rule: its rule URL's options
+
+    def datagram_received(self, data: bytes, source: Addr, now: float) -> Output:
+        out = Output()
+        self._receive(data, source, now, out)
+        return out
+
+    # -- stages ----------------------------------------------------------------
+
+    def _receive(self, data: bytes, source: Addr, now: float, out: Output) -> None:
+        p = self.policy
+        # 1. decode
+        try:
+            req = decode_packet(data)
+        except CodecError as e:
+            out.events.append(
+                RequestMalformed(channel=CHANNEL, client=source[0], reason=str(e)[:300])
+            )
+            return
+        if req.op != BOOTREQUEST:
+            return  # a reply from another server on the segment
+        mtype = _msg_type(req)
+        if mtype is None:
+            out.events.append(
+                RequestMalformed(
+                    channel=CHANNEL,
+                    client=source[0],
+                    reason="BOOTREQUEST without a message type: BOOTP is not served",
+                )
+            )
+            return
+        # 2. identify
+        mac = req.chaddr[:6].hex().upper() if len(req.chaddr) >= 6 else None
+        if mac is None:
+            out.events.append(
+                RequestMalformed(channel=CHANNEL, client=source[0], reason="no chaddr")
+            )
+            return
+        cid_raw = raw_option(req, CLIENT_ID)
+        client = cid_raw.hex() if cid_raw else mac
+        vclass = _text(req, VENDOR_CLASS)
+        giaddr = IPv4(req.giaddr) if req.giaddr != ZERO4 else None
+        giaddr_s = inet_ntoa(req.giaddr) if giaddr else None
+        facts = DeviceFacts(mac=mac, vendor_class=vclass, relay=giaddr_s).with_vendor_from_oui()
+        name = mtype.name
+        dev = _dev(facts, inet_ntoa(req.ciaddr) if req.ciaddr != ZERO4 else None)
+        # 3. allow-list (for a lab sharing its segment with another DHCP server)
+        why = p.allow.why_not(mac, giaddr_s or source[0])
+        if why:
+            out.events.append(Dhcp4Refused(**dev, reason=why, request=name))
+            return
+        # 4. subnet: the relay's, chosen by giaddr, or the interface's own
+        subnet = self.leases.subnet_of(giaddr) if giaddr else p.local
+        if subnet is None:
+            where = f"relay {giaddr}" if giaddr else "this interface"
+            out.events.append(
+                Dhcp4Refused(**dev, reason=f"no subnet configured for {where}", request=name)
+            )
+            return
+        facts = DeviceFacts(mac, None, None, facts.vendor, None, vclass, subnet.label, facts.relay)
+        # 5. the message
+        handler = {
+            DHCPMessageType.DHCPDISCOVER: self._discover,
+            DHCPMessageType.DHCPREQUEST: self._request,
+            DHCPMessageType.DHCPDECLINE: self._decline,
+            DHCPMessageType.DHCPRELEASE: self._release,
+            DHCPMessageType.DHCPINFORM: self._inform,
+        }.get(mtype)
+        if handler is None:
+            out.events.append(
+                Dhcp4Ignored(**dev, reason=f"{name} is not for a server", request=name)
+            )
+            return
+        handler(req, facts, client, subnet, now, out)
+
+    def _discover(
+        self,
+        req: Packet,
+        facts: DeviceFacts,
+        client: str,
+        subnet: Subnet,
+        now: float,
+        out: Output,
+    ) -> None:
+        requested = _ip_option(req, REQUESTED_IP)
+        try:
+            lease = self.leases.offer(
+                client, facts.mac or "", subnet, requested, now, self.policy.offer_hold
+            )
+        except NoAddress as e:
+            out.events.append(
+                Dhcp4Refused(**_dev(facts, None), reason=str(e), request="DHCPDISCOVER")
+            )
+            return
+        self._reply(req, facts, subnet, DHCPMessageType.DHCPOFFER, lease.ip, now, out)
+
+    def _request(
+        self,
+        req: Packet,
+        facts: DeviceFacts,
+        client: str,
+        subnet: Subnet,
+        now: float,
+        out: Output,
+    ) -> None:
+        p = self.policy
+        server_id = _ip_option(req, SERVER_ID)
+        requested = _ip_option(req, REQUESTED_IP)
+        ciaddr = IPv4(req.ciaddr) if req.ciaddr != ZERO4 else None
+        mac = facts.mac or ""
+        current = self.leases.current(client, now)
+        if server_id is not None:
+            # SELECTING (RFC 2131 §4.3.2)
+            if server_id != p.server_ip:
+                if current is not None and current.state == "offered":
+                    current.expires = now  # our offer was not taken
+                out.events.append(
+                    Dhcp4Ignored(
+                        **_dev(facts, None),
+                        request="DHCPREQUEST",
+                        reason=f"the client selected server {server_id}",
+                    )
+                )
+                return
+            ip = requested or ciaddr
+            mine = current is not None and current.ip == ip
+            if ip is None or not (mine or self.leases.claimable(ip, client, mac, subnet, now)):
+                offered = current.ip if current else None
+                self._nak(req, facts, ip, f"requested {ip}, offered {offered}", out)
+                return
+        else:
+            # INIT-REBOOT (option 50), or RENEWING / REBINDING (ciaddr)
+            ip = requested if ciaddr is None else ciaddr
+            if ip is None:
+                self._nak(req, facts, None, "REQUEST names no address", out)
+                return
+            if ip not in subnet.network:
+                self._nak(req, facts, ip, f"{ip} is not on {subnet.network}", out)
+                return
+            if current is not None and current.ip != ip:
+                self._nak(req, facts, ip, f"the client's lease is {current.ip}, not {ip}", out)
+                return
+            if current is None:
+                held = self.leases.by_ip.get(ip)
+                if (
+                    held is not None
+                    and held.client != client
+                    and (not self.leases.free(ip, client, mac, subnet, now))
+                ):
+                    self._nak(req, facts, ip, f"{ip} is leased to another client", out)
+                    return
+                if held is None or held.client != client:
+                    # RFC 2131 §4.3.2: with no record of the client, remain silent
+                    out.events.append(
+                        Dhcp4Ignored(**_dev(facts, None), request="DHCPREQUEST",
+                                     reason=f"no record of this client's lease of {ip}")
+                    )  # fmt: skip
+                    return
+                if not self.leases.free(ip, client, mac, subnet, now):
+                    self._nak(req, facts, ip, f"{ip} is not free (declined)", out)
+                    return
+        lease = self.leases.bind(client, mac, ip, now, p.lease_time, _text(req, HOSTNAME))
+        out.events.append(_lease_event(facts, lease, client))
+        self._reply(req, facts, subnet, DHCPMessageType.DHCPACK, lease.ip, now, out)
+
+    def _decline(
+        self,
+        req: Packet,
+        facts: DeviceFacts,
+        client: str,
+        subnet: Subnet,
+        now: float,
+        out: Output,
+    ) -> None:
+        ip = _ip_option(req, REQUESTED_IP)
+        if _ip_option(req, SERVER_ID) != self.policy.server_ip or ip is None:
+            out.events.append(
+                Dhcp4Ignored(
+                    **_dev(facts, None),
+                    request="DHCPDECLINE",
+                    reason="DECLINE for another server or no address",
+                )
+            )
+            return
+        held = self.leases.by_ip.get(ip)
+        if (
+            held is None
+            or held.client != client
+            or held.mac != facts.mac
+            or (held.state not in ("offered", "bound") or held.expires <= now)
+        ):
+            # RFC 2131 §4.3.3: a client declines the address it was given; anybody
+            # else's DECLINE would take a working phone's address away
+            out.events.append(
+                Dhcp4Refused(**_dev(facts, None), request="DHCPDECLINE",
+                             reason=f"DECLINE of {ip}, which this client does not hold")
+            )  # fmt: skip
+            return
+        lease = self.leases.decline(client, facts.mac or "", ip, now, self.policy.quarantine)
+        out.events.append(_lease_event(facts, lease, client))
+
+    def _release(
+        self,
+        req: Packet,
+        facts: DeviceFacts,
+        client: str,
+        subnet: Subnet,
+        now: float,
+        out: Output,
+    ) -> None:
+        lease = self.leases.release(client, facts.mac or "", IPv4(req.ciaddr), now)
+        if lease is None:
+            out.events.append(
+                Dhcp4Ignored(
+                    **_dev(facts, str(IPv4(req.ciaddr))),
+                    request="DHCPRELEASE",
+                    reason=f"no lease of {IPv4(req.ciaddr)} for this client",
+                )
+            )
+            return
+        out.events.append(_lease_event(facts, lease, client))
+
+    def _inform(
+        self,
+        req: Packet,
+        facts: DeviceFacts,
+        client: str,
+        subnet: Subnet,
+        now: float,
+        out: Output,
+    ) -> None:
+        # options, and no lease (RFC 2131 §4.3.5)
+        self._reply(req, facts, subnet, DHCPMessageType.DHCPACK, None, now, out)
+
+    # -- answers ---------------------------------------------------------------
+
+    def _reply(
+        self,
+        req: Packet,
+        facts: DeviceFacts,
+        subnet: Subnet,
+        mtype: DHCPMessageType,
+        ip: IPv4 | None,
+        now: float,
+        out: Output,
+    ) -> None:
+        p = self.policy
+        inform = ip is None
+        ip_s = inet_ntoa(ip.packed if ip else req.ciaddr)
+        facts = DeviceFacts(
+            facts.mac,
+            facts.model,
+            facts.fwver,
+            facts.vendor,
+            ip_s,
+            facts.vendor_class,
+            facts.network,
+            facts.relay,
+        )
+        o: dict[int, bytes] = {MSG_TYPE: bytes((mtype,)), SERVER_ID: p.server_ip.packed}
+        if not inform:
+            o[LEASE_TIME] = p.lease_time.to_bytes(4, "big")
+            o[T1] = (p.lease_time // 2).to_bytes(4, "big")
+            o[T2] = (p.lease_time * 7 // 8).to_bytes(4, "big")
+        o[MASK] = subnet.network.netmask.packed
+        if subnet.router is not None:
+            o[ROUTER] = subnet.router.packed
+        if subnet.dns:
+            o[DNS] = b"".join(d.packed for d in subnet.dns)
+        prl = set(raw_option(req, PRL) or b"")
+        decision = p.rules.decide(facts)
+        note = None
+        sent_prov: list[int] = []
+        if decision is None:
+            note = p.rules.explain(facts)
+        else:
+            values = self._provisioning.get(decision.rule)
+            if values is None:
+                values = self._provisioning[decision.rule] = provisioning_options(
+                    decision, p.options
+                )
+            wanted = prl | set(p.options.always_send)
+            for code in PROVISIONING:
+                if code in values and code in wanted:
+                    o[code] = values[code]
+                    sent_prov.append(code)
+            if not prl & set(PROVISIONING):
+                note = "the client asked for none of options 66, 67, 159, 160"
+        relay_info = raw_option(req, RELAY_INFO)
+        if relay_info is not None and req.giaddr != ZERO4:
+            o[RELAY_INFO] = relay_info  # echoed: RFC 3046 §2.2
+        max_size = 576
+        raw = raw_option(req, MAX_SIZE)
+        if raw is not None and len(raw) == 2:
+            max_size = max(576, int.from_bytes(raw, "big"))
+        name = _msg_type(req)
+        rep = Packet(
+            op=BOOTREPLY,
+            htype=req.htype,
+            xid=req.xid,
+            flags=req.flags,
+            ciaddr=req.ciaddr,
+            yiaddr=ip.packed if ip else ZERO4,
+            siaddr=p.server_ip.packed,
+            giaddr=req.giaddr,
+            chaddr=req.chaddr,
+            options=o,
+        )
+        try:
+            wire = encode_packet(rep, max_size)
+        except Overflow as e:
+            out.events.append(
+                Dhcp4Refused(
+                    **_dev(facts, ip_s if ip else None),
+                    request=name.name if name else None,
+                    reason=f"the {mtype.name} does not fit in {max_size} octets: {e}",
+                )
+            )
+            return
+        dest = self._destination(req, nak=False)
+        if not p.dry_run:
+            out.sends.append(Send(wire, dest))
+        out.events.append(
+            Dhcp4Answered(
+                **_dev(facts, ip_s),
+                message=mtype.name,
+                request=name.name if name else "?",
+                xid=f"{req.xid:08x}",
+                ip=ip_s if ip else None,
+                to=f"{dest[0]}:{dest[1]}",
+                options=tuple(sorted(o)),
+                url=decision.url if decision else None,
+                rule=decision.rule if decision else None,
+                note=note,
+                dry_run=p.dry_run,
+            )
+        )
+
+    def _nak(
+        self, req: Packet, facts: DeviceFacts, ip: IPv4 | None, reason: str, out: Output
+    ) -> None:
+        nak = {
+            MSG_TYPE: bytes((DHCPMessageType.DHCPNAK,)),
+            SERVER_ID: self.policy.server_ip.packed,
+            56: reason.encode()[:250],  # option 56: message
+        }
+        rep = Packet(
+            op=BOOTREPLY,
+            htype=req.htype,
+            xid=req.xid,
+            flags=req.flags | BROADCAST_FLAG if req.giaddr != ZERO4 else req.flags,
+            giaddr=req.giaddr,
+            chaddr=req.chaddr,
+            options=nak,
+        )
+        if not self.policy.dry_run:
+            out.sends.append(Send(encode_packet(rep), self._destination(req, nak=True)))
+        out.events.append(
+            Dhcp4Nak(
+                **_dev(facts, None),
+                request="DHCPREQUEST",
+                xid=f"{req.xid:08x}",
+                ip=str(ip) if ip else None,
+                reason=reason,
+            )
+        )
+
+    @staticmethod
+    def _destination(req: Packet, nak: bool) -> Addr:
+        """RFC 2131 §4.1. To a client without an address the reply is broadcast: unicast
+        to yiaddr would need an ARP entry the kernel does not have (the RFC allows it)."""
+        if req.giaddr != ZERO4:
+            return (inet_ntoa(req.giaddr), SERVER_PORT)
+        if not nak and req.ciaddr != ZERO4:
+            return (inet_ntoa(req.ciaddr), CLIENT_PORT)
+        return (BROADCAST, CLIENT_PORT)
+
+
+def raw_option(req: Packet, code: int) -> bytes | None:
+    return req.options.get(code)
+
+
+def _msg_type(req: Packet) -> DHCPMessageType | None:
+    raw = raw_option(req, MSG_TYPE)
+    try:
+        return DHCPMessageType(raw[0]) if raw is not None and len(raw) == 1 else None
+    except ValueError:
+        return None
+
+
+def _ip_option(req: Packet, code: int) -> IPv4 | None:
+    raw = raw_option(req, code)
+    return ipaddress.IPv4Address(raw) if raw is not None and len(raw) == 4 else None
+
+
+def _text(req: Packet, code: int) -> str | None:
+    raw = raw_option(req, code)
+    if not raw:
+        return None
+    return raw.decode("utf-8", "replace").strip("\x00") or None
+
+
+def _dev(facts: DeviceFacts, client: str | None) -> DeviceFields:
+    return device_fields(CHANNEL, facts, client)
+
+
+def _lease_event(facts: DeviceFacts, lease: Lease, client: str) -> Dhcp4Lease:
+    return Dhcp4Lease(
+        **_dev(facts, inet_ntoa(lease.ip.packed)),
+        ip=inet_ntoa(lease.ip.packed),
+        client_id=client,
+        state=lease.state,
+        expires=lease.expires,
+        hostname=lease.hostname,
+    )

@@ -1,0 +1,125 @@
+"""Device facts, and extracting them from what a phone sends (STYLE.md §3).
+
+Each channel has an extractor that yields DeviceFacts; facts from several
+sources are merged, and the merged facts decide the rule (rules.py) and name
+the device record (inventory).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections import OrderedDict
+from dataclasses import dataclass, replace
+
+from .events import Dhcp4Answered, Dhcp4Lease, Dhcp6Lease, Event, PnpSubscribe
+from .macros import try_mac
+
+# IEEE OUIs of the vendors preprov knows something about (PROTOCOL.md §7).
+OUI_VENDORS = {
+    "0080F0": "Panasonic",
+    "001565": "Yealink",
+    "805EC0": "Yealink",
+    "249AD8": "Yealink",
+    "000413": "Snom",
+    "0004F2": "Polycom",
+    "64167F": "Polycom",
+    "000B82": "Grandstream",
+    "C074AD": "Grandstream",
+}
+
+# Vendor names that say nothing about the phone (Snom, VTech: PROTOCOL.md §3).
+MEANINGLESS_VENDORS = {"", "oem", "unknown"}
+
+
+@dataclass(frozen=True)
+class DeviceFacts:
+    mac: str | None = None  # 12 upper-case hex digits
+    model: str | None = None
+    fwver: str | None = None
+    vendor: str | None = None
+    ip: str | None = None
+    vendor_class: str | None = None  # DHCP option 60
+    network: str | None = None  # the client's subnet, e.g. 198.18.0.0/24
+    relay: str | None = None  # the relay agent's address (giaddr)
+
+    @property
+    def oui(self) -> str | None:
+        return self.mac[:6] if self.mac else None
+
+    def merged(self, other: DeviceFacts) -> DeviceFacts:
+        """Facts of self, completed by those of other where self has none."""
+        return DeviceFacts(
+            mac=self.mac or other.mac,
+            model=self.model or other.model,
+            fwver=self.fwver or other.fwver,
+            vendor=self.vendor or other.vendor,
+            ip=self.ip or other.ip,
+            vendor_class=self.vendor_class or other.vendor_class,
+            network=self.network or other.network,
+            relay=self.relay or other.relay,
+        )
+
+    def with_vendor_from_oui(self) -> DeviceFacts:
+        vendor = self.vendor
+        if (vendor is None or vendor.lower() in MEANINGLESS_VENDORS) and self.oui:
+            vendor = OUI_VENDORS.get(self.oui, vendor)
+            if vendor != self.vendor:
+                return replace(self, vendor=vendor)
+        return self
+
+
+# Panasonic_<MODEL>/<firmware> (<mac lower>), e.g.
+# "Panasonic_KX-UT113/01.133 (0080f0c8c381)" (PROTOCOL.md §6).
+_PANASONIC_UA = re.compile(
+    r"Panasonic_(?P<model>[A-Za-z0-9][A-Za-z0-9_.\-]*)/(?P<fw>[^\s(]+)"
+    r"(?:\s*\((?P<mac>[0-9A-Fa-f:.\-]{12,17})\))?"
+)
+
+
+@functools.lru_cache(maxsize=4096)  # a phone sends the same User-Agent every time
+def facts_from_user_agent(user_agent: str | None) -> DeviceFacts:
+    if not user_agent:
+        return DeviceFacts()
+    m = _PANASONIC_UA.search(user_agent)
+    if not m:
+        return DeviceFacts()
+    return DeviceFacts(
+        mac=try_mac(m.group("mac")),
+        model=m.group("model"),
+        fwver=m.group("fw"),
+        vendor="Panasonic",
+    )
+
+
+class Holders:
+    """Which device holds an address, from what only that device's traffic says:
+    its DHCPv4 or DHCPv6 lease, the DHCPINFORM of a phone with a static address,
+    the source of its SIP PnP SUBSCRIBE. A subscriber of the event bus. A request
+    path naming a MAC, or a refused request, says nothing here: anybody can send
+    those. At most `max_entries` addresses, the least recently bound go first."""
+
+    def __init__(self, max_entries: int = 100_000) -> None:
+        self.max_entries = max_entries
+        self._by_address: OrderedDict[str, str] = OrderedDict()
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, (Dhcp4Lease, Dhcp6Lease)):
+            if event.state == "bound" and event.mac:
+                self.bind(event.ip, event.mac)
+            elif self._by_address.get(event.ip) == event.mac:
+                del self._by_address[event.ip]
+            return
+        if not isinstance(event, (PnpSubscribe, Dhcp4Answered)) or not event.mac:
+            return
+        if event.client and (isinstance(event, PnpSubscribe) or event.request == "DHCPINFORM"):
+            self.bind(event.client, event.mac)
+
+    def bind(self, address: str, mac: str) -> None:
+        self._by_address[address] = mac
+        self._by_address.move_to_end(address)
+        if len(self._by_address) > self.max_entries:
+            self._by_address.popitem(last=False)
+
+    def holder(self, address: str | None) -> str | None:
+        return self._by_address.get(address.split("%", 1)[0]) if address else None

@@ -1,0 +1,125 @@
+"""The asyncio side of TFTP: sockets and one timer around the core (STYLE.md §1).
+
+The request port is UDP 69 on the wildcard address pinned to the interface.
+Each transfer the core starts gets a socket of its own, bound to the
+interface's address and connected to the client (RFC 1350 §4: a new TID); it
+is closed as soon as the core says the transfer ended. Every socket is read by
+endpoint.DatagramReader. Every datagram goes to the core, its sends leave, its
+events are emitted, its one timer is re-armed.
+
+aioudp, which served the transfers before, is not used: its per-peer
+connection wants a task per transfer that waits on it, while the core drives
+every transfer from one timer and needs plain callbacks.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable
+
+from ..datagrams import Addr, Output
+from ..endpoint import CoreTimer, DatagramReader, feed_core
+from ..events import EventBus
+from ..files.service import FileRequest, fetch, whole_body
+from ..net import Interface, udp_socket
+from ..runtime import Runtime
+from .core import CHANNEL, FileAnswer, TftpPolicy, TftpServer
+
+
+def tftp_socket(iface: Interface, port: int, ipv6: bool = False) -> socket.socket:
+    return udp_socket("::" if ipv6 else "0.0.0.0", port, iface.name)
+
+
+class TftpEndpoint:
+    def __init__(
+        self, iface: Interface, local_ip: str, runtime: Callable[[], Runtime], bus: EventBus,
+        registered: Callable[[str], bool], policy: TftpPolicy,
+        holder: Callable[[str | None], str | None] = lambda _a: None,
+    ) -> None:  # fmt: skip
+        self.iface = iface
+        self.local_ip = local_ip
+        self.runtime = runtime
+        self.bus = bus
+        self.registered = registered
+        self.holder = holder
+        self.core = TftpServer(policy, self._answer)
+        self.requests: DatagramReader | None = None  # the request port
+        self.transfers: dict[int, DatagramReader] = {}  # a socket each, by transfer id
+        self._timer = CoreTimer(self._on_timer)
+
+    def _answer(self, path: str, client: str) -> FileAnswer:
+        """The same answer as over HTTP: templates, rules, device binding, inventory."""
+        req = FileRequest(CHANNEL, client, path, local=self.local_ip)
+        a = fetch(self.runtime(), req, self.registered, holder=self.holder)
+        return FileAnswer(a.status, whole_body(a), a.event)
+
+    async def start(self, port: int) -> None:
+        sock = tftp_socket(self.iface, port, ipv6=":" in self.local_ip)
+        # a client resends its request on its own timer: nothing is dropped for its age
+        self.requests = DatagramReader(sock, self.received, None)
+
+    # The core's clock is time.monotonic(), as for SIP PnP.
+
+    def received(self, data: bytes, source: Addr) -> None:
+        core = self.core
+        self._process(
+            feed_core(self.bus, CHANNEL, source,
+                      lambda: core.datagram_received(data, source, time.monotonic()))
+        )  # fmt: skip
+
+    def _transfer_received(self, tid: int, data: bytes, source: Addr) -> None:
+        core = self.core
+        self._process(
+            feed_core(self.bus, CHANNEL, source,
+                      lambda: core.transfer_received(tid, data, source, time.monotonic()))
+        )  # fmt: skip
+
+    def _on_timer(self) -> None:
+        core = self.core
+        self._process(
+            feed_core(self.bus, CHANNEL, ("timer", 0), lambda: core.timer_expired(time.monotonic()))
+        )
+
+    def _process(self, out: Output | None) -> None:
+        out = out or Output()  # after an internal error: the timer is re-armed all the same
+        for s in out.sends:
+            reader = self.requests if s.via is None else (
+                self.transfers.get(s.via) or self._open(s.via, s.addr)
+            )  # fmt: skip
+            if reader is not None:
+                reader.sendto(s.data, s.addr)  # a full buffer: the core's resend covers it
+        for tid in out.closed:
+            self._close(tid)
+        for ev in out.events:
+            self.bus.emit(ev)
+        self._timer.arm(self.core.next_timer())
+
+    def _open(self, tid: int, client: Addr) -> DatagramReader | None:
+        """The transfer's own socket: the interface's address, a new port, connected
+        to the client (RFC 1350 §4)."""
+        try:
+            sock = udp_socket(self.local_ip, 0, self.iface.name)
+        except OSError:
+            return None  # no descriptor left: the transfer's timer ends it
+        try:
+            sock.connect(client)
+        except OSError:
+            sock.close()
+            return None
+        reader = DatagramReader(sock, lambda data, src: self._transfer_received(tid, data, src),
+                                None)  # fmt: skip
+        self.transfers[tid] = reader
+        return reader
+
+    def _close(self, tid: int) -> None:
+        reader = self.transfers.pop(tid, None)
+        if reader is not None:
+            reader.close()
+
+    def close(self) -> None:
+        self._timer.cancel()
+        for tid in list(self.transfers):
+            self._close(tid)
+        if self.requests is not None:
+            self.requests.close()

@@ -1,0 +1,505 @@
+"""The administration listener: REST API (JSON, with its OpenAPI document) and
+Prometheus metrics, on an aiohttp Application of its own, separate from the
+listener phones fetch files from and bound where `admin.listen` says.
+
+Reading is open; changing anything needs `Authorization: Bearer <admin.token>`
+(with no token configured, changes are refused).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import hmac
+import io
+import ipaddress
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from aiohttp import web
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+from ..events import Event, PnpNotifyAcked, is_refusal
+from ..inventory.store import Reads
+from ..macros import MacError, normalize_mac
+from .dashboard import PAGE, Stream, batch_report, report_csv
+
+if TYPE_CHECKING:
+    from ..server import Server
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class Metrics:
+    """The metrics, fed by the event bus like the log and the inventory."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.events = Counter("preprov_events", "Events by kind and channel", ["kind", "channel"],
+                              registry=self.registry)  # fmt: skip
+        self.refusals = Counter("preprov_refusals", "Requests refused or ignored, by channel",
+                                ["channel", "kind"], registry=self.registry)  # fmt: skip
+        self.answer_seconds = Histogram(
+            "preprov_answer_seconds", "From request to answer, per channel", ["channel"],
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0),
+            registry=self.registry,
+        )  # fmt: skip
+        self.pnp_ack_seconds = Histogram(
+            "preprov_pnp_notify_ack_seconds", "From the first NOTIFY to the phone's 200",
+            buckets=(0.001, 0.002, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0), registry=self.registry,
+        )  # fmt: skip
+        self.devices = Gauge("preprov_devices", "Devices in the inventory by their last event",
+                             ["last_event"], registry=self.registry)  # fmt: skip
+        self.leases = Gauge("preprov_leases_in_use", "Bound leases", ["family"],
+                            registry=self.registry)  # fmt: skip
+        self.stale = Gauge("preprov_requests_stale", "Requests dropped unanswered since start: "
+                           "still queued past the client's retransmission time", ["channel"],
+                           registry=self.registry)  # fmt: skip
+        self._children: dict[tuple[type, str], list[Callable[[], None]]] = {}
+
+    def observer(self, channel: str) -> Callable[[float], None]:
+        """What a transport calls with the seconds from a request to its answer."""
+        return self.answer_seconds.labels(channel).observe
+
+    def __call__(self, event: Event) -> None:
+        # per (event type, channel), the counters' children, looked up once: labels()
+        # takes a lock and builds a key each time, on the hot path of every request
+        key = (type(event), getattr(event, "channel", ""))
+        incs = self._children.get(key)
+        if incs is None:
+            kind, channel = event.kind, key[1] or ""
+            incs = [self.events.labels(kind, channel).inc]
+            if is_refusal(event):
+                incs.append(self.refusals.labels(channel, kind).inc)
+            self._children[key] = incs
+        for inc in incs:
+            inc()
+        if isinstance(event, PnpNotifyAcked):
+            self.pnp_ack_seconds.observe(event.ms / 1000)
+
+
+def bearer_ok(request: web.Request, token: str | None) -> str | None:
+    """None when the request may change things, else the reason it may not."""
+    if not token:
+        return "changes are refused: no admin.token is configured"
+    got = request.headers.get("Authorization", "")
+    # compared as bytes: compare_digest refuses str that is not ASCII (a 500 before)
+    sent = got[7:].strip().encode("utf-8", "surrogateescape")
+    if not got.startswith("Bearer ") or not hmac.compare_digest(sent, token.encode("utf-8")):
+        return "changes need 'Authorization: Bearer <admin.token>'"
+    return None
+
+
+def host_allowed(host: str | None, names: Sequence[str]) -> bool:
+    """DNS rebinding: a page from elsewhere that makes its own name resolve to this
+    listener's address still sends its own name as Host. Only an IP address,
+    localhost or a name listed in admin.names may be the Host."""
+    if not host:
+        return False
+    name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    name = name.strip("[]").lower()
+    if name in ("localhost", *(n.lower() for n in names)):
+        return True
+    try:
+        ipaddress.ip_address(name.split("%", 1)[0])
+    except ValueError:
+        return False
+    return True
+
+
+def make_admin_app(server: Server, metrics: Metrics, stream: Stream) -> web.Application:
+    def store() -> Any:
+        assert server.store is not None
+        return server.store
+
+    def guarded(handler: Handler) -> Handler:
+        async def wrapper(request: web.Request) -> web.StreamResponse:
+            why = bearer_ok(request, server.current().config.admin.token)
+            if why:
+                return web.json_response({"error": why}, status=401 if "Bearer" in why else 403)
+            return await handler(request)
+
+        return wrapper
+
+    async def read_json(query: Callable[[Reads], Any], headers: dict[str, str] | None = None,
+                        status: int = 200) -> web.Response:  # fmt: skip
+        """A query and its JSON encoding, both in the reader's thread."""
+        body = await store().read(lambda r: orjson.dumps(query(r), default=str))
+        return web.Response(body=body, status=status, content_type="application/json",
+                            headers=headers)  # fmt: skip
+
+    async def devices(request: web.Request) -> web.Response:
+        limit, after = _limit(request, 1000), request.query.get("after", "")
+        rows = await store().read(lambda r: [d.__dict__ for d in r.devices(after, limit)])
+        headers = _next_link(request, rows[-1]["mac"]) if len(rows) == limit else {}
+        return web.Response(body=orjson.dumps(rows), content_type="application/json",
+                            headers=headers)  # fmt: skip
+
+    async def device(request: web.Request) -> web.Response:
+        try:
+            mac = normalize_mac(request.match_info["mac"])
+        except MacError as e:
+            return web.json_response({"error": str(e)}, status=400)
+        d = await store().read(lambda r: r.device(mac))
+        if d is None:
+            return web.json_response({"error": f"{mac} is not in the inventory"}, status=404)
+        return web.json_response(d.__dict__)
+
+    async def device_events(request: web.Request) -> web.Response:
+        try:
+            mac = normalize_mac(request.match_info["mac"])
+        except MacError as e:
+            return web.json_response({"error": str(e)}, status=400)
+        limit, before = _limit(request), _int(request, "before")
+        return await read_json(lambda r: r.events(mac, limit, before))
+
+    async def events(request: web.Request) -> web.Response:
+        limit, before = _limit(request), _int(request, "before")
+        return await read_json(lambda r: r.events(None, limit, before))
+
+    async def leases(request: web.Request) -> web.Response:
+        limit, after = _limit(request, 1000), request.query.get("after", "")
+        rows = await store().read(lambda r: r.leases(after, limit))
+        headers = _next_link(request, rows[-1]["ip"]) if len(rows) == limit else {}
+        return web.Response(body=orjson.dumps(rows), content_type="application/json",
+                            headers=headers)  # fmt: skip
+
+    async def reload(_: web.Request) -> web.Response:
+        problems = server.reload()
+        if problems:
+            return web.json_response({"reloaded": False, "problems": problems}, status=422)
+        return web.json_response({"reloaded": True})
+
+    async def health(_: web.Request) -> web.Response:
+        """For container health checks and load balancers: the services that run."""
+        return web.json_response({"status": "ok", "services": list(server.services),
+                                  "uptime": round(time.time() - server.started, 1)})  # fmt: skip
+
+    async def register(request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+            macs = [normalize_mac(m) for m in body["macs"]]
+        except (ValueError, KeyError, TypeError) as e:
+            return web.json_response({"error": f'expected {{"macs": [...]}}: {e}'}, status=400)
+        assert server.recorder is not None
+        for m in macs:
+            server.recorder.register(m)
+        return web.json_response({"registered": macs})
+
+    aggregates: dict[str, tuple[float, Any]] = {}
+
+    async def aggregate(name: str, query: Callable[[Reads], Any]) -> Any:
+        """A count over the whole inventory, at most once per AGGREGATE_TTL: the reader
+        shares the server's core, and pollers at any rate must not take it."""
+        now = time.monotonic()
+        hit = aggregates.get(name)
+        if hit is None or now - hit[0] > AGGREGATE_TTL:
+            hit = aggregates[name] = (now, await store().read(query))
+        return hit[1]
+
+    async def metrics_view(_: web.Request) -> web.Response:
+        now = time.time()
+        counts, in_use = await aggregate(
+            "metrics", lambda r: (r.device_counts(), r.leases_in_use(now))
+        )
+        metrics.devices.clear()
+        for last_event, n in counts.items():
+            metrics.devices.labels(last_event).set(n)
+        for family, n in in_use.items():
+            metrics.leases.labels(family).set(n)
+        for channel, endpoints in (("dhcpv4", server.dhcp4), ("dhcpv6", server.dhcp6),
+                                   ("sip-pnp", server.pnp)):  # fmt: skip
+            metrics.stale.labels(channel).set(sum(ep.stale for ep in endpoints))
+        return web.Response(body=generate_latest(metrics.registry),
+                            headers={"Content-Type": CONTENT_TYPE_LATEST})  # fmt: skip
+
+    async def openapi(_: web.Request) -> web.Response:
+        return web.json_response(OPENAPI)
+
+    async def summary(_: web.Request) -> web.Response:
+        st = store()
+        rec = server.recorder
+
+        stages = await aggregate("stages", lambda r: r.stage_counts())
+        body = {
+            "devices": sum(stages.values()), "stages": stages,
+            "inventory": await aggregate("size", lambda r: r.size()),
+            "events_pruned": st.pruned, "devices_forgotten": st.forgotten,
+            "refusals_not_stored": dict(rec.unsampled) if rec else {},
+        }  # fmt: skip
+        return web.json_response(body)
+
+    async def page(_: web.Request) -> web.Response:
+        return web.Response(body=PAGE.read_bytes(), content_type="text/html")
+
+    async def status_view(request: web.Request) -> web.Response:
+        """Each device's stages: by MAC a page at a time (?after=, ?limit=), or those
+        changed since a cursor (?since=; X-Cursor says the cursor to ask with next)."""
+        limit, after, since = (
+            _limit(request, 1000),
+            request.query.get("after", ""),
+            _int(request, "since"),
+        )
+
+        def query(r: Reads) -> tuple[int, list[dict[str, Any]]]:
+            return r.cursor(), r.status(after, limit, since or 0)
+
+        cursor, rows = await store().read(query)
+        headers = {"X-Cursor": str(cursor)}
+        if len(rows) == limit and not since:
+            headers |= _next_link(request, rows[-1]["mac"])
+        return web.Response(body=orjson.dumps(rows), content_type="application/json",
+                            headers=headers)  # fmt: skip
+
+    async def stream_view(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                           "Cache-Control": "no-cache"})  # fmt: skip
+        await resp.prepare(request)
+        q = stream.open()
+        try:
+            await resp.write(b": connected\n\n")
+            while True:
+                try:
+                    line = await asyncio.wait_for(q.get(), 15)
+                    if not line:
+                        break  # the server is stopping
+                    await resp.write(f"data: {line}\n\n".encode())
+                except TimeoutError:
+                    await resp.write(b": keep-alive\n\n")
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            stream.close(q)
+        return resp
+
+    async def add_batch(request: web.Request) -> web.Response:
+        text = await request.text()
+        name = request.query.get("name") or f"batch {time.strftime('%Y-%m-%d %H:%M')}"
+        macs, bad = [], []
+        for row in csv.reader(io.StringIO(text)):
+            cell = row[0].strip() if row else ""
+            if not cell or cell.lower() == "mac":
+                continue
+            try:
+                macs.append(normalize_mac(cell))
+            except MacError:
+                bad.append(cell)
+        if bad or not macs:
+            why = f"not MACs: {', '.join(bad[:5])}" if bad else "no MAC in the manifest"
+            return web.json_response({"error": why}, status=400)
+        bid = store().add_batch(name, macs, time.time())
+        return web.json_response({"id": bid, "name": name, "expected": len(macs)})
+
+    async def batches_view(_: web.Request) -> web.Response:
+        return await read_json(lambda r: [
+            {k: v for k, v in batch_report(b["name"], b["macs"], r.status(macs=b["macs"])).items()
+             if k != "devices"} | {"id": b["id"]} for b in r.batches()
+        ])  # fmt: skip
+
+    async def batch_view(request: web.Request) -> web.StreamResponse:
+        raw = request.match_info["id"]
+        fmt = "csv" if raw.endswith(".csv") else "json"
+        bid = raw.removesuffix(".csv").removesuffix(".json")
+
+        def query(r: Reads) -> dict[str, Any] | None:
+            b = next((b for b in r.batches() if str(b["id"]) == bid), None)
+            return (
+                None if b is None else batch_report(b["name"], b["macs"], r.status(macs=b["macs"]))
+            )
+
+        report = await store().read(query)
+        if report is None:
+            return web.json_response({"error": f"no batch {bid}"}, status=404)
+        if fmt == "csv":
+            return web.Response(
+                text=report_csv(report),
+                content_type="text/csv",
+                headers={"Content-Disposition": f'attachment; filename="batch-{bid}.csv"'},
+            )
+        return web.json_response(report)
+
+    async def ca_certificate(_: web.Request) -> web.StreamResponse:
+        path = Path(server.current().config.server.state_dir) / "ca.crt"
+        if not path.exists():
+            return web.json_response({"error": "HTTPS is off: no lab CA"}, status=404)
+        return web.Response(
+            body=path.read_bytes(),
+            content_type="application/x-x509-ca-cert",
+            headers={"Content-Disposition": 'attachment; filename="preprov-lab-ca.crt"'},
+        )
+
+    @web.middleware
+    async def check_host(request: web.Request, handler: Handler) -> web.StreamResponse:
+        names = server.current().config.admin.names
+        if not host_allowed(request.headers.get("Host"), names):
+            why = f"Host {request.headers.get('Host')!r} is not this listener (admin.names)"
+            return web.json_response({"error": why}, status=421)
+        return await handler(request)
+
+    app = web.Application(middlewares=[check_host])
+    app.router.add_get("/", page)
+    app.router.add_get("/api/status", status_view)
+    app.router.add_get("/api/summary", summary)
+    app.router.add_get("/api/health", health)
+    app.router.add_get("/api/stream", stream_view)
+    app.router.add_get("/api/batches", batches_view)
+    app.router.add_post("/api/batches", guarded(add_batch))
+    app.router.add_get("/api/batches/{id}", batch_view)
+    app.router.add_get("/api/devices", devices)
+    app.router.add_get("/api/devices/{mac}", device)
+    app.router.add_get("/api/devices/{mac}/events", device_events)
+    app.router.add_get("/api/events", events)
+    app.router.add_get("/api/leases", leases)
+    app.router.add_post("/api/reload", guarded(reload))
+    app.router.add_post("/api/devices", guarded(register))
+    app.router.add_get("/api/openapi.json", openapi)
+    app.router.add_get("/api/ca.crt", ca_certificate)
+    app.router.add_get("/metrics", metrics_view)
+    return app
+
+
+AGGREGATE_TTL = 2.0  # seconds
+
+
+def _limit(request: web.Request, default: int = 100) -> int:
+    try:
+        return max(1, min(int(request.query.get("limit", str(default))), 10000))
+    except ValueError:
+        return default
+
+
+def _int(request: web.Request, name: str) -> int | None:
+    try:
+        return int(request.query[name]) if name in request.query else None
+    except ValueError:
+        return None
+
+
+def _next_link(request: web.Request, after: str) -> dict[str, str]:
+    """RFC 8288: where the next page is (keyset pagination on the sort key)."""
+    url = request.rel_url.update_query({"after": after})
+    return {"Link": f'<{url}>; rel="next"'}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _obj(more: dict[str, Any] | None = None, /, **props: str) -> dict[str, Any]:
+    """An object schema: properties by type name, and those in more as given."""
+    return {"type": "object", "properties": {k: {"type": t} for k, t in props.items()}
+            | (more or {})}  # fmt: skip
+
+
+def _op(summary: str, ok: str, schema: dict[str, Any] | None = None, *, guarded: bool = False,
+        params: tuple[tuple[str, str, str], ...] = (), errors: dict[str, str] | None = None,
+        ctype: str = "application/json") -> dict[str, Any]:  # fmt: skip
+    """One operation: its 200 answer (with a schema when JSON), parameters as (name, in,
+    type), and the error answers; guarded ones need the bearer token."""
+    answer: dict[str, Any] = {"description": ok}
+    if schema is not None:
+        answer["content"] = {ctype: {"schema": schema}}
+    op: dict[str, Any] = {"summary": summary, "responses": {"200": answer}}
+    for code, why in (errors or {}).items():
+        op["responses"][code] = {"description": why, "content": {"application/json": {
+            "schema": _ref("Error")}}}  # fmt: skip
+    if guarded:
+        op["security"] = [{"token": []}]
+        op["responses"]["401"] = {"description": "no or wrong token (or none configured)"}
+    if params:
+        op["parameters"] = [{"name": n, "in": where, "required": where == "path",
+                             "schema": {"type": t}} for n, where, t in params]  # fmt: skip
+    return op
+
+
+def _list(name: str) -> dict[str, Any]:
+    return {"type": "array", "items": _ref(name)}
+
+
+_PAGE = (("limit", "query", "integer"), ("after", "query", "string"))
+_DEVICE = dict(mac="string", model="string", fwver="string", vendor="string", ipv4="string",
+               ipv6="string", first_seen="number", last_seen="number", last_event="string",
+               last_error="string")  # fmt: skip
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.0.3",
+    "info": {"title": "preprov administration API", "version": "1"},
+    "components": {
+        "securitySchemes": {"token": {"type": "http", "scheme": "bearer"}},
+        "schemas": {
+            "Device": _obj(**_DEVICE),
+            "Status": _obj(**_DEVICE, pnp="string", dhcp="string", files="string",
+                           stage="string", changed="integer"),
+            "Event": _obj(id="integer", ts="number", mac="string", kind="string")
+            | {"additionalProperties": True},
+            "Lease": _obj(ip="string", client_id="string", mac="string", state="string",
+                          expires="number", hostname="string"),
+            "Batch": _obj({"missing": {"type": "array", "items": _obj(
+                mac="string", stage="string", reason="string")}}, id="integer", name="string",
+                expected="integer", provisioned="integer"),
+            "Problem": _obj(file="string", line="integer", key="string", reason="string"),
+            "Error": _obj(error="string"),
+        },
+    },
+    "paths": {
+        "/": {"get": _op("The dashboard (HTML)", "page")},
+        "/api/health": {"get": _op("Liveness: the services that run", "running",
+                                   _obj({"services": {"type": "array", "items": {
+                                       "type": "string"}}}, status="string", uptime="number"))},
+        "/api/summary": {"get": _op("Counts by stage, the inventory's size, what was pruned",
+                                    "counts", {"type": "object"})},
+        "/api/devices": {
+            "get": _op("Devices seen, by MAC, a page at a time (Link: rel=next)", "page",
+                       _list("Device"), params=_PAGE),
+            "post": _op("Register MACs (served with auto-add off): {\"macs\": [...]}",
+                        "registered", guarded=True, errors={"400": "not MACs"}),
+        },
+        "/api/devices/{mac}": {"get": _op("One device", "device", _ref("Device"),
+                                          params=(("mac", "path", "string"),),
+                                          errors={"400": "not a MAC", "404": "unknown"})},
+        "/api/devices/{mac}/events": {"get": _op(
+            "A device's timeline, newest first", "events", _list("Event"),
+            params=(("mac", "path", "string"), ("limit", "query", "integer"),
+                    ("before", "query", "integer")), errors={"400": "not a MAC"})},
+        "/api/events": {"get": _op("The latest events, newest first", "events", _list("Event"),
+                                   params=(("limit", "query", "integer"),
+                                           ("before", "query", "integer")))},
+        "/api/leases": {"get": _op("DHCPv4 and DHCPv6 leases by address (Link: rel=next)",
+                                   "page", _list("Lease"), params=_PAGE)},
+        "/api/reload": {"post": _op(
+            "Reload the configuration (as SIGHUP); refused: the old one is kept", "reloaded",
+            _obj(reloaded="boolean"), guarded=True,
+            errors={"422": "refused: {reloaded: false, problems: [Problem]}"})},
+        "/api/status": {"get": _op(
+            "Each device's stage per channel (the dashboard); ?since= a cursor (X-Cursor)",
+            "list", _list("Status"), params=(*_PAGE, ("since", "query", "integer")))},
+        "/api/stream": {"get": _op("Server-sent events: one per device event", "stream",
+                                   {"type": "string"}, ctype="text/event-stream")},
+        "/api/batches": {
+            "get": _op("Batches with N of M provisioned and what is missing", "list",
+                       _list("Batch")),
+            "post": _op("Upload a manifest (CSV, a MAC per line); ?name=", "created",
+                        _obj(id="integer", name="string", expected="integer"), guarded=True,
+                        params=(("name", "query", "string"),), errors={"400": "not MACs"}),
+        },
+        "/api/batches/{id}": {"get": _op("A batch's report; {id}.csv for CSV", "report",
+                                         _ref("Batch"), params=(("id", "path", "string"),),
+                                         errors={"404": "unknown"})},
+        "/api/openapi.json": {"get": _op("This document", "OpenAPI 3", {"type": "object"})},
+        "/api/ca.crt": {"get": _op("The lab CA certificate phones must trust for HTTPS",
+                                   "certificate", {"type": "string"},
+                                   ctype="application/x-x509-ca-cert",
+                                   errors={"404": "HTTPS is off: no lab CA"})},
+        "/metrics": {"get": _op("Prometheus metrics", "text", {"type": "string"},
+                                ctype="text/plain")},
+    },
+}  # fmt: skip

@@ -111,3 +111,34 @@ def test_relative_paths_follow_the_file(tmp_path: Path) -> None:
 def test_build_config_from_flags_only() -> None:
     with pytest.raises(ConfigError, match=r"<flags>: http\.port"):
         build_config({}, {"http": {"port": 0}})
+
+
+def test_the_bundled_example_shows_every_key_with_its_default() -> None:
+    """configs/lab.yaml holds every key config.py accepts, and, but for the keys it says
+    are examples, each with the value the key takes when left out."""
+    import yaml
+    from pydantic import BaseModel
+
+    from preprov.config import Config
+
+    data = yaml.safe_load((CONFIGS_DIR / "lab.yaml").read_text())
+    examples = {"models", "rules", "files.variables", "files.templates", "server.state_dir"}
+
+    def walk(model: type[BaseModel], given: dict[str, object], default: object, at: str) -> None:
+        for name, field in model.model_fields.items():
+            key = f"{at}{name}"
+            assert name in given, f"{key} is missing from configs/lab.yaml"
+            ann = field.annotation
+            sub = given[name]
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                assert isinstance(sub, dict), key
+                walk(ann, sub, getattr(default, name), key + ".")
+            elif key not in examples:
+                got = getattr(model.model_validate({**given}), name)
+                assert got == getattr(default, name), f"{key}: {got!r} is not the default"
+
+    walk(Config, data, Config(), "")
+    # the one example rule shows every key a rule and its match accept
+    rule = data["rules"][0]
+    assert set(rule) == set(type(Config().rules[0]).model_fields)
+    assert set(rule["match"]) == set(type(Config().rules[0].match).model_fields)

@@ -36,6 +36,8 @@ def _overrides(**flags: Any) -> dict[str, Any]:
     put("server", "state_dir", flags.get("state_dir"))
     put("server", "address", flags.get("address"))
     put("http", "port", flags.get("http_port"))
+    put("http", "listen", list(flags.get("http_listen") or ()) or None)
+    put("admin", "listen", list(flags.get("admin_listen") or ()) or None)
     put("admin", "port", flags.get("admin_port"))
     put("log", "format", flags.get("log_format"))
     put("log", "level", flags.get("log_level"))
@@ -78,6 +80,10 @@ def main() -> None:
 @click.option("--http-port", type=int, help="port phones fetch files from (default 8080)")
 @click.option("--admin-port", type=int, help="port of the API and metrics (default 8081; 0: any)")
 @click.option("--address", help="IPv4 address put in URLs (default: the interface's)")
+@click.option("--http-listen", multiple=True,
+              help="address phones fetch files from (repeatable; default: the interfaces')")
+@click.option("--admin-listen", multiple=True,
+              help="address of the API, dashboard and metrics (repeatable; default 127.0.0.1)")
 @click.option("--templates", help="template directory (default: the bundled configs/templates)")
 @click.option("--variables", help="per-device variables, CSV or YAML")
 @click.option("--log-format", type=click.Choice(["console", "json"]))
@@ -132,6 +138,30 @@ def _sample_facts(rt: Runtime, mac: str | None, model: str | None) -> tuple[str,
 def _path_for(rt: Runtime, mac: str, model: str, fwver: str, name: str) -> str:
     """A request path that names this template for the sample device."""
     return expand_macros(name, mac, model, fwver)
+
+
+@main.command()
+@click.argument("folder", type=click.Path(file_okay=False))
+def init(folder: str) -> None:
+    """Write an editable lab into FOLDER: lab.yaml (every key, with its default), the
+    bundled templates and devices.csv. Files already there are kept."""
+    import shutil
+
+    from .config import CONFIGS_DIR
+
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for src in sorted(CONFIGS_DIR.rglob("*")):
+        dst = out / src.relative_to(CONFIGS_DIR)
+        if src.is_dir():
+            dst.mkdir(exist_ok=True)
+        elif not dst.exists():
+            shutil.copyfile(src, dst)
+            written.append(str(dst))
+    for w in written:
+        click.echo(f"wrote {w}")
+    click.echo(f"next: preprov check --config {out / 'lab.yaml'}")
 
 
 @main.command()

@@ -47,7 +47,7 @@ def test_mac_round_trip(raw: bytes, sep: str) -> None:
 def test_expand_macros_as_the_phone_does() -> None:
     url = "http://h/{MAC}/{mac}/{MODEL}-{fwver}/{UNKNOWN}/{model}.cfg"
     got = expand_macros(url, "0080F0C571EB", "KX-HDV130", "01.000")
-    # macros are case-sensitive and an unknown macro stays literal (PROTOCOL.md §2)
+    # macros are case-sensitive and an unknown macro stays literal (docs/protocol.md §2)
     assert got == "http://h/0080F0C571EB/0080f0c571eb/KX-HDV130-01.000/{UNKNOWN}/{model}.cfg"
 
 

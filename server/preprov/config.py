@@ -209,7 +209,7 @@ class Allow(Strict):
 
 
 class PnpSection(Strict):
-    """SIP PnP: answer multicast ua-profile SUBSCRIBEs with a NOTIFY (PROTOCOL.md §3)."""
+    """SIP PnP: answer multicast ua-profile SUBSCRIBEs with a NOTIFY (docs/protocol.md §3)."""
 
     enabled: bool = True
     group: ipaddress.IPv4Address = ipaddress.IPv4Address("224.0.1.75")
@@ -261,7 +261,7 @@ class Dhcp4Reservation(Strict):
 
 
 class Dhcp4Options(Strict):
-    """Which provisioning options go out (PROTOCOL.md §4), built from the rule's URL."""
+    """Which provisioning options go out (docs/protocol.md §4), built from the rule's URL."""
 
     option160: bool = Field(default=True, description="the URL's folder, no file name")
     option159: bool = Field(default=True, description="the URL's folder, no file name")
@@ -275,7 +275,7 @@ class Dhcp4Options(Strict):
 
 
 class Dhcp4Section(Strict):
-    """A DHCPv4 server for the staging segment (PROTOCOL.md §4, RFC 2131)."""
+    """A DHCPv4 server for the staging segment (docs/protocol.md §4, RFC 2131)."""
 
     enabled: bool = True
     port: Annotated[int, Field(ge=1, le=65535)] = 67
@@ -306,7 +306,7 @@ class Dhcp6Subnet(Strict):
 
 
 class Dhcp6Section(Strict):
-    """A DHCPv6 server for the staging segment (RFC 8415; option 17: PROTOCOL.md §5)."""
+    """A DHCPv6 server for the staging segment (RFC 8415; option 17: docs/protocol.md §5)."""
 
     enabled: bool = True
     port: Annotated[int, Field(ge=1, le=65535)] = 547

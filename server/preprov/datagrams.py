@@ -1,4 +1,4 @@
-"""What every protocol core hands back to its asyncio driver (STYLE.md §1)."""
+"""What every protocol core hands back to its asyncio driver (docs/design.md §1)."""
 
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ from .net import Interface
 
 
 class CoreTimer:
-    """The one timer of a core (STYLE.md §1): armed for the time the core asks to be
+    """The one timer of a core (docs/design.md §1): armed for the time the core asks to be
     woken next (its clock: time.monotonic(), as the loop's), calling `expired` then."""
 
     def __init__(self, expired: Callable[[], None]) -> None:

@@ -1,4 +1,4 @@
-"""The event spine (STYLE.md §4): every protocol step is one typed event.
+"""The event spine (docs/design.md §4): every protocol step is one typed event.
 
 The log, the inventory and (later) the dashboard and metrics subscribe to the
 one bus, so they can never disagree. Protocol cores return events; the asyncio
@@ -91,7 +91,7 @@ class FileRefused(DeviceEvent):
 
 @dataclass(frozen=True, kw_only=True)
 class PnpSubscribe(DeviceEvent):
-    """A SUBSCRIBE for ua-profile arrived (PROTOCOL.md §3)."""
+    """A SUBSCRIBE for ua-profile arrived (docs/protocol.md §3)."""
 
     kind: ClassVar[str] = "pnp.subscribe"
     call_id: str

@@ -1,4 +1,4 @@
-"""Device facts, and extracting them from what a phone sends (STYLE.md §3).
+"""Device facts, and extracting them from what a phone sends (docs/design.md §3).
 
 Each channel has an extractor that yields DeviceFacts; facts from several
 sources are merged, and the merged facts decide the rule (rules.py) and name
@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from .events import Dhcp4Answered, Dhcp4Lease, Dhcp6Lease, Event, PnpSubscribe
 from .macros import try_mac
 
-# IEEE OUIs of the vendors preprov knows something about (PROTOCOL.md §7).
+# IEEE OUIs of the vendors preprov knows something about (docs/protocol.md §7).
 OUI_VENDORS = {
     "0080F0": "Panasonic",
     "001565": "Yealink",
@@ -28,7 +28,7 @@ OUI_VENDORS = {
     "C074AD": "Grandstream",
 }
 
-# Vendor names that say nothing about the phone (Snom, VTech: PROTOCOL.md §3).
+# Vendor names that say nothing about the phone (Snom, VTech: docs/protocol.md §3).
 MEANINGLESS_VENDORS = {"", "oem", "unknown"}
 
 
@@ -70,7 +70,7 @@ class DeviceFacts:
 
 
 # Panasonic_<MODEL>/<firmware> (<mac lower>), e.g.
-# "Panasonic_KX-UT113/01.133 (0080f0c8c381)" (PROTOCOL.md §6).
+# "Panasonic_KX-UT113/01.133 (0080f0c8c381)" (docs/protocol.md §6).
 _PANASONIC_UA = re.compile(
     r"Panasonic_(?P<model>[A-Za-z0-9][A-Za-z0-9_.\-]*)/(?P<fw>[^\s(]+)"
     r"(?:\s*\((?P<mac>[0-9A-Fa-f:.\-]{12,17})\))?"

@@ -1,7 +1,7 @@
 """MAC notation, the phone's URL macros and the server-address grammar.
 
 Source: Panasonic Administrator Guide "2.1.3 Server Address Formats" (the seed
-in shared/seeds) and PROTOCOL.md §2.
+in shared/seeds) and docs/protocol.md §2.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def mac_colon(mac: str) -> str:
 
 
 # The phone's macros are case-sensitive; an unknown macro stays literal text
-# (PROTOCOL.md §2).
+# (docs/protocol.md §2).
 PHONE_MACROS = ("MAC", "mac", "MODEL", "fwver")
 _MACRO = re.compile(r"\{(MAC|mac|MODEL|fwver)\}")
 

@@ -118,7 +118,7 @@ def multicast_listener(iface: Interface, group: str, port: int) -> socket.socket
     Bound to the group address (so it hears no unicast and no other group),
     pinned to the device, and a member of the group on this interface alone:
     one socket per interface, so a server with several interfaces joins on
-    each (PROTOCOL.md §3: joining on one interface only is a known bug
+    each (docs/protocol.md §3: joining on one interface only is a known bug
     elsewhere). Needs root or CAP_NET_RAW for SO_BINDTODEVICE.
     """
     return udp_socket(

@@ -1,11 +1,11 @@
-"""The DHCPv4 server core: no sockets, no clock (STYLE.md §1), on codec.py.
+"""The DHCPv4 server core: no sockets, no clock (docs/design.md §1), on codec.py.
 
 `datagram_received(data, source, now)` returns the datagrams to send and the
-events. A request goes through named stages (STYLE.md §2), and the stage that
+events. A request goes through named stages (docs/design.md §2), and the stage that
 decides says so in an event: decode, identify, allow-list, subnet (the
 interface's, or the relay's by giaddr), message type, address, options, size.
 
-Provisioning options come from the same rules as everything else (PROTOCOL.md
+Provisioning options come from the same rules as everything else (docs/protocol.md
 §4): 160 and 159 carry the rule URL's folder as plain ASCII (not their IANA
 meanings), 66 the whole URL, its folder or its host, 67 its file name. They
 are sent when the client's parameter request list asks for them, or always
@@ -80,7 +80,7 @@ class Dhcp4Policy:
 
 
 def provisioning_options(decision: Decision, opts: Dhcp4Options) -> dict[int, bytes]:
-    """The values of 160, 159, 66 and 67 for a rule's URL (PROTOCOL.md §4).
+    """The values of 160, 159, 66 and 67 for a rule's URL (docs/protocol.md §4).
 
     160 and 159 name the folder without a file (`http://h:8080` or
     `http://h:8080/pana`): the phone appends `/<option 67>` or `/{MODEL}.cfg`.

@@ -1,7 +1,7 @@
 """The asyncio side of the DHCPv4 server: one socket per interface, nothing else.
 
 Port 67 on the wildcard address, pinned to the interface with SO_BINDTODEVICE:
-a socket bound to an address hears no broadcast on Linux (PROTOCOL.md §8),
+a socket bound to an address hears no broadcast on Linux (docs/protocol.md §8),
 and pinning tells which interface a request came in on. Replies go out after
 their lease events are committed (the inventory's group commit), so an ACK
 never leaves for a lease a kill -9 could lose.

@@ -1,4 +1,4 @@
-"""The DHCPv6 server core: no sockets, no clock (STYLE.md §1), on codec.py.
+"""The DHCPv6 server core: no sockets, no clock (docs/design.md §1), on codec.py.
 
 RFC 8415: SOLICIT and ADVERTISE (or REPLY at once with Rapid Commit), REQUEST,
 RENEW, REBIND, RELEASE, DECLINE, CONFIRM, INFORMATION-REQUEST answered
@@ -6,7 +6,7 @@ statelessly; IA_NA addresses from pools; status codes NoAddrsAvail, NoBinding
 and NotOnLink; RELAY-FORW unwrapped (nested too) and the answer wrapped in
 RELAY-REPL with the Interface-Id echoed. Option 17 carries the provisioning URL
 from the rules under a configurable enterprise number and sub-option
-(PROTOCOL.md §5: PEN 258, sub-option 1 by default).
+(docs/protocol.md §5: PEN 258, sub-option 1 by default).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""A linter for the Panasonic SIP phone text configuration format (PROTOCOL.md §6).
+"""A linter for the Panasonic SIP phone text configuration format (docs/protocol.md §6).
 
 Sources: KX-UT670 guide p.117, KX-HDV230 guide p.51, KX-UT133 guide p.46.
 """
@@ -103,7 +103,7 @@ def _why_not_param(line: bytes) -> str:
 
 
 def parse(data: bytes) -> dict[str, str]:
-    """NAME="value" pairs; the first occurrence of a name wins (PROTOCOL.md §6)."""
+    """NAME="value" pairs; the first occurrence of a name wins (docs/protocol.md §6)."""
     out: dict[str, str] = {}
     for raw in data.split(b"\n"):
         m = _PARAM.match(raw.rstrip(b"\r"))

@@ -1,7 +1,7 @@
 """Answering a request for a configuration file: the part shared by every transport.
 
 A request goes through named stages, and the stage that refuses says why in
-the event (STYLE.md §2): path check, template lookup, device identification,
+the event (docs/design.md §2): path check, template lookup, device identification,
 inventory, rule, authentication, rendering. HTTP calls this today; TFTP will
 call the same function.
 """

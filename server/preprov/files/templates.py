@@ -27,7 +27,7 @@ from jinja2.sandbox import SandboxedEnvironment
 from .lint import to_crlf
 
 # What each macro can stand for in a request path. Macros are case-sensitive
-# (PROTOCOL.md §2): {MAC} is upper-case hex, {mac} lower-case.
+# (docs/protocol.md §2): {MAC} is upper-case hex, {mac} lower-case.
 MACRO_PATTERNS = {
     "MAC": r"[0-9A-F]{12}",
     "mac": r"[0-9a-f]{12}",

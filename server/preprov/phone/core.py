@@ -1,6 +1,6 @@
-"""The simulated phone's boot flow, without I/O (STYLE.md §1).
+"""The simulated phone's boot flow, without I/O (docs/design.md §1).
 
-It does what PROTOCOL.md §1-§3 and §6 say a Panasonic phone does: multicast a
+It does what docs/protocol.md §1-§3 and §6 say a Panasonic phone does: multicast a
 SUBSCRIBE for ua-profile, resend it on the T1 schedule, wait at most 5 s for
 the NOTIFY, answer it 200, expand the macros in the URL, fetch the
 pre-provisioning file, follow CFG_STANDARD_FILE_PATH, CFG_PRODUCT_FILE_PATH
@@ -31,7 +31,7 @@ PNP_WINDOW = 5.0  # "waits a maximum of 5 seconds for a response" (KX-UTG200 gui
 T1 = 0.5
 CHAIN = ("CFG_STANDARD_FILE_PATH", "CFG_PRODUCT_FILE_PATH", "CFG_MASTER_FILE_PATH")
 
-# What each channel is called in the report, in the phone's order (PROTOCOL.md §1).
+# What each channel is called in the report, in the phone's order (docs/protocol.md §1).
 CHANNELS_BY_MODE = {
     "ipv4": ["sip-pnp", "dhcpv4-option-160", "dhcpv4-option-159", "dhcpv4-option-66"],
     "ipv6": ["dhcpv6-option-17"],
@@ -452,7 +452,7 @@ def _ms(seconds: float) -> float:
 
 
 def _subscribe(p: PhoneProfile, call_id: str, rng: random.Random) -> bytes:
-    """A Panasonic-style SUBSCRIBE (PROTOCOL.md §3): vender="Panasonic", MAC%3a<MAC>."""
+    """A Panasonic-style SUBSCRIBE (docs/protocol.md §3): vender="Panasonic", MAC%3a<MAC>."""
     user = f"MAC%3a{p.mac}"
     r = Request("SUBSCRIBE", URI.parse(f"sip:{user}@{PNP_GROUP[0]}"))
     r.headers.set(

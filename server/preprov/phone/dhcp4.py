@@ -1,6 +1,6 @@
 """The simulated phone's DHCPv4 client, without I/O: DORA for a phone without an
 address, INFORM for one that has one (RFC 2131 §3.1, §3.4), and the choice
-of URL from the answer: option 160, then 159, then 66 (PROTOCOL.md §4)."""
+of URL from the answer: option 160, then 159, then 66 (docs/protocol.md §4)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pydhcp.packet import DHCPFlags, DHCPMessage, DHCPMessageType, DHCPOpcode
 
 from .exchange import Exchange
 
-# What a Panasonic phone asks for (PROTOCOL.md §4): mask, router, DNS, domain,
+# What a Panasonic phone asks for (docs/protocol.md §4): mask, router, DNS, domain,
 # NTP, and the provisioning options.
 PARAMETER_REQUEST_LIST = bytes([1, 3, 6, 15, 42, 66, 67, 159, 160])
 SERVER = ("255.255.255.255", 67)

@@ -4,7 +4,7 @@ A phone without a global address solicits one (SOLICIT with IA_NA, ADVERTISE,
 REQUEST, REPLY); one with an address asks for options alone
 (INFORMATION-REQUEST, a stateless network). Either way its Option Request
 Option asks for 17, and the URL is the configured sub-option of the
-configured enterprise in the answer's option 17 (PROTOCOL.md §5).
+configured enterprise in the answer's option 17 (docs/protocol.md §5).
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ class _Proto(asyncio.DatagramProtocol):
 
 def pnp_socket(ip: str, port: int) -> socket.socket:
     """Bound to the phone's address and SIP port; multicast leaves by that address
-    with TTL 1, as the phone's does (PROTOCOL.md §3)."""
+    with TTL 1, as the phone's does (docs/protocol.md §3)."""
     return udp_socket(
         ip, port,
         options=((socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(ip)),
@@ -207,7 +207,7 @@ class SimulatedPhone:
 
     async def _get(self, url: str) -> tuple[int, bytes]:
         """GET over HTTP(S), answering a Basic or Digest challenge with the URL's
-        user:password (which one Panasonic's client answers is OPEN: PROTOCOL.md
+        user:password (which one Panasonic's client answers is open: docs/protocol.md
         §6); or a TFTP read."""
         assert self._session is not None
         target = URL(url)

@@ -1,7 +1,7 @@
 """The simulated phone's TFTP client: one read (RFC 1350) in octet mode, asking
 for blocks of 1468 bytes (RFC 2347/2348) and taking 512 if the server ignores it.
 
-`TftpRead` is the protocol without I/O (STYLE.md §1); `tftp_get` drives it
+`TftpRead` is the protocol without I/O (docs/design.md §1); `tftp_get` drives it
 over an asyncio datagram endpoint. Written here rather than taken from tftpy
 (0.8.7, the maintained Python TFTP library): tftpy is blocking and IPv4 only,
 and a phone in IPv6 mode fetches over IPv6. The error packet is the server

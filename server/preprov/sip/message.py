@@ -1,5 +1,5 @@
 """SIP message glue for SIP PnP: parsing with sipmessage, the facts a SUBSCRIBE
-carries, and the 200 OK and NOTIFY the server sends (PROTOCOL.md §3)."""
+carries, and the 200 OK and NOTIFY the server sends (docs/protocol.md §3)."""
 
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ class EventHeader:
 
     @property
     def vendor(self) -> str | None:
-        # Panasonic spells it `vender` (PROTOCOL.md §3)
+        # Panasonic spells it `vender` (docs/protocol.md §3)
         return self.params.get("vendor") or self.params.get("vender") or None
 
 
@@ -186,7 +186,7 @@ def build_notify(
     n.headers.set("Event", msg.headers.get("Event") or "ua-profile")
     n.headers.set("Subscription-State", "terminated;reason=timeout")
     if body_kind == "external-body":
-        # Some responders send the URL this way (PROTOCOL.md §3)
+        # Some responders send the URL this way (docs/protocol.md §3)
         n.headers.set("Content-Type", f'message/external-body; access-type=URL; URL="{url}"')
         body = b""
     else:

@@ -1,4 +1,4 @@
-"""The SIP PnP responder core: no sockets, no clock, no tasks (STYLE.md §1).
+"""The SIP PnP responder core: no sockets, no clock, no tasks (docs/design.md §1).
 
 Fed `datagram_received(data, source, now)` and `timer_expired(now)`, it
 returns the datagrams to send and the events that happened; `next_timer()`
@@ -6,7 +6,7 @@ says when it next needs waking. A SUBSCRIBE goes through named stages, and the
 stage that drops it says why in a `pnp.ignored` event: rate limit, parse,
 method, event package, Accept, allow-list, transaction cap, rule.
 
-What it sends (PROTOCOL.md §3, RFC 6080, RFC 3261 §17.1.2): a 200 OK to the
+What it sends (docs/protocol.md §3, RFC 6080, RFC 3261 §17.1.2): a 200 OK to the
 SUBSCRIBE's source, then a NOTIFY whose body is the provisioning URL,
 retransmitted at T1 doubling to T2 until the phone's final answer or Timer F.
 A retransmitted SUBSCRIBE gets the same 200 again and no second NOTIFY.

@@ -1,4 +1,4 @@
-"""The asyncio side of SIP PnP: sockets and one timer, nothing else (STYLE.md §1).
+"""The asyncio side of SIP PnP: sockets and one timer, nothing else (docs/design.md §1).
 
 Per interface: a socket that hears 224.0.1.75:5060 on that interface only,
 and one bound to the interface's own address, port 5060, which every answer
@@ -20,7 +20,7 @@ from ..net import Interface, multicast_listener, unicast_socket
 from .pnp import CHANNEL, PnpResponder
 
 # A SUBSCRIBE still queued after this long was sent again by its phone, which
-# waits 5 s in all for the NOTIFY, resending at T1 doubling (PROTOCOL.md §3).
+# waits 5 s in all for the NOTIFY, resending at T1 doubling (docs/protocol.md §3).
 STALE_AFTER = 2.0
 
 

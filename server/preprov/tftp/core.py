@@ -1,6 +1,6 @@
 """Read-only TFTP, without I/O: RFC 1350 with option negotiation (RFC 2347-2349).
 
-`TftpServer` is the core, shaped like the others (STYLE.md §1): fed the
+`TftpServer` is the core, shaped like the others (docs/design.md §1): fed the
 datagrams of the request port and of each transfer, and its timer, it returns
 what to send (from which transfer's socket), which transfers ended and the
 events. A read request goes through named stages: allow-list, rate limit,

@@ -1,4 +1,4 @@
-"""The asyncio side of TFTP: sockets and one timer around the core (STYLE.md §1).
+"""The asyncio side of TFTP: sockets and one timer around the core (docs/design.md §1).
 
 The request port is UDP 69 on the wildcard address pinned to the interface.
 Each transfer the core starts gets a socket of its own, bound to the

@@ -1,6 +1,6 @@
 """HTTP Basic (RFC 7617) and Digest (RFC 7616, MD5 and SHA-256) for config files.
 
-Which one a Panasonic phone's HTTP client answers is OPEN (PROTOCOL.md §6), so
+Which one a Panasonic phone's HTTP client answers is OPEN (docs/protocol.md §6), so
 by default a 401 offers both. Written here because aiohttp has Basic only on
 its client side and no maintained aiohttp server middleware does Digest; it is
 about a hundred lines.

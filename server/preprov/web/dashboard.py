@@ -2,7 +2,7 @@
 batches of expected MACs (a shipping manifest) and their report.
 
 The stages are kept by the inventory as it stores the events (one source of
-truth, STYLE.md §4); the page is told of new events by server-sent events and
+truth, docs/design.md §4); the page is told of new events by server-sent events and
 then asks for the devices that changed since its cursor.
 """
 

@@ -88,6 +88,9 @@ def main() -> int:
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--phones", type=int, default=1000)
     ap.add_argument("--no-pin", action="store_true", help="no CPU pinning")
+    ap.add_argument("--profile", metavar="FILE",
+                    help="py-spy samples preprov during its measured run: a flame graph if "
+                         "FILE ends in .svg, else collapsed stacks")
     args = ap.parse_args()
     global PINNED
     PINNED = not args.no_pin
@@ -152,7 +155,18 @@ http {{
         results = {}
         for name, port in (("preprov", pp_port), ("nginx", ng_port)):
             wrk(port, 2, args.connections, args.phones)  # warm-up
+            spy = None
+            if args.profile and name == "preprov":
+                spy = subprocess.Popen(
+                    [str(Path(sys.executable).parent / "py-spy"), "record", "--threads",
+                     "--pid", str(pp.pid), "--duration", str(args.seconds), "--output",
+                     args.profile, "--format",
+                     "flamegraph" if args.profile.endswith(".svg") else "raw"],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                )  # fmt: skip
             results[name] = wrk(port, args.seconds, args.connections, args.phones)
+            if spy is not None:
+                spy.wait(60)
 
         db = sqlite3.connect(tmp / "state" / "preprov.db")
         served = db.execute("SELECT count(*) FROM events WHERE kind = 'file.served'").fetchone()[0]

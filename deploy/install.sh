@@ -19,7 +19,12 @@ if ! id preprov >/dev/null 2>&1; then
     useradd --system --home-dir /var/lib/preprov --no-create-home --shell /usr/sbin/nologin preprov
 fi
 "$PY" -m venv "$PREFIX/.venv"
-"$PREFIX/.venv/bin/pip" install --quiet "$here"
+# built from a copy: a build leaves build/ behind in the folder it runs in
+src="$(mktemp -d)"
+cp -r "$here/pyproject.toml" "$here/README.md" "$here/server" "$src/"
+rm -rf "$src/server/preprov.egg-info"
+"$PREFIX/.venv/bin/pip" install --quiet "$src"
+rm -rf "$src"
 cp "$here/README.md" "$PREFIX/README.md"
 "$PREFIX/.venv/bin/preprov" init "$ETC" >/dev/null
 if [ -n "$iface" ]; then

@@ -3,6 +3,7 @@ outside the repository, serves a simulated phone end to end with zero configurat
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,9 +16,15 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_a_wheel_in_a_fresh_venv_serves_a_phone_with_zero_config(
     lab: Lab, tmp_path: Path
 ) -> None:
+    # from a copy of what a clean checkout holds: a build leaves build/ where it runs
+    src = tmp_path / "src"
+    shutil.copytree(ROOT / "server", src / "server",
+                    ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))  # fmt: skip
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
     dist = tmp_path / "dist"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w",
-                    str(dist), str(ROOT)], check=True, cwd=tmp_path)  # fmt: skip
+                    str(dist), str(src)], check=True, cwd=tmp_path)  # fmt: skip
     (wheel,) = dist.glob("preprov-*.whl")
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)

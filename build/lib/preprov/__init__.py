@@ -1,1 +1,0 @@
-"""preprov: the server side of SIP phone pre-provisioning."""

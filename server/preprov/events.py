@@ -159,6 +159,9 @@ class Dhcp4Answered(DeviceEvent):
     rule: str | None = None
     note: str | None = None
     dry_run: bool = False
+    vendor_class: str | None = None  # option 60, as the client sent it
+    relay: str | None = None  # giaddr
+    network: str | None = None  # the subnet the address came from
 
 
 @dataclass(frozen=True, kw_only=True)

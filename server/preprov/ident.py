@@ -12,7 +12,14 @@ import re
 from collections import OrderedDict
 from dataclasses import dataclass, replace
 
-from .events import Dhcp4Answered, Dhcp4Lease, Dhcp6Lease, Event, PnpSubscribe
+from .events import (
+    Dhcp4Answered,
+    Dhcp4Lease,
+    Dhcp6Lease,
+    Event,
+    FileServed,
+    PnpSubscribe,
+)
 from .macros import try_mac
 
 # IEEE OUIs of the vendors preprov knows something about (docs/protocol.md §7).
@@ -92,16 +99,29 @@ def facts_from_user_agent(user_agent: str | None) -> DeviceFacts:
     )
 
 
-class Holders:
-    """Which device holds an address, from what only that device's traffic says:
-    its DHCPv4 or DHCPv6 lease, the DHCPINFORM of a phone with a static address,
-    the source of its SIP PnP SUBSCRIBE. A subscriber of the event bus. A request
-    path naming a MAC, or a refused request, says nothing here: anybody can send
-    those. At most `max_entries` addresses, the least recently bound go first."""
+NO_FACTS = DeviceFacts()
+
+
+class Directory:
+    """One device, one record of what its own traffic said, whatever the channel
+    (docs/design.md §3). A subscriber of the event bus, it keeps:
+
+    - per MAC, the facts each channel saw: model, firmware and vendor from a SIP
+      PnP SUBSCRIBE or a served file's User-Agent; option 60, the relay and the
+      subnet from a DHCP request it answered. `known(mac)` gives them, so a rule on
+      option 60 decides the same for that phone's HTTP fetch, which carries no
+      option 60 (rules.RuleSet.decide merges them under the request's own facts);
+    - which device holds an address: its DHCPv4 or DHCPv6 lease, the DHCPINFORM of
+      a phone with a static address, the source of its SIP PnP SUBSCRIBE.
+      `holder(address)` finds a device from a request that names no MAC.
+
+    A request path naming a MAC, or a refused request, teaches nothing here: anybody
+    can send those. At most `max_entries` of each, the least recently told go first."""
 
     def __init__(self, max_entries: int = 100_000) -> None:
         self.max_entries = max_entries
         self._by_address: OrderedDict[str, str] = OrderedDict()
+        self._facts: OrderedDict[str, DeviceFacts] = OrderedDict()
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, (Dhcp4Lease, Dhcp6Lease)):
@@ -110,10 +130,31 @@ class Holders:
             elif self._by_address.get(event.ip) == event.mac:
                 del self._by_address[event.ip]
             return
-        if not isinstance(event, (PnpSubscribe, Dhcp4Answered)) or not event.mac:
+        if not isinstance(event, (PnpSubscribe, FileServed, Dhcp4Answered)) or not event.mac:
             return
-        if event.client and (isinstance(event, PnpSubscribe) or event.request == "DHCPINFORM"):
-            self.bind(event.client, event.mac)
+        mac = event.mac
+        if isinstance(event, (PnpSubscribe, FileServed)):
+            self.learn(mac, DeviceFacts(model=event.model, fwver=event.fwver,
+                                        vendor=event.vendor))  # fmt: skip
+        elif isinstance(event, Dhcp4Answered):
+            self.learn(mac, DeviceFacts(vendor_class=event.vendor_class, relay=event.relay,
+                                        network=event.network))  # fmt: skip
+        if event.client and (
+            isinstance(event, PnpSubscribe)
+            or (isinstance(event, Dhcp4Answered) and event.request == "DHCPINFORM")
+        ):
+            self.bind(event.client, mac)
+
+    def learn(self, mac: str, facts: DeviceFacts) -> None:
+        """What the device said last wins; what it did not say now is kept."""
+        old = self._facts.get(mac)
+        self._facts[mac] = facts if old is None else facts.merged(old)
+        self._facts.move_to_end(mac)
+        if len(self._facts) > self.max_entries:
+            self._facts.popitem(last=False)
+
+    def known(self, mac: str | None) -> DeviceFacts:
+        return self._facts.get(mac, NO_FACTS) if mac else NO_FACTS
 
     def bind(self, address: str, mac: str) -> None:
         self._by_address[address] = mac

@@ -8,11 +8,11 @@ tried in the order of the configuration; the first that matches wins.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .config import Rule
-from .ident import DeviceFacts
+from .ident import NO_FACTS, DeviceFacts
 from .macros import ServerUrl, fill_placeholders, parse_url
 
 
@@ -79,6 +79,9 @@ class RuleSet:
 
     def __init__(self, rules: Sequence[Rule], placeholders: Mapping[str, str]) -> None:
         self.rules = list(rules)
+        # What other channels said about a device (ident.Directory.known): set by the
+        # server on each runtime's rule sets; the request's own facts come first.
+        self.known: Callable[[str | None], DeviceFacts] = lambda _mac: NO_FACTS
         self._decisions = []
         for rule in self.rules:
             url = fill_placeholders(rule.url, dict(placeholders))
@@ -92,15 +95,18 @@ class RuleSet:
                 )
             )
 
+    def complete(self, facts: DeviceFacts) -> DeviceFacts:
+        return facts.merged(self.known(facts.mac)).with_vendor_from_oui()
+
     def decide(self, facts: DeviceFacts) -> Decision | None:
-        facts = facts.with_vendor_from_oui()
+        facts = self.complete(facts)
         for rule, decision in zip(self.rules, self._decisions, strict=True):
             if why_not(rule, facts) is None:
                 return decision
         return None
 
     def explain(self, facts: DeviceFacts) -> str:
-        return explain(self.rules, facts)
+        return explain(self.rules, self.complete(facts))
 
 
 def decide(

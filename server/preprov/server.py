@@ -29,7 +29,7 @@ from .events import (
     ServerStarted,
     ServerStopping,
 )
-from .ident import Holders
+from .ident import Directory
 from .inventory.store import Budget, Recorder, SQLiteStore
 from .log import LogSink, flush_logs, setup_logging
 from .net import Interface
@@ -266,8 +266,8 @@ class Server:
         self.bus.subscribe(self.metrics)
         self.stream = Stream()
         self.bus.subscribe(self.stream)
-        self.holders = Holders()  # which device holds which address
-        self.bus.subscribe(self.holders)
+        self.directory = Directory()  # what each device said, who holds which address
+        self.bus.subscribe(self.directory)
         self.admin: web.AppRunner | None = None
         self.log = LogSink()
         self.listening: list[str] = []
@@ -292,9 +292,16 @@ class Server:
         assert self.runtime is not None
         return self.runtime
 
+    def _runtime(self, config: Config, file: str | None) -> Runtime:
+        """A runtime whose rules complete a request's facts with the device's record."""
+        rt = build_runtime(config, file)
+        for site in rt.sites:
+            site.rules.known = site.rules6.known = self.directory.known
+        return rt
+
     async def start(self) -> None:
         config, file = self.load()
-        rt = build_runtime(config, file)
+        rt = self._runtime(config, file)
         setup_logging(config.log.format, config.log.level)
         self.log = LogSink(config.log.format, config.log.level)
         self.bus.subscribe(self.log)
@@ -311,12 +318,12 @@ class Server:
         now = time.time()
         for x in self.store.leases():  # the leases held before a restart
             if x["state"] == "bound" and x["expires"] > now and x["mac"]:
-                self.holders.bind(x["ip"], x["mac"])
+                self.directory.bind(x["ip"], x["mac"])
         services = []
         if config.http.enabled:
             self.http = FileServer(
                 self.current, self.bus, self.recorder.registered, self.observer("http"),
-                self.holders.holder,
+                self.directory.holder,
             )  # fmt: skip
             for addr in listen_addresses(rt):
                 await self.http.listen(addr, config.http.port)
@@ -382,7 +389,7 @@ class Server:
                 for tftp_addr in [a for a in (v4, v6) if a is not None]:
                     listener = TftpEndpoint(
                         iface, tftp_addr, self.current, self.bus, self.recorder.registered,
-                        tftp_policy(rt, iface, slots), self.holders.holder,
+                        tftp_policy(rt, iface, slots), self.directory.holder,
                     )  # fmt: skip
                     await listener.start(config.tftp.port)
                     self.tftp.append(listener)
@@ -481,7 +488,7 @@ class Server:
         old = self.current()
         try:
             config, file = self.load()
-            rt = build_runtime(config, file)
+            rt = self._runtime(config, file)
         except ConfigError as e:
             self.bus.emit(ConfigRejected(config=old.config_file, reason=str(e)))
             return [{"file": e.file, "line": line, "key": key, "reason": reason}

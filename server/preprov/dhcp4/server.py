@@ -452,6 +452,9 @@ class Dhcp4Server:
                 rule=decision.rule if decision else None,
                 note=note,
                 dry_run=p.dry_run,
+                vendor_class=facts.vendor_class,
+                relay=facts.relay,
+                network=facts.network,
             )
         )
 

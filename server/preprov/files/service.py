@@ -12,7 +12,7 @@ import functools
 import hashlib
 import mimetypes
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from email.utils import formatdate
 from typing import BinaryIO
 
@@ -138,8 +138,12 @@ def fetch(
         return refuse(404, f"no template matches /{rel}")
     entry = resolved.entry
 
-    # 3. identification: the path names the file, the User-Agent the phone
+    # 3. identification: the path names the file, the User-Agent the phone; a request
+    # naming neither is the device's that holds the source address (its lease, its
+    # SUBSCRIBE). What other channels said about it completes the rule's facts.
     facts = facts_from_path(resolved, req.client).merged(ua_facts).with_vendor_from_oui()
+    if facts.mac is None and (held := holder(req.client)) is not None:
+        facts = replace(facts, mac=held).with_vendor_from_oui()
 
     # 3b. a per-device file goes to that device only (its SIP password is in it)
     binding = rt.config.files.device_binding

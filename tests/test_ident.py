@@ -1,0 +1,93 @@
+"""One device, one record: what a phone's DHCP request said decides its HTTP fetch too."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+
+from pydhcp.packet import DHCPMessageType
+from test_dhcp4_core import PRL, T, msg, reply
+
+from preprov.dhcp4.leases import LeaseTable, Subnet, default_subnet
+from preprov.dhcp4.server import Dhcp4Policy, Dhcp4Server
+from preprov.events import Dhcp4Answered, FileRefused, FileServed
+from preprov.files.service import FileRequest, fetch
+from preprov.ident import Directory
+from preprov.runtime import Runtime
+
+RULES = [
+    {"name": "by-option-60", "match": {"vendor_class": ["Panasonic"]},
+     "url": "http://${server}:${http_port}/{MODEL}.cfg"},
+    {"name": "by-relay", "match": {"relay": ["198.18.7.1"]},
+     "url": "http://${server}:${http_port}/{MODEL}.cfg"},
+]  # fmt: skip
+MAC = "0080f0c571eb"
+UA = "Panasonic_KX-HDV130/01.000 (0080f0c571eb)"
+
+
+def lab(make_runtime: Callable[..., Runtime]) -> tuple[Runtime, Directory, Dhcp4Server]:
+    rt = make_runtime(rules=RULES)
+    directory = Directory()
+    for site in rt.sites:
+        site.rules.known = site.rules6.known = directory.known
+    local = default_subnet(ipaddress.IPv4Interface("198.18.0.1/24"))
+    far = Subnet(ipaddress.IPv4Network("198.18.7.0/24"), ipaddress.IPv4Address("198.18.7.100"),
+                 ipaddress.IPv4Address("198.18.7.200"), ipaddress.IPv4Address("198.18.7.1"))  # fmt: skip
+    policy = Dhcp4Policy(server_ip=ipaddress.IPv4Address("198.18.0.1"), rules=rt.site.rules,
+                         local=local)  # fmt: skip
+    return rt, directory, Dhcp4Server(policy, LeaseTable([local, far]))
+
+
+def boot(directory: Directory, server: Dhcp4Server, mac: str, **opts: object) -> Dhcp4Answered:
+    out = server.datagram_received(msg(DHCPMessageType.DHCPDISCOVER, mac, PRL, **opts),
+                                   ("0.0.0.0", 68), T)  # fmt: skip
+    assert reply(out)
+    for ev in out.events:
+        directory(ev)
+    (answered,) = [e for e in out.events if isinstance(e, Dhcp4Answered)]
+    return answered
+
+
+def http(rt: Runtime, directory: Directory, mac: str, ua: str) -> FileServed | FileRefused:
+    req = FileRequest("http", "198.18.0.50", "/KX-HDV130.cfg", user_agent=ua)
+    ans = fetch(rt, req, holder=directory.holder)
+    directory(ans.event)
+    return ans.event  # type: ignore[return-value]
+
+
+def test_a_rule_on_option_60_decides_the_same_on_dhcp_and_on_http(
+    make_runtime: Callable[..., Runtime],
+) -> None:
+    rt, directory, server = lab(make_runtime)
+    # before any DHCP request, the HTTP fetch alone carries no option 60: refused
+    before = http(rt, directory, MAC, UA)
+    assert isinstance(before, FileRefused) and "option 60 '(none)'" in before.reason
+    dhcp = boot(directory, server, MAC, o60=b"Panasonic KX-HDV130")
+    assert dhcp.rule == "by-option-60" and dhcp.url
+    after = http(rt, directory, MAC, UA)
+    assert isinstance(after, FileServed) and after.rule == "by-option-60"
+    # another phone that sent no option 60 is still refused, with the reason
+    other = http(rt, directory, "0080f0c571ec", UA.replace("71eb", "71ec"))
+    assert isinstance(other, FileRefused) and "contains none of its strings" in other.reason
+
+
+def test_a_rule_on_the_relay_decides_the_same_on_dhcp_and_on_http(
+    make_runtime: Callable[..., Runtime],
+) -> None:
+    rt, directory, server = lab(make_runtime)
+    dhcp = boot(directory, server, MAC, giaddr=ipaddress.IPv4Address("198.18.7.1").packed)
+    assert dhcp.rule == "by-relay" and dhcp.relay == "198.18.7.1"
+    served = http(rt, directory, MAC, UA)
+    assert isinstance(served, FileServed) and served.rule == "by-relay"
+
+
+def test_a_request_naming_no_mac_is_the_address_holders(
+    make_runtime: Callable[..., Runtime],
+) -> None:
+    """No MAC in the path or the User-Agent: the device holding the source address."""
+    rt, directory, server = lab(make_runtime)
+    boot(directory, server, MAC, o60=b"Panasonic")
+    directory.bind("198.18.0.50", MAC.upper())
+    served = http(rt, directory, MAC, "curl/8.0")
+    assert isinstance(served, FileServed)
+    assert served.mac == MAC.upper() and served.rule == "by-option-60"

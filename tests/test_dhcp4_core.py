@@ -468,3 +468,26 @@ class LeaseMachine(RuleBasedStateMachine):
 
 LeaseMachine.TestCase.settings = settings(max_examples=300, stateful_step_count=40, deadline=None)
 test_lease_state_machine = LeaseMachine.TestCase
+
+
+def test_an_answer_without_a_url_is_a_warning_with_the_reason() -> None:
+    """A lease but no provisioning URL (no rule matched, or none of the options asked
+    for): a dhcp4.no-url warning, which the inventory keeps as the last error."""
+    from preprov.events import Dhcp4Unprovisioned, is_refusal
+
+    picky = RuleSet([Rule(name="yealink", match={"oui": ["001565"]},  # type: ignore[arg-type]
+                          url="http://${server}/{MODEL}.cfg")], {"server": "198.18.0.1"})  # fmt: skip
+    sub = default_subnet(IFACE)
+    s = Dhcp4Server(Dhcp4Policy(server_ip=SERVER, rules=picky, local=sub), LeaseTable([sub]))
+    out = s.datagram_received(msg(DHCPMessageType.DHCPDISCOVER), ("0.0.0.0", 68), T)
+    (miss,) = [e for e in out.events if isinstance(e, Dhcp4Unprovisioned)]
+    assert miss.message == "DHCPOFFER" and miss.reason.startswith("no rule matched (yealink: OUI")
+    assert is_refusal(miss) and miss.level == "warning"
+    s = server()
+    out = s.datagram_received(msg(DHCPMessageType.DHCPDISCOVER, prl=bytes([1, 3, 6])),
+                              ("0.0.0.0", 68), T)  # fmt: skip
+    (miss,) = [e for e in out.events if isinstance(e, Dhcp4Unprovisioned)]
+    assert "asked for none of options 66, 67, 159, 160" in miss.reason
+    out = s.datagram_received(msg(DHCPMessageType.DHCPDISCOVER, mac="0080f0000002"),
+                              ("0.0.0.0", 68), T)  # fmt: skip
+    assert not [e for e in out.events if isinstance(e, Dhcp4Unprovisioned)]

@@ -17,6 +17,7 @@ from preprov.events import (
     FileRefused,
     FileServed,
     PnpNotifySent,
+    PnpSubscribe,
     RequestMalformed,
     ServerStarted,
 )
@@ -283,3 +284,49 @@ async def test_refusals_are_stored_as_samples(tmp_path: Path) -> None:
     assert kinds.count("request.malformed") <= NOISE_BURST + 1 and "file.served" in kinds
     assert rec.unsampled["request.malformed/dhcpv4"] >= 5000 - NOISE_BURST - 1
     store.close()
+
+
+def test_each_boot_starts_again_and_a_batch_counts_only_later_boots(tmp_path: Path) -> None:
+    """A SUBSCRIBE after a quiet spell is a new boot: its stage, files, last error and
+    provisioned_at start again. Within one batch of events as across batches."""
+    from preprov.web.dashboard import batch_report
+
+    mac = "0080F0C571EB"
+    sub = dict(channel="sip-pnp", client="198.18.0.7", mac=mac, model="KX-HDV130")
+
+    def boot(t: float, fails: bool) -> list[object]:
+        evs: list[object] = [
+            PnpSubscribe(**sub, call_id=f"c{t}", ts=t),
+            PnpNotifySent(**sub, call_id=f"c{t}", url="http://x/{MODEL}.cfg", rule="d", to="",
+                          ts=t + 0.1),
+            served(mac, ts=t + 0.2, template="{MODEL}.cfg"),
+        ]
+        if fails:
+            evs.append(refused(mac, ts=t + 0.3, channel="http"))
+        else:
+            evs.append(served(mac, ts=t + 0.3, template="Config{MAC}.cfg"))
+        return evs
+
+    for together in (False, True):
+        store = SQLiteStore(tmp_path / f"boots-{together}.db", boot_gap=30.0)
+        first, second = boot(1000.0, fails=False), boot(1100.0, fails=True)
+        if together:
+            store.write(first + second)  # type: ignore[arg-type]
+        else:
+            store.write(first)  # type: ignore[arg-type]
+            (row,) = store.reads.status()
+            assert (row["stage"], row["boots"], row["provisioned_at"]) == ("provisioned", 1, 1000.3)
+            batch_created = 1050.0
+            assert batch_report("b", [mac], [row], batch_created)["provisioned"] == 0
+            store.write(second)  # type: ignore[arg-type]
+        (row,) = store.reads.status()
+        assert row["boots"] == 2 and row["boot_started"] == 1100.0
+        assert row["stage"] == "fetching" and row["provisioned_at"] is None
+        assert row["files"] == 1 and row["last_error"].startswith("file.refused")
+        report = batch_report("b", [mac], [row], 1050.0)
+        assert report["provisioned"] == 0 and report["missing"][0]["stage"] == "fetching"
+        assert report["missing"][0]["reason"].startswith("file.refused")
+        # a SUBSCRIBE within the gap (the same boot going on) starts nothing
+        store.write([PnpSubscribe(**sub, call_id="again", ts=1110.0)])
+        assert store.reads.status()[0]["boots"] == 2
+        store.close()

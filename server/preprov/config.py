@@ -189,6 +189,11 @@ class InventorySection(Strict):
         description="the inventory's budget on disk, WAL included, e.g. 256MiB or 1GB",
     )
     retention: RetentionSection = RetentionSection()
+    new_boot_after: Annotated[float, Field(gt=0)] = Field(
+        default=30.0,
+        description="seconds of quiet after which a DISCOVER, SOLICIT, SUBSCRIBE or a fetch of "
+        "the pre-provisioning file starts a new boot of the device",
+    )
 
     @field_validator("max_bytes")
     @classmethod

@@ -187,6 +187,17 @@ class Dhcp4Lease(DeviceEvent):
 
 
 @dataclass(frozen=True, kw_only=True)
+class Dhcp4Unprovisioned(DeviceEvent):
+    """An OFFER or ACK that carries no provisioning URL: no rule matched, or the client
+    asked for none of the options. The device's last error, a refusal in the metrics."""
+
+    kind: ClassVar[str] = "dhcp4.no-url"
+    level: ClassVar[str] = "warning"
+    message: str
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True)
 class Dhcp4Ignored(DeviceEvent):
     """Not for this server (another one was selected, a reply, ...): no answer."""
 
@@ -203,6 +214,16 @@ class Dhcp4Refused(DeviceEvent):
     level: ClassVar[str] = "warning"
     reason: str
     request: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Dhcp6Unprovisioned(DeviceEvent):
+    """An ADVERTISE or REPLY without option 17: no rule matched, or not in the ORO."""
+
+    kind: ClassVar[str] = "dhcp6.no-url"
+    level: ClassVar[str] = "warning"
+    message: str
+    reason: str
 
 
 @dataclass(frozen=True, kw_only=True)

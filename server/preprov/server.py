@@ -311,7 +311,8 @@ class Server:
         budget = Budget(int(inv.max_bytes), inv.retention.max_age_days * 86400.0,
                         inv.retention.max_events)  # fmt: skip
         self.store = SQLiteStore(
-            Path(state) / "preprov.db", inv.synchronous, background_checkpoints=True, budget=budget
+            Path(state) / "preprov.db", inv.synchronous, background_checkpoints=True, budget=budget,
+            boot_gap=inv.new_boot_after,
         )
         self.recorder = Recorder(self.store)
         self.bus.subscribe_durable(self.recorder)

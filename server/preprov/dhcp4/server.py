@@ -28,6 +28,7 @@ from ..events import (
     Dhcp4Lease,
     Dhcp4Nak,
     Dhcp4Refused,
+    Dhcp4Unprovisioned,
     RequestMalformed,
     device_fields,
 )
@@ -457,6 +458,9 @@ class Dhcp4Server:
                 network=facts.network,
             )
         )
+        if note is not None:
+            out.events.append(Dhcp4Unprovisioned(**_dev(facts, ip_s), message=mtype.name,
+                                                 reason=note))  # fmt: skip
 
     def _nak(
         self, req: Packet, facts: DeviceFacts, ip: IPv4 | None, reason: str, out: Output

@@ -20,6 +20,7 @@ from ..events import (
     Dhcp6Answered,
     Dhcp6Ignored,
     Dhcp6Lease,
+    Dhcp6Unprovisioned,
     RequestIgnored,
     RequestMalformed,
 )
@@ -353,6 +354,8 @@ class Dhcp6Server:
                 status=status, note=note, dry_run=p.dry_run,
             )
         )  # fmt: skip
+        if note is not None and reply_type in (c.ADVERTISE, c.REPLY):
+            out.events.append(Dhcp6Unprovisioned(**dev, message=c.NAMES[reply_type], reason=note))
         return c.Message(reply_type, msg.transaction_id, options)
 
     def _lease_ia(

@@ -94,9 +94,20 @@ def _v2(db: sqlite3.Connection) -> None:
     )
 
 
+def _v3(db: sqlite3.Connection) -> None:
+    """Boots: when the device's current boot started, how many it has had, and when
+    this boot reached its own file. Devices of an older inventory: one boot, from
+    their first sighting."""
+    for column in ("boot_started REAL", "boots INTEGER NOT NULL DEFAULT 1",
+                   "provisioned_at REAL"):  # fmt: skip
+        db.execute(f"ALTER TABLE devices ADD COLUMN {column}")
+    db.execute("UPDATE devices SET boot_started = first_seen,"
+               " provisioned_at = CASE WHEN stage >= 3 THEN last_seen END")  # fmt: skip
+
+
 # (version, migration): applied in order at start, each in its own transaction;
 # PRAGMA user_version holds the version reached.
-MIGRATIONS: list[tuple[int, Callable[[sqlite3.Connection], None]]] = [(2, _v2)]
+MIGRATIONS: list[tuple[int, Callable[[sqlite3.Connection], None]]] = [(2, _v2), (3, _v3)]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 
@@ -109,6 +120,23 @@ class StoreBusy(Exception):
 
 
 STAGES = ("seen", "url-sent", "fetching", "provisioned")
+BOOT_GAP = 30.0  # seconds of quiet before a boot-start event begins a new boot
+
+
+def _starts_boot(kind: str, data: dict[str, Any]) -> bool:
+    """What a phone sends first when it boots: a DHCPDISCOVER, a SOLICIT, a new
+    SUBSCRIBE, or a fetch of a file that is not its own (the pre-provisioning file).
+    Only answered requests: a refused one can be made up by anybody."""
+    if kind == "pnp.subscribe":
+        return not data.get("retransmission")
+    if kind == "dhcp4.answered":
+        return data.get("request") == "DHCPDISCOVER"
+    if kind == "dhcp6.answered":
+        return data.get("request") == "SOLICIT"
+    if kind == "file.served":
+        template = data.get("template") or ""
+        return "{MAC}" not in template and "{mac}" not in template
+    return False
 
 
 def _stage_of(d: dict[str, Any], kind: str, data: dict[str, Any]) -> None:
@@ -163,10 +191,15 @@ WRITTEN_MAX = 20_000  # device rows remembered as written (see write): about 6 M
 
 _FACTS = ("model", "fwver", "vendor", "ipv4", "ipv6")
 _UPSERT_KEYS = ("mac", *_FACTS, *(f"g{k}" for k in _FACTS), "first", "last", "kind", "error",
-                "pnp", "dhcp", "files", "stage", "changed")  # fmt: skip
+                "pnp", "dhcp", "files", "stage", "changed",
+                "boot", "boot_sure", "prov")  # fmt: skip
 # Facts from a refusal (prefix g) only fill gaps, never overwrite: anybody can send a
 # request naming a MAC, and a refused one must not move a phone's address or model.
-_SET = """
+# A new boot (:boot, the time of the event that starts it) when the batch saw it
+# after a quiet spell (:boot_sure), or the row's last event is older than the gap:
+# then the stage, channels, files, last error and provisioned_at start again.
+_NEW_BOOT = "(:boot IS NOT NULL AND (:boot_sure OR :boot - last_seen >= :gap))"
+_SET = f"""
   model = COALESCE(:model, model, :gmodel),
   fwver = COALESCE(:fwver, fwver, :gfwver),
   vendor = COALESCE(:vendor, vendor, :gvendor),
@@ -174,19 +207,25 @@ _SET = """
   ipv6 = COALESCE(:ipv6, ipv6, :gipv6),
   last_seen = :last,
   last_event = :kind,
-  last_error = COALESCE(:error, last_error),
-  pnp = CASE WHEN :pnp = 'answered' OR pnp IS NULL THEN COALESCE(:pnp, pnp) ELSE pnp END,
-  dhcp = COALESCE(:dhcp, dhcp),
-  files = files + :files,
-  stage = max(stage, :stage),
+  last_error = CASE WHEN {_NEW_BOOT} THEN :error ELSE COALESCE(:error, last_error) END,
+  pnp = CASE WHEN {_NEW_BOOT} THEN :pnp
+             WHEN :pnp = 'answered' OR pnp IS NULL THEN COALESCE(:pnp, pnp) ELSE pnp END,
+  dhcp = CASE WHEN {_NEW_BOOT} THEN :dhcp ELSE COALESCE(:dhcp, dhcp) END,
+  files = CASE WHEN {_NEW_BOOT} THEN :files ELSE files + :files END,
+  stage = CASE WHEN {_NEW_BOOT} THEN :stage ELSE max(stage, :stage) END,
+  provisioned_at = CASE WHEN {_NEW_BOOT} THEN :prov ELSE COALESCE(provisioned_at, :prov) END,
+  boots = boots + {_NEW_BOOT},
+  boot_started = CASE WHEN {_NEW_BOOT} THEN :boot ELSE boot_started END,
   changed = COALESCE(:changed, changed)
 """
 _UPSERT = f"""
 INSERT INTO devices (mac, model, fwver, vendor, ipv4, ipv6, first_seen, last_seen, last_event,
-                     last_error, pnp, dhcp, files, stage, changed)
+                     last_error, pnp, dhcp, files, stage, changed, boot_started, boots,
+                     provisioned_at)
 VALUES (:mac, COALESCE(:model, :gmodel), COALESCE(:fwver, :gfwver), COALESCE(:vendor, :gvendor),
         COALESCE(:ipv4, :gipv4), COALESCE(:ipv6, :gipv6), :first, :last, :kind, :error, :pnp,
-        :dhcp, :files, :stage, COALESCE(:changed, 0))
+        :dhcp, :files, :stage, COALESCE(:changed, 0), COALESCE(:boot, :first), 1 + :boot_sure,
+        :prov)
 ON CONFLICT (mac) DO UPDATE SET {_SET}
 """
 # A refused datagram updates a device already known and creates none: its source
@@ -202,7 +241,9 @@ _FORGETTABLE = ("registered = 0 AND mac NOT IN (SELECT mac FROM leases WHERE sta
 DEVICE_COLUMNS = (
     "mac, model, fwver, vendor, ipv4, ipv6, first_seen, last_seen, last_event, last_error"
 )
-STATUS_COLUMNS = f"{DEVICE_COLUMNS}, pnp, dhcp, files, stage, changed"
+STATUS_COLUMNS = (
+    f"{DEVICE_COLUMNS}, pnp, dhcp, files, stage, changed, boot_started, boots, provisioned_at"
+)
 
 
 @dataclass(frozen=True)
@@ -347,7 +388,8 @@ class Reads:
 
 def _status_row(r: Sequence[Any]) -> dict[str, Any]:
     keys = ("mac", "model", "fwver", "vendor", "ipv4", "ipv6", "first_seen", "last_seen",
-            "last_event", "last_error", "pnp", "dhcp", "files", "stage", "changed")  # fmt: skip
+            "last_event", "last_error", "pnp", "dhcp", "files", "stage", "changed",
+            "boot_started", "boots", "provisioned_at")  # fmt: skip
     row = dict(zip(keys, r, strict=True))
     row["stage"] = STAGES[min(row["stage"], 3)]
     return row
@@ -367,10 +409,11 @@ class SQLiteStore:
 
     def __init__(
         self, path: Path, synchronous: str = "normal", background_checkpoints: bool = False,
-        budget: Budget | None = None,
+        budget: Budget | None = None, boot_gap: float = BOOT_GAP,
     ) -> None:  # fmt: skip
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        self.boot_gap = boot_gap
         self.budget = budget or Budget()
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
@@ -533,7 +576,13 @@ class SQLiteStore:
                 if d is None:
                     d = devices[mac] = dict.fromkeys(_UPSERT_KEYS)
                     d["mac"], d["first"], d["files"], d["stage"] = mac, ev.ts, 0, 0
-                    d["create"] = False
+                    d["create"], d["boot_sure"] = False, 0
+                elif _starts_boot(ev.kind, data) and ev.ts - d["last"] >= self.boot_gap:
+                    # a new boot within this batch: what came before it is the old one's
+                    d.update(pnp=None, dhcp=None, files=0, stage=0, error=None, prov=None,
+                             boot=None, boot_sure=1)  # fmt: skip
+                if d["boot"] is None and _starts_boot(ev.kind, data):
+                    d["boot"] = ev.ts
                 d["last"], d["kind"] = ev.ts, ev.kind
                 refused = is_refusal(ev)
                 prefix = "g" if refused else ""
@@ -548,6 +597,8 @@ class SQLiteStore:
                 if not refused or data["channel"] in ("http", "https"):
                     d["create"] = True
                 _stage_of(d, ev.kind, data)
+                if d["stage"] >= 3 and d["prov"] is None:
+                    d["prov"] = ev.ts
         # A device row changes when a fact about it changes (its stage included);
         # otherwise its last_seen and files count are refreshed at most once a second
         # (the event log has every event), which spares random page writes per event
@@ -558,13 +609,15 @@ class SQLiteStore:
         for mac, d in devices.items():
             state = (d["model"], d["fwver"], d["vendor"], d["ipv4"], d["ipv6"], d["kind"],
                      d["error"], d["pnp"], d["dhcp"], d["stage"],
-                     d["gipv4"], d["gipv6"])  # fmt: skip
+                     d["gipv4"], d["gipv6"], d["boot"])  # fmt: skip
             written = prior[mac] = self._written.get(mac)
             if written is None or written[0] != state or d["last"] - written[1] >= 1.0:
                 # the change cursor moves for a new fact, not for a refreshed last_seen
                 fresh = written is None or written[0] != state
                 d["changed"] = self._changed if fresh else None
-                d["files"] += written[2] if written else 0
+                if d["boot"] is None:  # files not written yet belong to this boot
+                    d["files"] += written[2] if written else 0
+                d["gap"] = self.boot_gap
                 (upserts if d.pop("create") else updates).append(d)
                 self._written[mac] = (state, d["last"], 0)
             elif d["files"]:

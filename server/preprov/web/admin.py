@@ -302,7 +302,8 @@ def make_admin_app(server: Server, metrics: Metrics, stream: Stream) -> web.Appl
 
     async def batches_view(_: web.Request) -> web.Response:
         return await read_json(lambda r: [
-            {k: v for k, v in batch_report(b["name"], b["macs"], r.status(macs=b["macs"])).items()
+            {k: v for k, v in batch_report(b["name"], b["macs"], r.status(macs=b["macs"]),
+                                    b["created"]).items()
              if k != "devices"} | {"id": b["id"]} for b in r.batches()
         ])  # fmt: skip
 
@@ -314,7 +315,8 @@ def make_admin_app(server: Server, metrics: Metrics, stream: Stream) -> web.Appl
         def query(r: Reads) -> dict[str, Any] | None:
             b = next((b for b in r.batches() if str(b["id"]) == bid), None)
             return (
-                None if b is None else batch_report(b["name"], b["macs"], r.status(macs=b["macs"]))
+                None if b is None
+                else batch_report(b["name"], b["macs"], r.status(macs=b["macs"]), b["created"])
             )
 
         report = await store().read(query)

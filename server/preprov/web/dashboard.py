@@ -12,6 +12,7 @@ import asyncio
 import csv
 import io
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,20 +21,46 @@ from ..events import DeviceEvent, Event
 PAGE = Path(__file__).with_name("dashboard.html")
 
 
-def batch_report(name: str, expected: list[str], status: list[dict[str, Any]]) -> dict[str, Any]:
+def iso(ts: float | None) -> str:
+    """ISO 8601 in UTC, to the second: what exports and reports show."""
+    if ts is None:
+        return ""
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+REPORT_COLUMNS = ("mac", "stage", "reason", "model", "fwver", "ipv4", "ipv6", "pnp", "dhcp",
+                  "files", "boots", "boot_started", "provisioned_at", "last_error")  # fmt: skip
+
+
+def batch_report(
+    name: str, expected: list[str], status: list[dict[str, Any]], created: float = 0.0
+) -> dict[str, Any]:
+    """Each expected MAC on its current boot. A phone counts as provisioned for the batch
+    only on a boot that began after the batch was created: one provisioned before
+    has not been through this staging yet."""
     seen = {s["mac"]: s for s in status}
-    rows = []
+    rows: list[dict[str, Any]] = []
     for mac in expected:
         s = seen.get(mac)
         if s is None:
-            rows.append({"mac": mac, "stage": "not seen", "reason": "no packet from this MAC"})
-        else:
-            reason = s["last_error"] or ("" if s["stage"] == "provisioned" else
-                                         f"stopped at {s['stage']}")  # fmt: skip
-            rows.append({"mac": mac, "stage": s["stage"], "reason": reason})
+            rows.append(dict.fromkeys(REPORT_COLUMNS, "") | {
+                "mac": mac, "stage": "not seen", "reason": "no packet from this MAC"})  # fmt: skip
+            continue
+        stage, reason = s["stage"], s["last_error"] or ""
+        if (s["boot_started"] or 0) < created:
+            stage = "not booted"
+            reason = f"no boot since the batch was created (last boot {iso(s['boot_started'])}," \
+                     f" {s['stage']})"  # fmt: skip
+        elif stage != "provisioned" and not reason:
+            reason = f"stopped at {stage}"
+        row = {k: s.get(k) for k in REPORT_COLUMNS} | {"stage": stage, "reason": reason}
+        row["boot_started"], row["provisioned_at"] = iso(s["boot_started"]), iso(
+            s["provisioned_at"])  # fmt: skip
+        rows.append(row)
     done = sum(1 for r in rows if r["stage"] == "provisioned")
     return {
         "name": name,
+        "created": iso(created),
         "expected": len(expected),
         "provisioned": done,
         "missing": [r for r in rows if r["stage"] != "provisioned"],
@@ -44,9 +71,9 @@ def batch_report(name: str, expected: list[str], status: list[dict[str, Any]]) -
 def report_csv(report: dict[str, Any]) -> str:
     out = io.StringIO()
     w = csv.writer(out)
-    w.writerow(["mac", "stage", "reason"])
+    w.writerow(REPORT_COLUMNS)
     for r in report["devices"]:
-        w.writerow([r["mac"], r["stage"], r["reason"]])
+        w.writerow(["" if r.get(k) is None else r.get(k) for k in REPORT_COLUMNS])
     return out.getvalue()
 
 

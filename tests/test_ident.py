@@ -6,7 +6,6 @@ import ipaddress
 from collections.abc import Callable
 
 from pydhcp.packet import DHCPMessageType
-from test_dhcp4_core import PRL, T, msg, reply
 
 from preprov.dhcp4.leases import LeaseTable, Subnet, default_subnet
 from preprov.dhcp4.server import Dhcp4Policy, Dhcp4Server
@@ -14,6 +13,7 @@ from preprov.events import Dhcp4Answered, FileRefused, FileServed
 from preprov.files.service import FileRequest, fetch
 from preprov.ident import Directory
 from preprov.runtime import Runtime
+from test_dhcp4_core import PRL, T, msg, reply
 
 RULES = [
     {"name": "by-option-60", "match": {"vendor_class": ["Panasonic"]},

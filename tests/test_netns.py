@@ -75,3 +75,54 @@ def test_interfaces_from_the_file_alone_bring_pnp_and_dhcp(lab: Lab, tmp_path: P
             assert f"provisioned through {via}" in r.stdout, r.stdout
     finally:
         assert sp.stop() == 0
+
+
+def test_a_phone_booted_twice_is_judged_on_its_latest_boot(lab: Lab, tmp_path: Path) -> None:
+    """First boot provisioned; a batch made; the second boot fails (the rules changed:
+    none is for its model any more): the API's status and the batch say it failed on
+    this boot, and why."""
+    import signal
+    import time
+
+    cfg = tmp_path / "lab.yaml"
+    cfg.write_text("inventory:\n  new_boot_after: 3\n")
+    srv, phone = lab.host("srv"), lab.host("phone")
+    sp = start_server(tmp_path, "--interface", "eth0", "--config", str(cfg), "--admin-token",
+                      "t0ken", netns=srv.ns, port=8080)  # fmt: skip
+
+    def api(path: str, *curl: str) -> object:
+        r = subprocess.run([*srv.prefix(), "curl", "-sS", "--max-time", "5", *curl,
+                            sp.admin + path], capture_output=True, text=True, check=True)  # fmt: skip
+        return json.loads(r.stdout)
+
+    def boot() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*phone.prefix(), sys.executable, "-m", "preprov", "phone", "--interface", "eth0",
+             "--mac", "00:80:F0:C5:71:EB", "--model", "KX-HDV130", "--timeout", "30"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+
+    try:
+        assert boot().returncode == 0
+        (dev,) = api("/api/status")  # type: ignore[misc]
+        assert (dev["stage"], dev["boots"]) == ("provisioned", 1)
+        batch = api("/api/batches?name=second", "-H", "Authorization: Bearer t0ken",
+                    "--data-binary", "mac\n0080F0C571EB\n")  # fmt: skip
+        cfg.write_text("inventory:\n  new_boot_after: 3\nrules:\n  - name: only-430\n"
+                       "    match: {model: [KX-HDV430]}\n"
+                       "    url: http://${server}:${http_port}/{MODEL}.cfg\n")
+        sp.proc.send_signal(signal.SIGHUP)
+        sp.wait_event("config.reloaded")
+        time.sleep(3.5)  # the quiet spell that makes the next SUBSCRIBE a new boot
+        second = boot()
+        assert second.returncode == 1 and "not provisioned" in second.stderr
+        why = "only-430: model KX-HDV130 matches none of its prefixes"
+        (dev,) = api("/api/status")  # type: ignore[misc]
+        assert dev["boots"] == 2 and dev["stage"] == "seen" and dev["provisioned_at"] is None
+        assert why in dev["last_error"]
+        report = api(f"/api/batches/{batch['id']}")  # type: ignore[index]
+        assert report["provisioned"] == 0  # type: ignore[index]
+        (missing,) = report["missing"]  # type: ignore[index]
+        assert missing["stage"] == "seen" and why in missing["reason"]
+    finally:
+        assert sp.stop() == 0

@@ -142,6 +142,7 @@ class PnpIgnored(DeviceEvent):
     level: ClassVar[str] = "warning"
     reason: str
     suppressed: int = 0  # like refusals from the same source not logged one by one
+    no_rule: bool = False  # a SUBSCRIBE that passed every check but found no rule
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -126,9 +126,12 @@ BOOT_GAP = 30.0  # seconds of quiet before a boot-start event begins a new boot
 def _starts_boot(kind: str, data: dict[str, Any]) -> bool:
     """What a phone sends first when it boots: a DHCPDISCOVER, a SOLICIT, a new
     SUBSCRIBE, or a fetch of a file that is not its own (the pre-provisioning file).
-    Only answered requests: a refused one can be made up by anybody."""
+    Answered requests, and a SUBSCRIBE that passed every check but found no rule (a
+    boot that fails must still be a boot); not one refused for its source or rate."""
     if kind == "pnp.subscribe":
         return not data.get("retransmission")
+    if kind == "pnp.ignored":
+        return bool(data.get("no_rule"))
     if kind == "dhcp4.answered":
         return data.get("request") == "DHCPDISCOVER"
     if kind == "dhcp6.answered":

@@ -273,7 +273,9 @@ class PnpResponder:
         # 7. the rule
         decision = self.policy.rules.decide(facts)
         if decision is None:
-            out.events.append(PnpIgnored(**dev, reason=self.policy.rules.explain(facts)))
+            out.events.append(
+                PnpIgnored(**dev, reason=self.policy.rules.explain(facts), no_rule=True)
+            )
             return
         # 8. answer: 200 OK to the source, then the NOTIFY
         tag = f"{self.rng.getrandbits(64):016x}"

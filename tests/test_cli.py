@@ -50,10 +50,8 @@ def test_check_refuses_a_template_that_breaks_the_format(tmp_path: Path) -> None
     cfg.write_text("files:\n  templates: t\n")
     r = preprov("check", "--config", str(cfg))
     assert r.returncode == 1
-    assert (
-        "Config{MODEL}.cfg (rendered for 0080F0000001 KX-HDV100):4: error: spaces around '='"
-        in r.stdout
-    )
+    assert "Config{MODEL}.cfg:4: error: spaces around '='" in r.stdout
+    assert "(rendered for 0080F0000001 KX-HDV100)" in r.stdout
     assert "1 error(s)" in r.stderr
 
 
@@ -63,7 +61,65 @@ def test_check_reports_a_template_syntax_error(tmp_path: Path) -> None:
     cfg.write_text(f"files:\n  templates: {tmp_path}\n")
     r = preprov("check", "--config", str(cfg))
     assert r.returncode == 1
-    assert "x.cfg: error: template x.cfg:2: template syntax" in r.stdout
+    assert "files.templates: x.cfg:2: template syntax" in r.stderr
+
+
+def test_serve_refuses_to_start_on_what_check_reports(tmp_path: Path) -> None:
+    """A template that does not compile, a rule on a misspelt model: no server starts."""
+    import subprocess
+    import sys
+
+    (tmp_path / "x.cfg").write_text("line one\n{{ broken\n")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"files:\n  templates: {tmp_path}\n")
+    from serverproc import free_port
+
+    serve = [sys.executable, "-m", "preprov", "serve", "--http-port", str(free_port()),
+             "--admin-port", "0",
+             "--state-dir", str(tmp_path / "state"), "--config", str(cfg)]  # fmt: skip
+    r = subprocess.run(serve, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1 and "x.cfg:2: template syntax" in r.stderr
+    (tmp_path / "x.cfg").unlink()
+    cfg.write_text("models: [KX-HDV130]\nrules:\n  - name: typo\n    match: {model: [KX-HVD130]}\n"
+                   "    url: http://${server}:${http_port}/{MODEL}.cfg\n")
+    r = subprocess.run(serve, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1
+    assert f"{cfg}:4: rules[0].match.model: error: 'KX-HVD130' starts none" in r.stderr
+
+
+def test_check_reports_each_mistake_with_file_line_key_and_reason(tmp_path: Path) -> None:
+    t = tmp_path / "t"
+    t.mkdir()
+    for f in BUNDLED_TEMPLATES.iterdir():
+        (t / f.name).write_bytes(f.read_bytes())
+    cfg = tmp_path / "lab.yaml"
+    cfg.write_text(
+        "files:\n  templates: t\n"
+        "models: [KX-HDV130, KX-HDV430]\n"
+        "rules:\n"
+        "  - name: typo\n    match: {model: [KX-HVD130]}\n"
+        "    url: http://${server}:${http_port}/{MODEL}.cfg\n"
+        "  - name: nowhere\n    url: http://${server}:${http_port}/sub/x{MODEL}.xml\n"
+        "  - name: locked\n    url: http://${server}:${http_port}/{MODEL}.cfg\n"
+        "    auth: digest\n"
+    )
+    r = preprov("check", "--config", str(cfg), "-i", "lo")
+    assert r.returncode == 1
+    out = r.stdout
+    assert f"{cfg}:6: rules[0].match.model: error: 'KX-HVD130' starts none" in out
+    assert f"{cfg}:6: rules[0].match.model: warning: DHCP requests carry no model" in out
+    assert (f"{cfg}:9: rules[1].url: error: a KX-HDV130 is sent to /sub/xKX-HDV130.xml, which"
+            " matches no template") in out
+    assert f"{cfg}:12: rules[2].auth: error: auth: digest, but the URL has no user:password" in out
+    assert "3 error(s)" in r.stderr
+    # YAML keys given twice, and a ;-separated variables file
+    cfg.write_text("http:\n  port: 80\n  port: 81\n")
+    r = preprov("check", "--config", str(cfg))
+    assert r.returncode == 1 and f"{cfg}:3: http.port: given twice" in r.stderr
+    (tmp_path / "v.csv").write_text("mac;sip_user\n0080F0000001;1\n")
+    cfg.write_text("files:\n  variables: v.csv\n")
+    r = preprov("check", "--config", str(cfg))
+    assert r.returncode == 1 and "v.csv:1: the header is separated by ';'" in r.stderr
 
 
 def test_render_prints_what_the_phone_receives(tmp_path: Path) -> None:

@@ -203,26 +203,32 @@ def test_basic_and_digest_with_curl(tmp_path: Path, auth: str) -> None:
 
 
 def test_sighup_reloads_and_a_bad_config_keeps_the_old_one(tmp_path: Path) -> None:
+    from preprov.config import BUNDLED_TEMPLATES
+
+    for folder in ("a", "b"):  # the rules' URLs must lead to templates (serve checks)
+        shutil.copytree(BUNDLED_TEMPLATES, tmp_path / "t" / folder)
+    files = f"files:\n  templates: {tmp_path / 't'}\n"
     cfg = tmp_path / "c.yaml"
     cfg.write_text(
-        "rules:\n  - name: first\n    url: http://${server}:${http_port}/a/{MODEL}.cfg\n"
+        files + "rules:\n  - name: first\n    url: http://${server}:${http_port}/a/{MODEL}.cfg\n"
     )
     sp = start_server(tmp_path, "--config", str(cfg))
     try:
-        body = curl("-A", UA, f"{sp.base}/KX-HDV130.cfg").stdout
+        body = curl("-A", UA, f"{sp.base}/a/KX-HDV130.cfg").stdout
         assert f"http://127.0.0.1:{sp.port}/a/Config{{MAC}}.cfg".encode() in body
         cfg.write_text(
-            "rules:\n  - name: second\n    url: http://${server}:${http_port}/b/{MODEL}.cfg\n"
+            files
+            + "rules:\n  - name: second\n    url: http://${server}:${http_port}/b/{MODEL}.cfg\n"
         )
         sp.proc.send_signal(signal.SIGHUP)
         sp.wait_event("config.reloaded")
-        body = curl("-A", UA, f"{sp.base}/KX-HDV130.cfg").stdout
+        body = curl("-A", UA, f"{sp.base}/b/KX-HDV130.cfg").stdout
         assert f"http://127.0.0.1:{sp.port}/b/Config{{MAC}}.cfg".encode() in body
         cfg.write_text("rules:\n  - name: third\n    url: gopher://nope\n")
         sp.proc.send_signal(signal.SIGHUP)
         rejected = sp.wait_event("config.rejected")
         assert "rules[0].url: bad URL: scheme 'gopher'" in str(rejected["reason"])
-        body = curl("-A", UA, f"{sp.base}/KX-HDV130.cfg").stdout
+        body = curl("-A", UA, f"{sp.base}/b/KX-HDV130.cfg").stdout
         assert b"/b/Config{MAC}.cfg" in body
     finally:
         assert sp.stop() == 0
@@ -381,5 +387,30 @@ def test_firmware_is_streamed_with_ranges(tmp_path: Path, templates: Path) -> No
         assert status_of("-r", "40000000-", url) == 416
         tag = next(x.split(b": ", 1)[1] for x in head.split(b"\r\n") if x.startswith(b"ETag"))
         assert status_of("-H", f"If-None-Match: {tag.decode()}", url) == 304
+    finally:
+        assert sp.stop() == 0
+
+
+def test_an_edit_that_does_not_compile_is_kept_out(tmp_path: Path) -> None:
+    """Phones keep the last good version, and a template.rejected event says why."""
+    import time
+
+    t = tmp_path / "t"
+    t.mkdir()
+    (t / "hello.txt").write_text("hello {{ MODEL }}\n")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"files:\n  templates: {t}\nrules:\n  - name: hello\n"
+                   "    url: http://${server}:${http_port}/hello.txt\n")
+    sp = start_server(tmp_path, "--config", str(cfg))
+    try:
+        assert curl("-A", UA, f"{sp.base}/hello.txt").stdout == b"hello KX-HDV130\n"
+        time.sleep(0.05)
+        (t / "hello.txt").write_text("hello {{ MODEL\n")
+        time.sleep(1.2)  # edits are picked up within a second
+        r = curl("-A", UA, "-w", "%{http_code}", f"{sp.base}/hello.txt")
+        assert r.stdout == b"hello KX-HDV130\n200"
+        ev = sp.wait_event("template.rejected")
+        assert "hello.txt:1: template syntax" in str(ev["reason"])
+        assert "the last good version is" in str(ev["reason"])
     finally:
         assert sp.stop() == 0

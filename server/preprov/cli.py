@@ -13,7 +13,6 @@ import click
 import uvloop
 
 from .config import Config, ConfigError, build_config, load_config
-from .files.lint import lint
 from .files.service import FileRequest, fetch, whole_body
 from .inventory.store import SchemaTooNew, SQLiteStore
 from .macros import expand_macros, normalize_mac
@@ -172,36 +171,24 @@ def init(folder: str) -> None:
 def check(
     config: str | None, interface: tuple[str, ...], mac: str | None, model: str | None
 ) -> None:
-    """Validate the configuration, render every template for a sample device and lint
-    the Panasonic files. Exit 0 when nothing is wrong, 1 otherwise."""
+    """Validate the configuration, print what `serve` would run, render every template for
+    every device and model, lint the Panasonic files, check every rule's URL, models and
+    credentials. `serve` refuses to start on the same errors. Exit 0 when there is no
+    error, 1 otherwise."""
+    from .checks import find_problems
+
     rt = _runtime(config, _overrides(interface=interface))
-    mac, model = _sample_facts(rt, mac, model)
-    fwver = rt.config.fwver_sample
-    errors = 0
-    ua = f"Panasonic_{model}/{fwver} ({mac.lower()})"
     click.echo(f"configuration: {config or '(built-in defaults)'}: valid")
     for line in plan(rt):
         click.echo(line)
     click.echo(f"templates: {rt.templates.root} ({len(rt.templates.entries)} files)")
     for s in rt.templates.skipped:
         click.echo(f"{s.name}: warning: {s.reason}")
-    for entry in rt.templates.entries:
-        path = _path_for(rt, mac, model, fwver, entry.name)
-        ans = fetch(rt, FileRequest("check", None, "/" + path, user_agent=ua), trusted=True)
-        if ans.status != 200:
-            errors += 1
-            click.echo(f"{entry.name}: error: {ans.body.decode().strip()}")
-            continue
-        if not entry.panasonic:
-            continue
-        for f in lint(ans.body):
-            errors += f.severity == "error"
-            click.echo(f.render(f"{entry.name} (rendered for {mac} {model})"))
-    for rule in rt.config.rules[:-1]:
-        if rule.match.empty:
-            click.echo(
-                f"rules.{rule.name}: warning: matches every device, so later rules never apply"
-            )
+    # --mac, --model: a device and a model checked besides those of the configuration
+    problems = find_problems(rt, [normalize_mac(mac)] if mac else [], [model] if model else [])
+    for p in problems:
+        click.echo(p.render())
+    errors = sum(p.severity == "error" for p in problems)
     if errors:
         _fail(f"{errors} error(s)", 1)
     click.echo("ok")

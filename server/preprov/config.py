@@ -520,6 +520,24 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
             server["state_dir"] = str(base / v)
 
 
+def duplicate_keys(node: yaml.Node | None, at: tuple[str | int, ...] = ()) -> list[tuple[str, int]]:
+    """Keys given twice in one mapping, with the line of the second: YAML loaders keep the
+    last one silently, so a setting written twice would be half ignored."""
+    out: list[tuple[str, int]] = []
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for k, v in node.value:
+            name = str(k.value)
+            if name in seen:
+                out.append((key_path((*at, name)), k.start_mark.line + 1))
+            seen.add(name)
+            out += duplicate_keys(v, (*at, name))
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            out += duplicate_keys(v, (*at, i))
+    return out
+
+
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
     """Load and validate a YAML file; overrides (from flags) are merged on top."""
     p = Path(path)
@@ -539,6 +557,10 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
         raise ConfigError(
             name, [("", f"not valid YAML: {getattr(e, 'problem', e)}", line)]
         ) from None
+    dup = duplicate_keys(root)
+    if dup:
+        raise ConfigError(name, [(k, "given twice (the second would win silently)", line)
+                                 for k, line in dup])  # fmt: skip
     if data is None:
         data = {}
     if not isinstance(data, dict):

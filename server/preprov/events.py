@@ -314,6 +314,15 @@ class ConfigReloaded(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
+class TemplateRejected(Event):
+    """An edited template that does not compile: the last good version stays served."""
+
+    kind: ClassVar[str] = "template.rejected"
+    level: ClassVar[str] = "error"
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True)
 class ConfigRejected(Event):
     kind: ClassVar[str] = "config.rejected"
     level: ClassVar[str] = "error"

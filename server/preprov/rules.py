@@ -82,10 +82,10 @@ class RuleSet:
         # What other channels said about a device (ident.Directory.known): set by the
         # server on each runtime's rule sets; the request's own facts come first.
         self.known: Callable[[str | None], DeviceFacts] = lambda _mac: NO_FACTS
-        self._decisions = []
+        self.decisions = []
         for rule in self.rules:
             url = fill_placeholders(rule.url, dict(placeholders))
-            self._decisions.append(
+            self.decisions.append(
                 Decision(
                     rule=rule.name,
                     url=url,
@@ -100,7 +100,7 @@ class RuleSet:
 
     def decide(self, facts: DeviceFacts) -> Decision | None:
         facts = self.complete(facts)
-        for rule, decision in zip(self.rules, self._decisions, strict=True):
+        for rule, decision in zip(self.rules, self.decisions, strict=True):
             if why_not(rule, facts) is None:
                 return decision
         return None

@@ -120,6 +120,9 @@ def build_runtime(config: Config, config_file: str | None, secret: bytes | None 
         templates = TemplateSet(config.files.templates, config.files.panasonic, config.files.raw)
     except FileNotFoundError as e:
         raise SetupError(f"files.templates: {e}") from None
+    broken = templates.compile_all()
+    if broken:
+        raise SetupError("files.templates: " + "; ".join(broken))
     variables: DeviceVariables = {}
     if config.files.variables is not None:
         try:

@@ -15,6 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
+from .checks import ChecksFailed, errors, find_problems
 from .config import Allow, Config, ConfigError
 from .dhcp4.leases import Lease, LeaseTable, Subnet, default_subnet
 from .dhcp4.server import Dhcp4Policy, Dhcp4Server
@@ -28,6 +29,7 @@ from .events import (
     EventBus,
     ServerStarted,
     ServerStopping,
+    TemplateRejected,
 )
 from .ident import Directory
 from .inventory.store import Budget, Recorder, SQLiteStore
@@ -272,6 +274,7 @@ class Server:
         self.log = LogSink()
         self.listening: list[str] = []
         self.services: list[str] = []
+        self.warnings: list[str] = []  # what `check` warns of in the configuration
         self.started = time.time()
         self._stop = asyncio.Event()
         self._trim: Callable[[], object] | None = None
@@ -295,8 +298,13 @@ class Server:
     def _runtime(self, config: Config, file: str | None) -> Runtime:
         """A runtime whose rules complete a request's facts with the device's record."""
         rt = build_runtime(config, file)
+        problems = find_problems(rt)  # what `preprov check` reports
+        if errors(problems):
+            raise ChecksFailed(errors(problems))
+        self.warnings = [p.render() for p in problems]
         for site in rt.sites:
             site.rules.known = site.rules6.known = self.directory.known
+        rt.templates.on_problem = lambda why: self.bus.emit(TemplateRejected(reason=why))
         return rt
 
     async def start(self) -> None:
@@ -414,7 +422,7 @@ class Server:
                 templates=str(rt.templates.root),
                 state_dir=str(Path(state).resolve()),
                 config=file,
-                notes=tuple(notes),
+                notes=(*notes, *self.warnings),
             )
         )
         await self.bus.settled()
@@ -494,6 +502,9 @@ class Server:
             self.bus.emit(ConfigRejected(config=old.config_file, reason=str(e)))
             return [{"file": e.file, "line": line, "key": key, "reason": reason}
                     for key, reason, line in e.problems]  # fmt: skip
+        except ChecksFailed as e:
+            self.bus.emit(ConfigRejected(config=old.config_file, reason=str(e)))
+            return [p.as_dict() for p in e.problems]
         except SetupError as e:
             self.bus.emit(ConfigRejected(config=old.config_file, reason=str(e)))
             key, _, reason = str(e).partition(": ")
@@ -520,7 +531,7 @@ class Server:
         for t in self.tftp:
             old_tftp = t.core.policy
             t.core.policy = tftp_policy(rt, t.iface, old_tftp.slots, old_tftp)
-        self.bus.emit(ConfigReloaded(config=file, notes=tuple(notes)))
+        self.bus.emit(ConfigReloaded(config=file, notes=(*notes, *self.warnings)))
         return []
 
     def request_stop(self, signame: str) -> None:

@@ -150,7 +150,20 @@ class TemplateSet:
             keep_trailing_newline=True,
         )
         self._cache: OrderedDict[Hashable, bytes] = OrderedDict()
+        # told of an edit that did not compile (the last good version stays served)
+        self.on_problem: Callable[[str], None] = lambda _reason: None
         self._index()
+
+    def compile_all(self) -> list[str]:
+        """Load and compile every template now: the problems, one line each (empty when
+        all are good). A server refuses to start, or a reload to take, on any."""
+        problems = []
+        for e in self.entries:
+            try:
+                self._load_or_explain(e)
+            except TemplateError as err:
+                problems.append(str(err))
+        return problems
 
     # -- index -----------------------------------------------------------------
 
@@ -236,9 +249,15 @@ class TemplateSet:
             return
         try:
             e.compiled = self.env.from_string(data.decode("utf-8"))
-        except jinja2.TemplateSyntaxError as err:
-            e.compiled = None
-            raise TemplateError(f"{e.name}:{err.lineno}: template syntax: {err.message}") from None
+        except (jinja2.TemplateSyntaxError, UnicodeDecodeError) as err:
+            why = (f"{e.name}:{err.lineno}: template syntax: {err.message}"
+                   if isinstance(err, jinja2.TemplateSyntaxError)
+                   else f"{e.name}: not UTF-8 text: {err}")  # fmt: skip
+            if e.compiled is not None:
+                # an edit that does not compile: phones keep getting the last good one
+                self.on_problem(f"{why} (the edit is not served; the last good version is)")
+                return
+            raise TemplateError(why) from None
 
     def _open(self, e: Entry) -> BinaryIO:
         """The file, opened through a descriptor that cannot have been reached

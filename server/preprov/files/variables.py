@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from ..config import duplicate_keys
 from ..macros import MacError, normalize_mac
 
 DeviceVariables = dict[str, dict[str, str]]
@@ -44,6 +45,9 @@ def _from_csv(name: str, text: str) -> DeviceVariables:
     except StopIteration:
         return {}
     header = [h.strip() for h in header]
+    if len(header) == 1 and ";" in header[0]:
+        raise VariablesError(name, 1, "the header is separated by ';': this file must be "
+                             "comma-separated (save it as CSV with ',')")  # fmt: skip
     if not header or header[0].lower() != "mac":
         raise VariablesError(name, 1, "the first column of the header must be 'mac'")
     out: DeviceVariables = {}
@@ -71,6 +75,9 @@ def _from_yaml(name: str, text: str) -> DeviceVariables:
         ) from None
     if data is None:
         return {}
+    dup = duplicate_keys(root)
+    if dup:
+        raise VariablesError(name, dup[0][1], f"{dup[0][0]}: given twice")
     if not isinstance(data, dict) or not isinstance(root, yaml.MappingNode):
         raise VariablesError(name, 1, "must be a mapping from MAC to variables")
     out: DeviceVariables = {}

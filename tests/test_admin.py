@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import urllib.error
 import urllib.request
@@ -235,3 +236,67 @@ def test_odd_tokens_and_foreign_hosts_are_refused(tmp_path: Path) -> None:
             assert got.startswith(b"HTTP/1.1 200"), ok
     finally:
         assert sp.stop() == 0
+
+
+def test_manifests_in_the_forms_people_have() -> None:
+    from preprov.web.dashboard import ManifestError, parse_manifest
+
+    macs, extra, dup = parse_manifest("serial,mac,model\nS1,00:80:F0:00:00:01,KX-HDV130\n"
+                                      "S2,0080f0000002,KX-HDV230\nS1b,00-80-F0-00-00-01,X\n")  # fmt: skip
+    assert macs == ["0080F0000001", "0080F0000002"] and dup == ["0080F0000001"]
+    assert extra["0080F0000002"] == {"serial": "S2", "model": "KX-HDV230"}
+    assert parse_manifest("MAC;Serial\n0080F0000003;S3\n")[1] == {"0080F0000003": {"Serial": "S3"}}
+    assert parse_manifest("0080F0000004\n00:80:f0:00:00:05\n")[0] == ["0080F0000004",
+                                                                      "0080F0000005"]  # fmt: skip
+    assert parse_manifest('[{"mac": "0080F0000006", "serial": "S6"}, "0080F0000007"]')[0] == [
+        "0080F0000006", "0080F0000007"]  # fmt: skip
+    for bad, why in (("mac\nnot-a-mac\n", "not MACs: not-a-mac"), ("mac\n", "no MAC"),
+                     ("[1, 2]", "neither a MAC")):  # fmt: skip
+        try:
+            parse_manifest(bad)
+            raise AssertionError(f"{bad!r} accepted")
+        except ManifestError as e:
+            assert why in str(e)
+
+
+def test_batches_renamed_deleted_devices_forgotten_inventory_exported(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    sp = start_server(tmp_path, "--admin-token", "tok")
+    try:
+        assert fetch_as_phone(sp, "/Config0080F0C571EB.cfg") == 200
+        req = urllib.request.Request(
+            sp.admin + "/api/batches?name=one", method="POST", headers={
+                "Authorization": "Bearer tok"},
+            data=b"serial,mac\nS1,0080F0C571EB\nS2,0080F0C571EB\nS3,0080F0000009\n")  # fmt: skip
+        with urllib.request.urlopen(req, timeout=5) as r:
+            made = json.loads(r.read())
+        assert made["expected"] == 2 and made["duplicates"] == ["0080F0C571EB"]
+        bid = made["id"]
+        assert call(f"{sp.admin}/api/batches/{bid}", "PATCH", {"name": "two"})[0] == 401
+        assert call(f"{sp.admin}/api/batches/{bid}", "PATCH", {"name": "two"}, "tok")[0] == 200
+        report = json.loads(call(f"{sp.admin}/api/batches/{bid}")[1])
+        assert report["name"] == "two" and report["devices"][0]["manifest"] == {"serial": "S1"}
+        csv_text = call(f"{sp.admin}/api/batches/{bid}.csv")[1].decode()
+        assert csv_text.splitlines()[0].endswith(",last_error,serial")
+        inv = call(f"{sp.admin}/api/status.csv")[1].decode().splitlines()
+        assert inv[0].startswith("mac,stage,reason,model,fwver,ipv4")
+        assert inv[1].startswith("0080F0C571EB,")
+        assert call(f"{sp.admin}/api/batches/{bid}", "DELETE", token="tok")[0] == 200
+        assert call(f"{sp.admin}/api/batches/{bid}")[0] == 404
+        assert call(f"{sp.admin}/api/devices/0080F0C571EB", "DELETE", token="tok")[0] == 200
+        assert call(f"{sp.admin}/api/devices/0080F0C571EB")[0] == 404
+        assert call(f"{sp.admin}/api/devices/0080F0C571EB/events")[1] == b"[]"
+        assert fetch_as_phone(sp, "/KX-HDV130.cfg") == 200  # it comes back when it asks again
+    finally:
+        assert sp.stop() == 0
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"server:\n  state_dir: {sp.state_dir}\n")
+    out = subprocess.run([sys.executable, "-m", "preprov", "inventory", "--config", str(cfg),
+                          "--csv", "--stage", "fetching"], capture_output=True, text=True,
+                         check=True).stdout.splitlines()  # fmt: skip
+    assert out[0].startswith("mac,stage") and out[1].startswith("0080F0C571EB,fetching")
+    table = subprocess.run([sys.executable, "-m", "preprov", "inventory", "--state-dir",
+                            str(sp.state_dir)], capture_output=True, text=True, check=True).stdout  # fmt: skip
+    assert re.search(r"0080F0C571EB .* fetching +\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", table)

@@ -365,11 +365,28 @@ def demo(phones: int) -> None:
 
 
 @main.command()
+@config_option
 @state_option
 @click.option("--events", "events_of", help="print the event log of this MAC instead")
+@click.option("--stage", type=click.Choice(["seen", "url-sent", "fetching", "provisioned",
+                                            "failed"]),
+              help="only the devices at this stage of their current boot (failed: an error "
+                   "and not provisioned)")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="JSON instead of a table")
-def inventory(state_dir: str | None, events_of: str | None, as_json: bool) -> None:
-    """Show the devices the server has seen, or one device's events."""
+@click.option("--csv", "as_csv", is_flag=True, help="CSV, the columns of the batch reports")
+def inventory(
+    config: str | None, state_dir: str | None, events_of: str | None, stage: str | None,
+    as_json: bool, as_csv: bool,
+) -> None:  # fmt: skip
+    """Show the devices the server has seen, each on its current boot, or one device's
+    events. Times are ISO 8601, UTC. --config: the state directory of that file."""
+    from .web.dashboard import inventory_csv, iso
+
+    if state_dir is None and config is not None:
+        try:
+            state_dir = str(load_config(config).server.state_dir)
+        except ConfigError as e:
+            _fail(f"preprov: configuration refused\n{e}", 1)
     path = Path(state_dir or "state") / "preprov.db"
     if not path.exists():
         _fail(f"no inventory at {path} (start the server first, or pass --state-dir)", 1)
@@ -381,22 +398,36 @@ def inventory(state_dir: str | None, events_of: str | None, as_json: bool) -> No
     try:
         if events_of:
             evs = store.events(normalize_mac(events_of), limit=1000)
+            for ev in evs:
+                ev["time"] = iso(ev["ts"])
             if as_json:
                 click.echo(json.dumps(evs, indent=2))
-            for e in [] if as_json else evs:
-                t = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["ts"]))
-                rest = {k: v for k, v in e.items() if k not in ("id", "ts", "kind", "mac") and v}
-                click.echo(f"{t} {e['kind']:<14} {json.dumps(rest)}")
+            for ev in [] if as_json else evs:
+                rest = {k: v for k, v in ev.items()
+                        if k not in ("id", "ts", "time", "kind", "mac") and v}  # fmt: skip
+                click.echo(f"{ev['time']} {ev['kind']:<14} {json.dumps(rest)}")
             return
-        devs = store.devices()
+        rows = store.reads.status()
+        if stage == "failed":
+            rows = [r for r in rows if r["last_error"] and r["stage"] != "provisioned"]
+        elif stage:
+            rows = [r for r in rows if r["stage"] == stage]
+        if as_csv:
+            click.echo(inventory_csv(rows), nl=False)
+            return
+        for r in rows:
+            for k in ("first_seen", "last_seen", "boot_started", "provisioned_at"):
+                r[k] = iso(r[k])
         if as_json:
-            click.echo(json.dumps([d.__dict__ for d in devs], indent=2))
+            click.echo(json.dumps(rows, indent=2))
             return
-        click.echo(f"{'MAC':<13} {'MODEL':<12} {'FW':<8} {'IP':<16} {'LAST EVENT':<14} LAST ERROR")
-        for d in devs:
+        click.echo(f"{'MAC':<13} {'MODEL':<12} {'FW':<8} {'IP':<16} {'STAGE':<12} "
+                   f"{'BOOT STARTED':<21} LAST ERROR")  # fmt: skip
+        for r in rows:
             click.echo(
-                f"{d.mac:<13} {d.model or '-':<12} {d.fwver or '-':<8} "
-                f"{d.ipv4 or d.ipv6 or '-':<16} {d.last_event or '-':<14} {d.last_error or ''}"
+                f"{r['mac']:<13} {r['model'] or '-':<12} {r['fwver'] or '-':<8} "
+                f"{r['ipv4'] or r['ipv6'] or '-':<16} {r['stage']:<12} "
+                f"{r['boot_started'] or '-':<21} {r['last_error'] or ''}"
             )
     finally:
         store.close()

@@ -105,9 +105,15 @@ def _v3(db: sqlite3.Connection) -> None:
                " provisioned_at = CASE WHEN stage >= 3 THEN last_seen END")  # fmt: skip
 
 
+def _v4(db: sqlite3.Connection) -> None:
+    """A manifest's other columns (serial, model, ...) per MAC, shown in its report."""
+    db.execute("ALTER TABLE batches ADD COLUMN extra TEXT NOT NULL DEFAULT '{}'")
+
+
 # (version, migration): applied in order at start, each in its own transaction;
 # PRAGMA user_version holds the version reached.
-MIGRATIONS: list[tuple[int, Callable[[sqlite3.Connection], None]]] = [(2, _v2), (3, _v3)]
+MIGRATIONS: list[tuple[int, Callable[[sqlite3.Connection], None]]] = [
+    (2, _v2), (3, _v3), (4, _v4)]  # fmt: skip
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 
@@ -271,7 +277,12 @@ class Budget:
 class Store(Protocol):
     def write(self, events: Sequence[Event]) -> None: ...
     def leases(self) -> list[dict[str, Any]]: ...
-    def add_batch(self, name: str, macs: list[str], now: float) -> int: ...
+    def add_batch(
+        self, name: str, macs: list[str], now: float, extra: dict[str, dict[str, str]] | None = None
+    ) -> int: ...
+    def rename_batch(self, bid: int, name: str) -> bool: ...
+    def delete_batch(self, bid: int) -> bool: ...
+    def forget_device(self, mac: str) -> bool: ...
     def batches(self) -> list[dict[str, Any]]: ...
     def add_device(self, mac: str, now: float) -> None: ...
     def registered(self) -> set[str]: ...
@@ -378,8 +389,11 @@ class Reads:
         return {"ipv4": got.get(0, 0), "ipv6": got.get(1, 0)}
 
     def batches(self) -> list[dict[str, Any]]:
-        rows = self.db.execute("SELECT id, name, created, macs FROM batches ORDER BY id").fetchall()
-        return [{"id": i, "name": n, "created": c, "macs": orjson.loads(m)} for i, n, c, m in rows]
+        rows = self.db.execute(
+            "SELECT id, name, created, macs, extra FROM batches ORDER BY id"
+        ).fetchall()
+        return [{"id": i, "name": n, "created": c, "macs": orjson.loads(m),
+                 "extra": orjson.loads(x)} for i, n, c, m, x in rows]  # fmt: skip
 
     def size(self) -> dict[str, int]:
         """Bytes used in the database (free pages not counted), and of the WAL."""
@@ -689,12 +703,27 @@ class SQLiteStore:
                     raise
                 time.sleep(0.001)
 
-    def add_batch(self, name: str, macs: list[str], now: float) -> int:
+    def add_batch(
+        self, name: str, macs: list[str], now: float, extra: dict[str, dict[str, str]] | None = None
+    ) -> int:
         cur = self._execute(
-            "INSERT INTO batches (name, created, macs) VALUES (?, ?, ?)",
-            (name, now, orjson.dumps(macs).decode()),
+            "INSERT INTO batches (name, created, macs, extra) VALUES (?, ?, ?, ?)",
+            (name, now, orjson.dumps(macs).decode(), orjson.dumps(extra or {}).decode()),
         )
         return int(cur.lastrowid or 0)
+
+    def rename_batch(self, bid: int, name: str) -> bool:
+        return self._execute("UPDATE batches SET name = ? WHERE id = ?", (name, bid)).rowcount > 0
+
+    def delete_batch(self, bid: int) -> bool:
+        return self._execute("DELETE FROM batches WHERE id = ?", (bid,)).rowcount > 0
+
+    def forget_device(self, mac: str) -> bool:
+        """The device and its events, as if never seen (its leases stay: the address is
+        still held). It shows up again when it next sends something."""
+        self._written.pop(mac, None)
+        self._execute("DELETE FROM events WHERE mac = ?", (mac,))
+        return self._execute("DELETE FROM devices WHERE mac = ?", (mac,)).rowcount > 0
 
     def add_device(self, mac: str, now: float) -> None:
         self._changed += 1

@@ -9,9 +9,7 @@ Reading is open; changing anything needs `Authorization: Bearer <admin.token>`
 from __future__ import annotations
 
 import asyncio
-import csv
 import hmac
-import io
 import ipaddress
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -32,7 +30,15 @@ from prometheus_client import (
 from ..events import Event, PnpNotifyAcked, is_refusal
 from ..inventory.store import Reads
 from ..macros import MacError, normalize_mac
-from .dashboard import PAGE, Stream, batch_report, report_csv
+from .dashboard import (
+    PAGE,
+    ManifestError,
+    Stream,
+    batch_report,
+    inventory_csv,
+    parse_manifest,
+    report_csv,
+)
 
 if TYPE_CHECKING:
     from ..server import Server
@@ -285,27 +291,60 @@ def make_admin_app(server: Server, metrics: Metrics, stream: Stream) -> web.Appl
     async def add_batch(request: web.Request) -> web.Response:
         text = await request.text()
         name = request.query.get("name") or f"batch {time.strftime('%Y-%m-%d %H:%M')}"
-        macs, bad = [], []
-        for row in csv.reader(io.StringIO(text)):
-            cell = row[0].strip() if row else ""
-            if not cell or cell.lower() == "mac":
-                continue
-            try:
-                macs.append(normalize_mac(cell))
-            except MacError:
-                bad.append(cell)
-        if bad or not macs:
-            why = f"not MACs: {', '.join(bad[:5])}" if bad else "no MAC in the manifest"
-            return web.json_response({"error": why}, status=400)
-        bid = store().add_batch(name, macs, time.time())
-        return web.json_response({"id": bid, "name": name, "expected": len(macs)})
+        try:
+            macs, extra, duplicates = parse_manifest(text)
+        except ManifestError as e:
+            return web.json_response({"error": str(e)}, status=400)
+        bid = store().add_batch(name, macs, time.time(), extra)
+        return web.json_response({"id": bid, "name": name, "expected": len(macs),
+                                  "duplicates": duplicates})  # fmt: skip
+
+    def report_of(r: Reads, b: dict[str, Any]) -> dict[str, Any]:
+        return batch_report(b["name"], b["macs"], r.status(macs=b["macs"]), b["created"],
+                            b["extra"]) | {"id": b["id"]}  # fmt: skip
 
     async def batches_view(_: web.Request) -> web.Response:
         return await read_json(lambda r: [
-            {k: v for k, v in batch_report(b["name"], b["macs"], r.status(macs=b["macs"]),
-                                    b["created"]).items()
-             if k != "devices"} | {"id": b["id"]} for b in r.batches()
+            {k: v for k, v in report_of(r, b).items() if k != "devices"} for b in r.batches()
         ])  # fmt: skip
+
+    def batch_id(request: web.Request) -> int | None:
+        try:
+            return int(request.match_info["id"])
+        except ValueError:
+            return None
+
+    async def change_batch(request: web.Request) -> web.Response:
+        bid = batch_id(request)
+        try:
+            name = str((await request.json())["name"]).strip()
+        except (ValueError, KeyError, TypeError):
+            return web.json_response({"error": 'expected {"name": "..."}'}, status=400)
+        if bid is None or not name or not store().rename_batch(bid, name):
+            return web.json_response({"error": f"no batch {request.match_info['id']}"},
+                                     status=404 if name else 400)  # fmt: skip
+        return web.json_response({"id": bid, "name": name})
+
+    async def delete_batch(request: web.Request) -> web.Response:
+        bid = batch_id(request)
+        if bid is None or not store().delete_batch(bid):
+            return web.json_response({"error": f"no batch {request.match_info['id']}"}, status=404)
+        return web.json_response({"deleted": bid})
+
+    async def forget_device(request: web.Request) -> web.Response:
+        try:
+            mac = normalize_mac(request.match_info["mac"])
+        except MacError as e:
+            return web.json_response({"error": str(e)}, status=400)
+        if not store().forget_device(mac):
+            return web.json_response({"error": f"no device {mac}"}, status=404)
+        return web.json_response({"forgotten": mac})
+
+    async def inventory_export(_: web.Request) -> web.Response:
+        rows = await store().read(lambda r: r.status())
+        return web.Response(text=inventory_csv(rows), content_type="text/csv",
+                            headers={"Content-Disposition":
+                                     'attachment; filename="inventory.csv"'})  # fmt: skip
 
     async def batch_view(request: web.Request) -> web.StreamResponse:
         raw = request.match_info["id"]
@@ -314,10 +353,7 @@ def make_admin_app(server: Server, metrics: Metrics, stream: Stream) -> web.Appl
 
         def query(r: Reads) -> dict[str, Any] | None:
             b = next((b for b in r.batches() if str(b["id"]) == bid), None)
-            return (
-                None if b is None
-                else batch_report(b["name"], b["macs"], r.status(macs=b["macs"]), b["created"])
-            )
+            return None if b is None else report_of(r, b)
 
         report = await store().read(query)
         if report is None:
@@ -357,6 +393,10 @@ def make_admin_app(server: Server, metrics: Metrics, stream: Stream) -> web.Appl
     app.router.add_get("/api/batches", batches_view)
     app.router.add_post("/api/batches", guarded(add_batch))
     app.router.add_get("/api/batches/{id}", batch_view)
+    app.router.add_patch("/api/batches/{id}", guarded(change_batch))
+    app.router.add_delete("/api/batches/{id}", guarded(delete_batch))
+    app.router.add_delete("/api/devices/{mac}", guarded(forget_device))
+    app.router.add_get("/api/status.csv", inventory_export)
     app.router.add_get("/api/devices", devices)
     app.router.add_get("/api/devices/{mac}", device)
     app.router.add_get("/api/devices/{mac}/events", device_events)
@@ -465,9 +505,15 @@ OPENAPI: dict[str, Any] = {
             "post": _op("Register MACs (served with auto-add off): {\"macs\": [...]}",
                         "registered", guarded=True, errors={"400": "not MACs"}),
         },
-        "/api/devices/{mac}": {"get": _op("One device", "device", _ref("Device"),
-                                          params=(("mac", "path", "string"),),
-                                          errors={"400": "not a MAC", "404": "unknown"})},
+        "/api/devices/{mac}": {
+            "get": _op("One device", "device", _ref("Device"),
+                       params=(("mac", "path", "string"),),
+                       errors={"400": "not a MAC", "404": "unknown"}),
+            "delete": _op("Forget a device and its events (its leases stay)", "forgotten",
+                          _obj(forgotten="string"), guarded=True,
+                          params=(("mac", "path", "string"),),
+                          errors={"400": "not a MAC", "404": "unknown"}),
+        },
         "/api/devices/{mac}/events": {"get": _op(
             "A device's timeline, newest first", "events", _list("Event"),
             params=(("mac", "path", "string"), ("limit", "query", "integer"),
@@ -489,13 +535,25 @@ OPENAPI: dict[str, Any] = {
         "/api/batches": {
             "get": _op("Batches with N of M provisioned and what is missing", "list",
                        _list("Batch")),
-            "post": _op("Upload a manifest (CSV, a MAC per line); ?name=", "created",
-                        _obj(id="integer", name="string", expected="integer"), guarded=True,
+            "post": _op("Upload a manifest: CSV with a mac column anywhere (other columns "
+                        "kept), a MAC per line, or JSON; ?name=", "created",
+                        _obj({"duplicates": {"type": "array", "items": {"type": "string"}}},
+                             id="integer", name="string", expected="integer"), guarded=True,
                         params=(("name", "query", "string"),), errors={"400": "not MACs"}),
         },
-        "/api/batches/{id}": {"get": _op("A batch's report; {id}.csv for CSV", "report",
-                                         _ref("Batch"), params=(("id", "path", "string"),),
-                                         errors={"404": "unknown"})},
+        "/api/batches/{id}": {
+            "get": _op("A batch's report; {id}.csv for CSV", "report", _ref("Batch"),
+                       params=(("id", "path", "string"),), errors={"404": "unknown"}),
+            "patch": _op('Rename a batch: {"name": "..."}', "renamed", _obj(id="integer",
+                         name="string"), guarded=True, params=(("id", "path", "string"),),
+                         errors={"400": "no name", "404": "unknown"}),
+            "delete": _op("Delete a batch (not its devices)", "deleted", _obj(deleted="integer"),
+                          guarded=True, params=(("id", "path", "string"),),
+                          errors={"404": "unknown"}),
+        },
+        "/api/status.csv": {"get": _op(
+            "Every device on its current boot, as CSV (the batch report's columns)", "CSV",
+            {"type": "string"}, ctype="text/csv")},
         "/api/openapi.json": {"get": _op("This document", "OpenAPI 3", {"type": "object"})},
         "/api/ca.crt": {"get": _op("The lab CA certificate phones must trust for HTTPS",
                                    "certificate", {"type": "string"},

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..events import DeviceEvent, Event
+from ..macros import try_mac
 
 PAGE = Path(__file__).with_name("dashboard.html")
 
@@ -32,8 +33,70 @@ REPORT_COLUMNS = ("mac", "stage", "reason", "model", "fwver", "ipv4", "ipv6", "p
                   "files", "boots", "boot_started", "provisioned_at", "last_error")  # fmt: skip
 
 
+class ManifestError(ValueError):
+    pass
+
+
+def parse_manifest(text: str) -> tuple[list[str], dict[str, dict[str, str]], list[str]]:
+    """The MACs of a shipping manifest, its other columns per MAC, and the MACs listed
+    more than once (kept once). CSV (comma, semicolon or tab) with a `mac` column
+    anywhere, the other columns kept (serial, model, ...); or a MAC per line; or JSON: a
+    list of MACs, or of objects with a "mac" key. Any MAC notation."""
+    rows: list[dict[str, str]] = []
+    stripped = text.strip()
+    if stripped.startswith(("[", "{")):
+        try:
+            data = json.loads(stripped)
+        except ValueError as e:
+            raise ManifestError(f"not valid JSON: {e}") from None
+        items = data.get("macs", data.get("devices")) if isinstance(data, dict) else data
+        if not isinstance(items, list):
+            raise ManifestError('JSON: expected a list of MACs, or of objects with "mac"')
+        for item in items:
+            if isinstance(item, dict) and "mac" in item:
+                rows.append({str(k): "" if v is None else str(v) for k, v in item.items()})
+            elif isinstance(item, str):
+                rows.append({"mac": item})
+            else:
+                raise ManifestError(f'JSON: {str(item)[:40]!r} is neither a MAC nor has "mac"')
+    else:
+        lines = [ln for ln in stripped.splitlines() if ln.strip()]
+        delimiter = max(",;\t", key=lambda d: lines[0].count(d)) if lines else ","
+        table = list(csv.reader(lines, delimiter=delimiter))
+        header = [h.strip().lower() for h in table[0]] if table else []
+        if "mac" in header:
+            names = [h.strip() for h in table[0]]
+            rows = [{names[i].lower() if i == header.index("mac") else names[i]: c.strip()
+                     for i, c in enumerate(r) if i < len(names)} for r in table[1:]]  # fmt: skip
+        else:  # no header: a MAC per line, in the first column that holds one
+            for r in table:
+                cells = [c.strip() for c in r]
+                rows.append({"mac": next((c for c in cells if try_mac(c)), cells[0])})
+    macs: list[str] = []
+    extra: dict[str, dict[str, str]] = {}
+    bad, dup = [], []
+    for row in rows:
+        cell = row.get("mac", "").strip()
+        if not cell:
+            continue
+        mac = try_mac(cell)
+        if mac is None:
+            bad.append(cell)
+        elif mac in extra:
+            dup.append(mac)
+        else:
+            macs.append(mac)
+            extra[mac] = {k: v for k, v in row.items() if k != "mac" and v}
+    if bad:
+        raise ManifestError(f"not MACs: {', '.join(bad[:5])}" + (" ..." if len(bad) > 5 else ""))
+    if not macs:
+        raise ManifestError("no MAC in the manifest")
+    return macs, {m: x for m, x in extra.items() if x}, dup
+
+
 def batch_report(
-    name: str, expected: list[str], status: list[dict[str, Any]], created: float = 0.0
+    name: str, expected: list[str], status: list[dict[str, Any]], created: float = 0.0,
+    extra: dict[str, dict[str, str]] | None = None,
 ) -> dict[str, Any]:
     """Each expected MAC on its current boot. A phone counts as provisioned for the batch
     only on a boot that began after the batch was created: one provisioned before
@@ -57,6 +120,8 @@ def batch_report(
         row["boot_started"], row["provisioned_at"] = iso(s["boot_started"]), iso(
             s["provisioned_at"])  # fmt: skip
         rows.append(row)
+    for row in rows:  # the manifest's own columns (serial, model, ...)
+        row["manifest"] = (extra or {}).get(row["mac"], {})
     done = sum(1 for r in rows if r["stage"] == "provisioned")
     return {
         "name": name,
@@ -69,12 +134,21 @@ def batch_report(
 
 
 def report_csv(report: dict[str, Any]) -> str:
+    """The report as CSV: REPORT_COLUMNS, then the manifest's own columns."""
     out = io.StringIO()
     w = csv.writer(out)
-    w.writerow(REPORT_COLUMNS)
+    own = list(dict.fromkeys(k for r in report["devices"] for k in r.get("manifest", {})))
+    w.writerow([*REPORT_COLUMNS, *own])
     for r in report["devices"]:
-        w.writerow(["" if r.get(k) is None else r.get(k) for k in REPORT_COLUMNS])
+        m = r.get("manifest", {})
+        w.writerow(["" if r.get(k) is None else r.get(k) for k in REPORT_COLUMNS]
+                   + [m.get(k, "") for k in own])  # fmt: skip
     return out.getvalue()
+
+
+def inventory_csv(status: list[dict[str, Any]]) -> str:
+    """Every device on its current boot, as the batch reports show one."""
+    return report_csv(batch_report("inventory", [s["mac"] for s in status], status))
 
 
 class Stream:

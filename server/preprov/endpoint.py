@@ -50,6 +50,7 @@ class CoreTimer:
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 _STAMP = struct.Struct("@qq")  # struct timespec
 BATCH = 64  # datagrams read per turn of the loop for one socket: bounded work per turn
+SHED_AFTER = 0.1  # seconds queued: past this, with a full batch, the server is behind
 
 
 def feed_core(
@@ -65,6 +66,24 @@ def feed_core(
         return None
 
 
+# Under a backlog, what of a batch is worth answering (DatagramReader).
+Shed = Callable[[list[tuple[bytes, Addr]]], list[tuple[bytes, Addr]]]
+
+
+def shed_starts(starts: Callable[[bytes], bool]) -> Shed:
+    """Past capacity (requests queued longer than SHED_AFTER) a request that starts an
+    exchange (a DHCPDISCOVER, a SOLICIT) is left unanswered, its client asks again;
+    the others (the REQUESTs that complete exchanges) are answered. Shedding costs
+    next to nothing, so the queue drains to where answers are timely again, and the
+    server completes exchanges at its maximum instead of offering what it cannot bind
+    in time (measured at twice the sustained rate below)."""
+
+    def shed(batch: list[tuple[bytes, Addr]]) -> list[tuple[bytes, Addr]]:
+        return [item for item in batch if not starts(item[0])]
+
+    return shed
+
+
 class DatagramReader:
     """Reads a UDP socket in batches, with the kernel's receive time of each datagram.
 
@@ -77,12 +96,13 @@ class DatagramReader:
 
     def __init__(
         self, sock: socket.socket, received: Callable[[bytes, Addr], None],
-        stale_after: float | None,
+        stale_after: float | None, shed: Shed | None = None,
     ) -> None:  # fmt: skip
         self.sock = sock
         self.received = received
         self.stale_after = stale_after
-        self.stale = 0  # datagrams dropped for their age
+        self.shed = shed
+        self.stale = 0  # datagrams dropped for their age, or shed under a backlog
         if stale_after is not None:
             sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         self._space = socket.CMSG_SPACE(_STAMP.size)
@@ -103,21 +123,32 @@ class DatagramReader:
     def _readable(self) -> None:
         assert self.stale_after is not None
         now = time.time()
+        batch: list[tuple[bytes, Addr]] = []
+        waited = 0.0  # how long the first datagram of the batch was queued
         for _ in range(BATCH):
             try:
                 data, ancillary, _flags, addr = self.sock.recvmsg(65536, self._space)
             except (BlockingIOError, InterruptedError):
-                return
+                break
             except OSError:
                 continue  # an ICMP error queued on the socket: the next datagram
             for level, kind, value in ancillary:
                 if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
                     sec, nsec = _STAMP.unpack_from(value)
-                    if now - (sec + nsec / 1e9) > self.stale_after:
+                    age = now - (sec + nsec / 1e9)
+                    if age > self.stale_after:
                         self.stale += 1
                         break
+                    waited = waited or age
             else:
-                self.received(data, (str(addr[0]), int(addr[1])))
+                batch.append((data, (str(addr[0]), int(addr[1]))))
+        if self.shed is not None and len(batch) == BATCH and waited > SHED_AFTER:
+            # a backlog: a full batch, more waiting, and requests queued for a while
+            kept = self.shed(batch)
+            self.stale += len(batch) - len(kept)
+            batch = kept
+        for data, source in batch:
+            self.received(data, source)
 
     def sendto(self, data: bytes, addr: tuple[Any, ...]) -> None:
         try:
@@ -143,8 +174,9 @@ class DatagramEndpoint:
     def __init__(
         self, iface: Interface, port: int, server: Any, bus: EventBus,
         make_socket: Callable[[Interface, int], socket.socket], durable: tuple[type, ...],
-        channel: str, stale_after: float,
+        channel: str, stale_after: float, shed: Shed | None = None,
     ) -> None:  # fmt: skip
+        self.shed = shed
         self.channel = channel
         self.stale_after = stale_after
         self.iface = iface
@@ -157,7 +189,7 @@ class DatagramEndpoint:
 
     async def start(self) -> None:
         sock = self.make_socket(self.iface, self.port)
-        self._reader = DatagramReader(sock, self.received, self.stale_after)
+        self._reader = DatagramReader(sock, self.received, self.stale_after, self.shed)
 
     @property
     def stale(self) -> int:

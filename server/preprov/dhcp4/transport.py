@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import socket
 
-from ..endpoint import DatagramEndpoint
+from ..endpoint import DatagramEndpoint, shed_starts
 from ..events import Dhcp4Lease, EventBus
 from ..net import Interface, udp_socket
 from .server import CHANNEL, Dhcp4Server
@@ -27,8 +27,13 @@ def dhcp_socket(iface: Interface, port: int) -> socket.socket:
 STALE_AFTER = 4.0
 
 
+# option 53, length 1, DHCPDISCOVER: starts an exchange
+shed_discovers = shed_starts(lambda d: b"\x35\x01\x01" in d[240:])
+
+
 class Dhcp4Endpoint(DatagramEndpoint):
     server: Dhcp4Server
 
     def __init__(self, iface: Interface, port: int, server: Dhcp4Server, bus: EventBus) -> None:
-        super().__init__(iface, port, server, bus, dhcp_socket, (Dhcp4Lease,), CHANNEL, STALE_AFTER)
+        super().__init__(iface, port, server, bus, dhcp_socket, (Dhcp4Lease,), CHANNEL,
+                         STALE_AFTER, shed_discovers)  # fmt: skip

@@ -10,8 +10,9 @@ leaves once its leases are committed.
 from __future__ import annotations
 
 import socket
+import struct
 
-from ..endpoint import DatagramEndpoint
+from ..endpoint import DatagramEndpoint, shed_starts
 from ..events import Dhcp6Lease, EventBus
 from ..net import Interface, join6, udp_socket
 from .server import CHANNEL, Dhcp6Server
@@ -28,10 +29,34 @@ def dhcp6_socket(iface: Interface, port: int) -> socket.socket:
 STALE_AFTER = 1.0
 
 
+_OPTION_HEAD = struct.Struct("!HH")  # option code, option length
+
+
+def message_type(data: bytes, depth: int = 0) -> int:
+    """The client's message type, through RELAY-FORW wrappers (RFC 8415 §9: the relayed
+    message in option 9); 0 when it cannot be found. Only what shedding needs."""
+    if not data:
+        return 0
+    if data[0] != 12 or depth > 8:  # 12: RELAY-FORW, 34 octets before its options
+        return data[0]
+    i = 34
+    while i + 4 <= len(data):
+        code, length = _OPTION_HEAD.unpack_from(data, i)
+        if code == 9:
+            return message_type(data[i + 4:i + 4 + length], depth + 1)
+        i += 4 + length
+    return 0
+
+
+# SOLICIT (1) starts an exchange
+shed_solicits = shed_starts(lambda d: message_type(d) == 1)
+
+
 class Dhcp6Endpoint(DatagramEndpoint):
     server: Dhcp6Server
 
     def __init__(self, iface: Interface, port: int, server: Dhcp6Server, bus: EventBus) -> None:
         super().__init__(
-            iface, port, server, bus, dhcp6_socket, (Dhcp6Lease,), CHANNEL, STALE_AFTER
+            iface, port, server, bus, dhcp6_socket, (Dhcp6Lease,), CHANNEL, STALE_AFTER,
+            shed_solicits,
         )

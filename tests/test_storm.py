@@ -47,17 +47,20 @@ def test_storm_provisions_every_phone_and_writes_the_report(lab: Lab, tmp_path: 
     storm = lab.host("storm")
     # a server with its defaults: each phone comes from an address of its own, so the
     # per-source limits meet the storm as they would a lab of real phones
-    sp = start_server(tmp_path, "--interface", "eth0", netns=srv.ns, port=8080)
+    addr = str(srv.ipv4.ip)
+    sp = start_server(tmp_path, "--interface", "eth0", "--admin-listen", addr, "--admin-port",
+                      "8081", netns=srv.ns, port=8080)  # fmt: skip
     report = tmp_path / "storm.html"
     try:
         r = subprocess.run(
             [*storm.prefix(), sys.executable, "-m", "preprov", "storm", "--interface", "eth0",
              "--phones", "40", "--rate", "100", "--mix", "ipv4:70,ipv6:10,dual:20",
-             "--report", str(report)],
+             "--report", str(report), "--metrics", f"http://{addr}:8081/metrics"],
             capture_output=True, text=True, timeout=300,
         )  # fmt: skip
         assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
         assert "40 of 40 phones provisioned" in r.stdout
+        assert "refused or ignored, as the server counted it (its metrics): " in r.stdout
         assert "sip-pnp" in r.stdout and "dhcpv6-option-17" in r.stdout
         page = report.read_text()
         assert page.count("<svg") == 2 and "40 of 40 phones provisioned" in page

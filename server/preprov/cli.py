@@ -318,15 +318,18 @@ def phone(
                    "(default: the lower half of its subnet)")  # fmt: skip
 @click.option("--report", "report_path", type=click.Path(dir_okay=False),
               help="write an HTML report with a latency histogram per channel")  # fmt: skip
+@click.option("--metrics", "metrics_url",
+              help="the server's /metrics URL: report its own count of what it refused or "
+                   "ignored during the storm")  # fmt: skip
 def storm(
     interface: str, phones: int, rate: float, mix: str, timeout: float, ipv4_range: str | None,
-    report_path: str | None,
+    report_path: str | None, metrics_url: str | None,
 ) -> None:  # fmt: skip
     """Boot many simulated phones at once from this namespace. Exit 0 only when every
     phone is provisioned."""
     from .net import InterfaceError
     from .net import interface as find_interface
-    from .storm import html_report, parse_mix, parse_range, run_storm, summary
+    from .storm import html_report, parse_mix, parse_range, run_storm, server_refusals, summary
 
     try:
         iface = find_interface(interface)
@@ -338,11 +341,14 @@ def storm(
     if phones < 1 or rate <= 0:
         _fail("preprov storm: --phones and --rate must be positive", 2)
     try:
+        before = server_refusals(metrics_url) if metrics_url else None
         results = uvloop.run(run_storm(iface, phones, rate, weights, timeout, sources=sources))
+        server = server_refusals(metrics_url) - before if metrics_url and before is not None \
+            else None  # fmt: skip
     except (ValueError, OSError) as e:
         _fail(f"preprov storm: {e}", 2)
         return
-    text, by_channel = summary(results)
+    text, by_channel = summary(results, server=server)
     click.echo(text)
     if report_path:
         settings = {"interface": interface, "phones": phones, "rate": rate, "mix": mix,

@@ -22,6 +22,7 @@ import random
 import re
 import statistics
 import time
+import urllib.request
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -166,7 +167,28 @@ def refusals(results: list[Result]) -> Counter[str]:
     return seen
 
 
-def summary(results: list[Result], groups: int = 10) -> tuple[str, dict[str, list[float]]]:
+_REFUSAL_LINE = re.compile(
+    r'^preprov_refusals_total\{channel="(?P<channel>[^"]*)",kind="(?P<kind>[^"]*)"\} '
+    r"(?P<n>[\d.e+]+)$"
+)
+
+
+def server_refusals(metrics_url: str) -> Counter[str]:
+    """The server's own count of what it refused or ignored (its Prometheus metrics),
+    by channel and kind: read before and after a storm, the difference is the storm's."""
+    with urllib.request.urlopen(metrics_url, timeout=5) as r:
+        text = r.read().decode()
+    out: Counter[str] = Counter()
+    for line in text.splitlines():
+        m = _REFUSAL_LINE.match(line)
+        if m:
+            out[f"{m['channel']} {m['kind']}"] = int(float(m["n"]))
+    return out
+
+
+def summary(
+    results: list[Result], groups: int = 10, server: Counter[str] | None = None
+) -> tuple[str, dict[str, list[float]]]:
     ok = [r for r in results if r.report.provisioned]
     lines = [f"{len(ok)} of {len(results)} phones provisioned"]
     reasons = Counter(failure_group(r.report.reason or "?") for r in results
@@ -180,6 +202,10 @@ def summary(results: list[Result], groups: int = 10) -> tuple[str, dict[str, lis
     if refused:
         lines.append("refused or unanswered, as the phones saw it: "
                      + ", ".join(f"{k} x{n}" for k, n in refused.most_common()))  # fmt: skip
+    if server is not None:
+        lines.append("refused or ignored, as the server counted it (its metrics): "
+                     + (", ".join(f"{k} x{n}" for k, n in server.most_common() if n > 0)
+                        or "nothing"))  # fmt: skip
     by_channel: dict[str, list[float]] = {}
     for r in ok:
         by_channel.setdefault(r.report.channel or "?", []).append(r.seconds * 1000)

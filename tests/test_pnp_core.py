@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -47,6 +48,7 @@ def subscribe(
     contact: str = "<sip:198.18.0.2:5060>",
     port: int = 5060,
     eol: str = "\r\n",
+    ua: str | None = "Panasonic_KX-HDV130/01.000 (0080f0c571eb)",
 ) -> bytes:
     lines = [
         f"SUBSCRIBE sip:{ruri_user}@224.0.1.75 SIP/2.0",
@@ -59,7 +61,7 @@ def subscribe(
         "Expires: 0",
         *([f"Accept: {accept}"] if accept else []),
         f"Contact: {contact}",
-        "User-Agent: Panasonic_KX-HDV130/01.000 (0080f0c571eb)",
+        *([f"User-Agent: {ua}"] if ua else []),
         "Content-Length: 0",
     ]
     return (eol.join(lines) + eol + eol).encode()
@@ -120,18 +122,18 @@ def test_panasonic_subscribe_gets_200_then_notify() -> None:
 def test_field_variants_are_all_understood() -> None:
     cases = [
         # Yealink: MAC<hex>, no separator, source port 5059
-        (dict(ruri_user="MAC805EC0123456", port=5059,
-              event='ua-profile;profile-type="device";vendor="Yealink";model="T46S";version="66.1"'),
+        (dict(ruri_user="MAC805EC0123456", port=5059, ua="Yealink SIP-T46S 66.1.0.1",
+              event='ua-profile;profile-type="device";vendor="yealink";model="T46S";version="66.1"'),
          ("198.18.0.2", 5059), ("805EC0123456", "T46S", "Yealink")),
         # Snom: vendor and model "OEM": the vendor comes from the OUI, the model stays unknown
-        (dict(ruri_user="MAC%3a000413874B49",
+        (dict(ruri_user="MAC%3a000413874B49", ua=None,
               event='ua-profile;profile-type="device";vendor="OEM";model="OEM";version="7.1.19"'),
          PHONE, ("000413874B49", None, "Snom")),
         (dict(ruri_user="MAC%3A0080F0C571EB"), PHONE, ("0080F0C571EB", "KX-HDV130", "Panasonic")),
         (dict(ruri_user="MAC:0080F0C571EB"), PHONE, ("0080F0C571EB", "KX-HDV130", "Panasonic")),
         (dict(ruri_user="MAC=0080F0C571EB"), PHONE, ("0080F0C571EB", "KX-HDV130", "Panasonic")),
         # Grandstream: source port 5080; AudioCodes: profile-type application
-        (dict(ruri_user="MAC%3A000B82AABBCC", port=5080,
+        (dict(ruri_user="MAC%3A000B82AABBCC", port=5080, ua="Grandstream GXP2170 1.0.9.1",
               event='ua-profile;profile-type="application";vendor="Grandstream";model="GXP2170"'),
          ("198.18.0.2", 5080), ("000B82AABBCC", "GXP2170", "Grandstream")),
         (dict(eol="\n"), PHONE, ("0080F0C571EB", "KX-HDV130", "Panasonic")),
@@ -144,6 +146,35 @@ def test_field_variants_are_all_understood() -> None:
         sub = out.events[0]
         assert isinstance(sub, PnpSubscribe)
         assert (sub.mac, sub.model, sub.vendor) == (mac, model, vendor), kw
+
+
+def test_each_vendor_gets_the_url_in_its_form_and_audiocodes_is_found_by_its_lease() -> None:
+    """Grandstream takes only a folder ending in /; AudioCodes the server's root, and its
+    SUBSCRIBE names no MAC: the device holding its source address is the one."""
+    grandstream = subscribe(ruri_user="MAC%3AC074AD112233", port=5080,
+                            ua="Grandstream GRP2612W 1.0.5.67",
+                            event='ua-profile;profile-type="device";vendor="Grandstream";'
+                                  'model="GRP2612W";version="1.0.5.67"')  # fmt: skip
+    out = responder().datagram_received(grandstream, ("198.18.0.2", 5080), 0.0)
+    notify = out.sends[1].data.decode()
+    assert notify.endswith("\r\n\r\nhttp://198.18.0.1:8080/")
+    sent = next(e for e in out.events if isinstance(e, PnpNotifySent))
+    assert sent.url == "http://198.18.0.1:8080/" and sent.vendor == "Grandstream"
+    audiocodes = (b"SUBSCRIBE sip:224.0.1.75:5060 SIP/2.0\r\n"
+                  b"Via: SIP/2.0/UDP 198.18.0.9:5060;branch=z9hG4bKac1;rport\r\n"
+                  b"From: <sip:00000001@198.18.0.9:5060>;tag=a1\r\nTo: <sip:224.0.1.75:5060>\r\n"
+                  b"Call-ID: ac1@198.18.0.9\r\nCSeq: 1 SUBSCRIBE\r\n"
+                  b'Event: ua-profile;profile-type="application";model="440HD";version="2.2.2"\r\n'
+                  b"Expires: 0\r\nAccept: application/url\r\n"
+                  b"Contact: <sip:00000001@198.18.0.9:5060>\r\nUser-Agent: AUDC-IPPhone/2.2.2\r\n"
+                  b"Content-Length: 0\r\n\r\n")  # fmt: skip
+    r = responder()
+    r.policy = replace(r.policy, holder={"198.18.0.9": "00908F602AAC"}.get)
+    out = r.datagram_received(audiocodes, ("198.18.0.9", 5060), 0.0)
+    sub = next(e for e in out.events if isinstance(e, PnpSubscribe))
+    assert (sub.mac, sub.vendor, sub.model) == ("00908F602AAC", "AudioCodes", "440HD")
+    assert sub.note and "holding 198.18.0.9" in sub.note
+    assert out.sends[1].data.decode().endswith("\r\n\r\nhttp://198.18.0.1:8080")
 
 
 def test_notify_retransmitted_on_rfc3261_schedule_until_timer_f() -> None:

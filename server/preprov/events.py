@@ -97,6 +97,7 @@ class PnpSubscribe(DeviceEvent):
     call_id: str
     profile_type: str | None = None
     retransmission: bool = False
+    note: str | None = None  # how the device was found, when not by the MAC it sent
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -8,10 +8,10 @@ the device record (inventory).
 from __future__ import annotations
 
 import functools
-import re
 from collections import OrderedDict
 from dataclasses import dataclass, replace
 
+from . import vendors
 from .events import (
     Dhcp4Answered,
     Dhcp4Lease,
@@ -20,20 +20,6 @@ from .events import (
     FileServed,
     PnpSubscribe,
 )
-from .macros import try_mac
-
-# IEEE OUIs of the vendors preprov knows something about (docs/protocol.md §7).
-OUI_VENDORS = {
-    "0080F0": "Panasonic",
-    "001565": "Yealink",
-    "805EC0": "Yealink",
-    "249AD8": "Yealink",
-    "000413": "Snom",
-    "0004F2": "Polycom",
-    "64167F": "Polycom",
-    "000B82": "Grandstream",
-    "C074AD": "Grandstream",
-}
 
 # Vendor names that say nothing about the phone (Snom, VTech: docs/protocol.md §3).
 MEANINGLESS_VENDORS = {"", "oem", "unknown"}
@@ -68,35 +54,29 @@ class DeviceFacts:
         )
 
     def with_vendor_from_oui(self) -> DeviceFacts:
+        """The vendor by its own name (a PnP `vendor="yealink"` is Yealink), or, when the
+        request named none that means anything, by the MAC's OUI."""
         vendor = self.vendor
-        if (vendor is None or vendor.lower() in MEANINGLESS_VENDORS) and self.oui:
-            vendor = OUI_VENDORS.get(self.oui, vendor)
-            if vendor != self.vendor:
-                return replace(self, vendor=vendor)
-        return self
+        known = vendors.by_name(vendor)
+        if known is not None:
+            vendor = known.name
+        elif vendor is None or vendor.lower() in MEANINGLESS_VENDORS:
+            by_oui = vendors.by_oui(self.mac)
+            vendor = by_oui.name if by_oui else vendor
+        return self if vendor == self.vendor else replace(self, vendor=vendor)
 
 
-# Panasonic_<MODEL>/<firmware> (<mac lower>), e.g.
-# "Panasonic_KX-UT113/01.133 (0080f0c8c381)" (docs/protocol.md §6).
-_PANASONIC_UA = re.compile(
-    r"Panasonic_(?P<model>[A-Za-z0-9][A-Za-z0-9_.\-]*)/(?P<fw>[^\s(]+)"
-    r"(?:\s*\((?P<mac>[0-9A-Fa-f:.\-]{12,17})\))?"
-)
+def from_vendor(found: vendors.VendorFacts | None) -> DeviceFacts:
+    if found is None:
+        return DeviceFacts()
+    return DeviceFacts(mac=found.mac, model=found.model, fwver=found.fwver, vendor=found.vendor)
 
 
 @functools.lru_cache(maxsize=4096)  # a phone sends the same User-Agent every time
 def facts_from_user_agent(user_agent: str | None) -> DeviceFacts:
-    if not user_agent:
-        return DeviceFacts()
-    m = _PANASONIC_UA.search(user_agent)
-    if not m:
-        return DeviceFacts()
-    return DeviceFacts(
-        mac=try_mac(m.group("mac")),
-        model=m.group("model"),
-        fwver=m.group("fw"),
-        vendor="Panasonic",
-    )
+    """Vendor, model, firmware and MAC from a User-Agent, in each vendor's dialect
+    (vendors/: `Panasonic_KX-UT113/01.133 (0080f0c8c381)`, `Yealink SIP-T46G ...`)."""
+    return from_vendor(vendors.from_user_agent(user_agent))
 
 
 NO_FACTS = DeviceFacts()

@@ -117,7 +117,8 @@ def build_runtime(config: Config, config_file: str | None, secret: bytes | None 
         raise SetupError(f"server.interfaces: {e}") from None
     sites = [_site(config, i) for i in ifaces] or [_site(config, None)]
     try:
-        templates = TemplateSet(config.files.templates, config.files.panasonic, config.files.raw)
+        templates = TemplateSet(config.files.templates, config.files.panasonic, config.files.raw,
+                                config.models)  # fmt: skip
     except FileNotFoundError as e:
         raise SetupError(f"files.templates: {e}") from None
     broken = templates.compile_all()

@@ -84,10 +84,14 @@ def segment(allow: Allow, iface: Interface, ipv6: bool = False) -> AllowList:
     return AllowList.build(allow.mac, allow.oui, subnets)
 
 
-def pnp_policy(rt: Runtime, iface: Interface, old: PnpPolicy | None = None) -> PnpPolicy:
+def pnp_policy(
+    rt: Runtime, iface: Interface, old: PnpPolicy | None = None,
+    holder: Callable[[str | None], str | None] | None = None,
+) -> PnpPolicy:  # fmt: skip
     c = rt.config.pnp
     per_second = c.max_answers_per_second
     return PnpPolicy(
+        holder=holder or (old.holder if old else lambda _a: None),
         rules=rt.site_for(interface=iface.name).rules,
         allow=segment(c.allow, iface),
         limiter=limiter(c.rate_burst, c.rate_per_second, old.limiter if old else None),
@@ -357,7 +361,7 @@ class Server:
                     notes.append(f"sip-pnp off on {iface.name}: it has no IPv4 address")
                     continue
                 local = (pnp_addr, config.pnp.port)
-                responder = PnpResponder(local, pnp_policy(rt, iface))
+                responder = PnpResponder(local, pnp_policy(rt, iface, holder=self.directory.holder))
                 ep = PnpEndpoint(iface, local, str(config.pnp.group), responder, self.bus)
                 await ep.start()
                 self.pnp.append(ep)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from socket import inet_ntoa
 
+from .. import vendors
 from ..config import Dhcp4Options
 from ..datagrams import Addr, Output, Send
 from ..events import (
@@ -161,7 +162,11 @@ class Dhcp4Server:
         vclass = _text(req, VENDOR_CLASS)
         giaddr = IPv4(req.giaddr) if req.giaddr != ZERO4 else None
         giaddr_s = inet_ntoa(req.giaddr) if giaddr else None
-        facts = DeviceFacts(mac=mac, vendor_class=vclass, relay=giaddr_s).with_vendor_from_oui()
+        # option 60 in its vendor's form (binary for Poly, NUL-terminated for Cisco)
+        said = vendors.from_vendor_class(raw_option(req, VENDOR_CLASS))
+        facts = DeviceFacts(mac=mac, model=said.model if said else None,
+                            vendor=said.vendor if said else None, vendor_class=vclass,
+                            relay=giaddr_s).with_vendor_from_oui()  # fmt: skip
         name = mtype.name
         dev = _dev(facts, inet_ntoa(req.ciaddr) if req.ciaddr != ZERO4 else None)
         # 3. allow-list (for a lab sharing its segment with another DHCP server)
@@ -177,7 +182,8 @@ class Dhcp4Server:
                 Dhcp4Refused(**dev, reason=f"no subnet configured for {where}", request=name)
             )
             return
-        facts = DeviceFacts(mac, None, None, facts.vendor, None, vclass, subnet.label, facts.relay)
+        facts = DeviceFacts(mac, facts.model, None, facts.vendor, None, vclass, subnet.label,
+                            facts.relay)  # fmt: skip
         # 5. the message
         handler = {
             DHCPMessageType.DHCPDISCOVER: self._discover,

@@ -16,8 +16,9 @@ from dataclasses import dataclass, field, replace
 from email.utils import formatdate
 from typing import BinaryIO
 
+from .. import vendors
 from ..events import DeviceEvent, FileRefused, FileServed
-from ..ident import DeviceFacts, facts_from_user_agent
+from ..ident import DeviceFacts, facts_from_user_agent, from_vendor
 from ..macros import mac_colon, url_dir
 from ..rules import Decision
 from ..runtime import Runtime, base_url
@@ -106,13 +107,16 @@ def fetch(
 ) -> FileAnswer:
     """Answer one request. `trusted` skips the device binding and authentication (for
     `preprov render`); `holder` says which device holds the client's address."""
-    ua_facts = facts_from_user_agent(req.user_agent)
     path_for_event = req.raw_path.split("?", 1)[0]
+    ua_facts = facts_from_user_agent(req.user_agent)  # what the device binding trusts
+    # the phone as its User-Agent names it, and as its vendor's file names do
+    # (`cfg000b82112233.xml`, `y000000000028.cfg`): even a refusal says who asked
+    said = ua_facts.merged(from_vendor(vendors.from_path(path_for_event))).with_vendor_from_oui()
 
     def refuse(
         status: int,
         reason: str,
-        facts: DeviceFacts = ua_facts,
+        facts: DeviceFacts = said,
         template: str | None = None,
         rule: str | None = None,
         headers: list[tuple[str, str]] | None = None,
@@ -141,7 +145,7 @@ def fetch(
     # 3. identification: the path names the file, the User-Agent the phone; a request
     # naming neither is the device's that holds the source address (its lease, its
     # SUBSCRIBE). What other channels said about it completes the rule's facts.
-    facts = facts_from_path(resolved, req.client).merged(ua_facts).with_vendor_from_oui()
+    facts = facts_from_path(resolved, req.client).merged(said).with_vendor_from_oui()
     if facts.mac is None and (held := holder(req.client)) is not None:
         facts = replace(facts, mac=held).with_vendor_from_oui()
 

@@ -80,7 +80,17 @@ class Skipped:
     reason: str
 
 
-def _compile_name(name: str) -> tuple[re.Pattern[str] | None, int, int]:
+def model_pattern(models: Iterable[str]) -> str:
+    """{MODEL} in a file name stands for a configured model (a prefix: KX-HDV130 also
+    names KX-HDV130N), not for any name at all: `y000000000028.cfg` or
+    `805ec0112233.cfg` is not a Panasonic's `{MODEL}.cfg`."""
+    names = sorted({re.escape(m) for m in models if m}, key=len, reverse=True)
+    return f"(?:{'|'.join(names)})[A-Za-z0-9_\\-]*" if names else MACRO_PATTERNS["MODEL"]
+
+
+def _compile_name(
+    name: str, patterns: Mapping[str, str] = MACRO_PATTERNS
+) -> tuple[re.Pattern[str] | None, int, int]:
     parts = _NAME_MACRO.split(name)
     if len(parts) == 1:
         return None, len(name), 0
@@ -93,7 +103,7 @@ def _compile_name(name: str) -> tuple[re.Pattern[str] | None, int, int]:
             out.append(f"(?P={part})")
         else:
             seen.add(part)
-            out.append(f"(?P<{part}>{MACRO_PATTERNS[part]})")
+            out.append(f"(?P<{part}>{patterns[part]})")
             spec += _SPECIFICITY[part]
     return re.compile("".join(out)), literal, spec
 
@@ -136,9 +146,12 @@ def check_request_path(raw_path: str) -> str:
 
 class TemplateSet:
     def __init__(
-        self, root: Path, panasonic: Iterable[str] = ("*.cfg",), raw: Iterable[str] = ()
-    ) -> None:
+        self, root: Path, panasonic: Iterable[str] = ("*.cfg",), raw: Iterable[str] = (),
+        models: Iterable[str] = (),
+    ) -> None:  # fmt: skip
+        """`models`: what {MODEL} may stand for (see model_pattern); any name when empty."""
         self.root = root.resolve()
+        self.patterns_by_macro = dict(MACRO_PATTERNS, MODEL=model_pattern(models))
         self.panasonic_globs = list(panasonic)
         self.raw_globs = list(raw)
         self.skipped: list[Skipped] = []
@@ -192,7 +205,7 @@ class TemplateSet:
         return p.relative_to(self.root).as_posix()
 
     def _add(self, rel: str, p: Path) -> None:
-        regex, literal, spec = _compile_name(rel)
+        regex, literal, spec = _compile_name(rel, self.patterns_by_macro)
         leaf = rel.rsplit("/", 1)[-1]
         raw = any(fnmatch.fnmatch(leaf, g) for g in self.raw_globs) or not _is_text(p)
         entry = Entry(

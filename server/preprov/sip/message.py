@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from sipmessage import URI, Address, Message, Request, Response
 
-from ..ident import DeviceFacts
+from ..ident import DeviceFacts, facts_from_user_agent
 from ..macros import try_mac
 
 # MAC%3a<hex>, MAC%3A<hex>, MAC:<hex>, MAC<hex> (Yealink), MAC=<hex> (Fanvil OEM).
@@ -79,16 +79,22 @@ def _user(uri: URI) -> str:
 
 
 def facts_of(msg: Request, event: EventHeader, source_ip: str) -> DeviceFacts:
+    """The MAC from the Request-URI (or From), vendor, model and firmware from the
+    Event header, completed by the SIP User-Agent in its vendor's dialect (AudioCodes
+    sends no vendor parameter, only `AUDC-IPPhone/2.2.2`)."""
     model = event.params.get("model") or None
     if model and model.lower() in ("oem", "unknown"):
         model = None  # Snom, VTech: the Event cannot name the model
+    vendor = event.vendor
+    if vendor and vendor.lower() in ("oem", "unknown"):
+        vendor = None
     return DeviceFacts(
         mac=mac_of(msg),
         model=model,
         fwver=event.params.get("version") or None,
-        vendor=event.vendor,
+        vendor=vendor,
         ip=source_ip,
-    ).with_vendor_from_oui()
+    ).merged(facts_from_user_agent(msg.headers.get("User-Agent"))).with_vendor_from_oui()
 
 
 def accepts_url(msg: Request) -> bool:

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import heapq
 import random
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 
 from sipmessage import Response
 
+from .. import vendors
 from ..datagrams import Addr, Output, Send
 from ..events import (
     DeviceFields,
@@ -87,6 +89,8 @@ class PnpPolicy:
     # all sources together: new SUBSCRIBEs answered, a bucket of this size refilled
     # at this rate a second (RateLimiter with one key)
     answers: RateLimiter = field(default_factory=lambda: RateLimiter(5000, 5000, 1))
+    # which device holds an address (ident.Directory.holder): a SUBSCRIBE without a MAC
+    holder: Callable[[str | None], str | None] = lambda _a: None
 
 
 # NOTIFY retransmissions are paid for from a credit of bytes: it starts full, is
@@ -206,6 +210,12 @@ class PnpResponder:
             )  # fmt: skip
             return
         facts = m.facts_of(msg, event, client)
+        by_address = None
+        if facts.mac is None and (held := self.policy.holder(client)) is not None:
+            # no MAC in the SUBSCRIBE (AudioCodes): the device that holds its source
+            # address (its lease); the event says so
+            facts = replace(facts, mac=held).with_vendor_from_oui()
+            by_address = f"MAC of the device holding {client} (no MAC in the SUBSCRIBE)"
         dev = _dev_fields(facts, client)
         if not m.accepts_url(msg):
             accept = ", ".join(msg.headers.getlist("Accept"))
@@ -283,8 +293,9 @@ class PnpResponder:
         try:
             ok = m.build_ok(msg, source, tag, self._contact())
             target, note = m.notify_target(msg, source)
-            notify = m.build_notify(msg, target, self.local, tag, branch, decision.url,
-                                    self.policy.body)  # fmt: skip
+            # the URL in the form the phone's vendor takes it (a Grandstream: its folder)
+            url = vendors.notify_form(facts.vendor, decision.url)
+            notify = m.build_notify(msg, target, self.local, tag, branch, url, self.policy.body)
         except (ValueError, KeyError) as e:
             out.events.append(PnpIgnored(**dev, reason=f"cannot answer this SUBSCRIBE: {e}"))
             return
@@ -299,9 +310,9 @@ class PnpResponder:
         out.sends += [tx.ok, tx.notify]
         profile = event.params.get("profile-type")
         out.events += [
-            PnpSubscribe(**dev, call_id=call_id, profile_type=profile),
+            PnpSubscribe(**dev, call_id=call_id, profile_type=profile, note=by_address),
             PnpAnswered(**dev, call_id=call_id),
-            PnpNotifySent(**dev, call_id=call_id, url=decision.url, rule=decision.rule,
+            PnpNotifySent(**dev, call_id=call_id, url=url, rule=decision.rule,
                           to=f"{target[0]}:{target[1]}" + (f" ({note})" if note else "")),
         ]  # fmt: skip
 

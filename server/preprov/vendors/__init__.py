@@ -1,0 +1,88 @@
+"""The vendors preprov knows: one module each, registered in one table (VENDORS).
+
+A vendor plugin (vendors.base.Vendor) says how its phones are recognised on each
+channel (OUIs, the SIP PnP `vendor` parameter, DHCP option 60, the HTTP User-Agent,
+the MAC in a request path) and how they want the SIP PnP NOTIFY's URL. The protocol
+cores never name a vendor: identification (ident.py) and the PnP responder ask
+this table.
+"""
+
+from __future__ import annotations
+
+import re
+
+from ..macros import try_mac
+from .audiocodes import AUDIOCODES
+from .base import Vendor, VendorFacts
+from .cisco import CISCO
+from .fanvil import FANVIL
+from .gigaset import GIGASET
+from .grandstream import GRANDSTREAM
+from .panasonic import PANASONIC
+from .poly import POLY
+from .snom import SNOM
+from .yealink import YEALINK
+
+VENDORS: tuple[Vendor, ...] = (
+    PANASONIC, YEALINK, POLY, CISCO, GRANDSTREAM, SNOM, FANVIL, GIGASET, AUDIOCODES,
+)  # fmt: skip
+
+_MAC_IN_PATH = re.compile(r"(?<![0-9A-Fa-f])([0-9A-Fa-f]{12})(?![0-9A-Fa-f])")
+_BY_OUI = {oui: v for v in VENDORS for oui in v.ouis}
+_BY_NAME = {n: v for v in VENDORS for n in (v.name.lower(), v.key, *v.pnp_names)}
+
+
+def by_name(name: str | None) -> Vendor | None:
+    """The vendor a name stands for: its own name, key, or what its phones send in the
+    SIP PnP `vendor` parameter ("yealink", "Grandstream", "snom", "PLANET")."""
+    return _BY_NAME.get(name.strip().lower()) if name else None
+
+
+def by_oui(mac: str | None) -> Vendor | None:
+    return _BY_OUI.get(mac[:6]) if mac else None
+
+
+def from_user_agent(user_agent: str | None) -> VendorFacts | None:
+    """Vendor, model, firmware and MAC from an HTTP (or SIP) User-Agent, or None."""
+    if not user_agent:
+        return None
+    for v in VENDORS:
+        found = v.parse_user_agent(user_agent)
+        if found is not None:
+            return found
+    return None
+
+
+def from_vendor_class(raw: bytes | None) -> VendorFacts | None:
+    """Vendor and model from DHCP option 60 (binary for Poly, NUL-terminated for Cisco)."""
+    if not raw:
+        return None
+    for v in VENDORS:
+        found = v.parse_vendor_class(raw)
+        if found is not None:
+            return found
+    return None
+
+
+def notify_form(vendor: str | None, url: str) -> str:
+    """The rule's URL as a SIP PnP NOTIFY carries it for this vendor's phones."""
+    v = by_name(vendor)
+    return v.notify_url(url) if v else url
+
+
+def from_path(path: str) -> VendorFacts | None:
+    """Vendor and MAC (or model) from a request path a vendor's phones ask for:
+    `y000000000028.cfg`, `cfg000b82112233.xml`, `0004f2000001-boot.log`, ..."""
+    for v in VENDORS:
+        found = v.parse_path(path)
+        if found is not None:
+            return found
+    # a MAC alone (`<mac>.cfg`, `<MAC>.xml`): its vendor by the OUI
+    m = _MAC_IN_PATH.search(path.rsplit("/", 1)[-1])
+    mac = try_mac(m.group(1)) if m else None
+    maker = by_oui(mac)
+    return VendorFacts(maker.name, None, None, mac) if maker and mac else None
+
+
+__all__ = ["VENDORS", "Vendor", "VendorFacts", "by_name", "by_oui", "from_path",
+           "from_user_agent", "from_vendor_class", "notify_form"]  # fmt: skip

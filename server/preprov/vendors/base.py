@@ -1,0 +1,101 @@
+"""What a vendor plugin is: how its phones are recognised, and what they need."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ..macros import try_mac
+
+
+@dataclass(frozen=True)
+class VendorFacts:
+    """What one request says of the phone, as far as its vendor's dialect tells."""
+
+    vendor: str
+    model: str | None = None
+    fwver: str | None = None
+    mac: str | None = None  # 12 upper-case hex digits
+
+
+def _oui(text: str) -> str:
+    return text.replace(":", "").replace("-", "").upper()
+
+
+@dataclass(frozen=True)
+class Vendor:
+    name: str  # as shown: "Yealink"
+    key: str  # as configured: "yealink"
+    ouis: frozenset[str]  # 6 upper-case hex digits
+    pnp_names: frozenset[str] = frozenset()  # the PnP Event's vendor parameter, lower case
+    # User-Agents: named groups model, fw, mac (each optional)
+    user_agents: tuple[re.Pattern[str], ...] = ()
+    # option 60 as text (NULs and other control bytes dropped): named group model
+    vendor_classes: tuple[re.Pattern[str], ...] = ()
+    # a binary option 60 of its own (Poly's RFC 3925 form): the model, "" when it is
+    # this vendor's but names no model, None when it is not this vendor's
+    vendor_class_parser: Callable[[bytes], str | None] | None = None
+    # request paths that name the phone: named groups mac, model (each optional)
+    paths: tuple[re.Pattern[str], ...] = ()
+    # what the SIP PnP NOTIFY's body carries: the rule's URL as it is, its folder
+    # (ending in /), or the server's root (scheme://host:port)
+    notify: Literal["url", "folder", "root"] = "url"
+    # models named by a path's code (Yealink y0000000000NN.cfg: NN is a hardware id)
+    path_models: dict[str, str] = field(default_factory=dict)
+
+    def parse_user_agent(self, ua: str) -> VendorFacts | None:
+        for rx in self.user_agents:
+            m = rx.search(ua)
+            if m:
+                g = m.groupdict()
+                return VendorFacts(self.name, g.get("model") or None, g.get("fw") or None,
+                                   try_mac(g["mac"]) if g.get("mac") else None)  # fmt: skip
+        return None
+
+    def parse_vendor_class(self, raw: bytes) -> VendorFacts | None:
+        if self.vendor_class_parser is not None:
+            model = self.vendor_class_parser(raw)
+            if model is not None:
+                return VendorFacts(self.name, model or None)
+        text = "".join(chr(b) for b in raw if 32 <= b < 127)
+        for rx in self.vendor_classes:
+            m = rx.search(text)
+            if m:
+                return VendorFacts(self.name, m.groupdict().get("model") or None)
+        return None
+
+    def parse_path(self, path: str) -> VendorFacts | None:
+        leaf = path.rsplit("?", 1)[0]
+        for rx in self.paths:
+            m = rx.search(leaf)
+            if m:
+                g = m.groupdict()
+                model = g.get("model") or None
+                if g.get("code") is not None:
+                    model = self.path_models.get(g["code"], model)
+                mac = try_mac(g["mac"]) if g.get("mac") else None
+                if mac == "000000000000":
+                    mac = None  # Poly's and others' common file, not a device's
+                return VendorFacts(self.name, model, None, mac)
+        return None
+
+    def notify_url(self, url: str) -> str:
+        """The rule's URL in the form this vendor's phones take from a NOTIFY."""
+        if self.notify == "folder":
+            return url if url.endswith("/") else url.rsplit("/", 1)[0] + "/"
+        if self.notify == "root":
+            m = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*://[^/]+)", url)
+            return m.group(1) if m else url
+        return url
+
+
+def vendor(name: str, key: str, ouis: str, **kw: object) -> Vendor:
+    """A Vendor from a comma-separated OUI list, compiling its patterns."""
+    for k in ("user_agents", "vendor_classes", "paths"):
+        if k in kw:
+            kw[k] = tuple(re.compile(p) if isinstance(p, str) else p for p in kw[k])  # type: ignore[attr-defined]
+    if "pnp_names" in kw:
+        kw["pnp_names"] = frozenset(n.lower() for n in kw["pnp_names"])  # type: ignore[attr-defined]
+    return Vendor(name, key, frozenset(_oui(o.strip()) for o in ouis.split(",") if o.strip()), **kw)  # type: ignore[arg-type]

@@ -1,0 +1,103 @@
+"""Each vendor's phones recognised on every channel: User-Agents, option 60, request paths,
+SIP PnP dialects; and a server that records who asked even when it cannot serve them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from preprov import vendors
+from preprov.vendors.base import VendorFacts
+from serverproc import start_server
+
+# (User-Agent, vendor, model, firmware, MAC): samples published for each vendor
+USER_AGENTS = [
+    ("Panasonic_KX-UT113/01.133 (0080f0c8c381)", "Panasonic", "KX-UT113", "01.133", "0080F0C8C381"),
+    ("Yealink SIP-T46G 28.72.0.1 00:15:65:4a:a9:37", "Yealink", "T46G", "28.72.0.1", "0015654AA937"),
+    ("Yealink SIP-T56A 58.80.0.25 001565f429a4", "Yealink", "T56A", "58.80.0.25", "001565F429A4"),
+    ("W52P 25.30.0.2 00:15:65:44:b3:7c", "Yealink", "W52P", "25.30.0.2", "00156544B37C"),
+    ("FileTransport PolycomVVX-VVX_500-UA/5.9.7.4477 Type/Application", "Polycom", "VVX_500", "5.9.7.4477", None),
+    ("Cisco-CP-7832-3PCC/11.0.1 (00562b043615)", "Cisco", "CP-7832-3PCC", "11.0.1", "00562B043615"),
+    ("Cisco/SPA508G-7.4.4 (0002FDFF2103)(CBT141400UK)", "Cisco", "SPA508G", "7.4.4", "0002FDFF2103"),
+    ("Grandstream Model HW GXP2135 SW 1.0.7.97 DevId 000b828aa872", "Grandstream", "GXP2135", "1.0.7.97", "000B828AA872"),
+    ("Mozilla/4.0 (compatible; snomD785-SIP 10.1.33.33 2010.12-00004-g9ba52f5 000413922D24 SXM:0 UXM:0)", "Snom", "snomD785", "10.1.33.33", "000413922D24"),
+    ("Fanvil X4 2.10.2.6887 0c383e07e16c", "Fanvil", "X4", "2.10.2.6887", "0C383E07E16C"),
+    ("Gigaset N870 IP PRO/83.V2.11.0+build.a546b91;7C2F80E0D605", "Gigaset", "N870 IP PRO", "83.V2.11.0+build.a546b91", "7C2F80E0D605"),
+    ("AUDC-IPPhone/2.2.8.61 (440HDG-Rev0; 00908F602AAC)", "AudioCodes", "440HDG", "2.2.8.61", "00908F602AAC"),
+]  # fmt: skip
+
+
+def test_user_agents_of_every_vendor() -> None:
+    for ua, vendor, model, fw, mac in USER_AGENTS:
+        assert vendors.from_user_agent(ua) == VendorFacts(vendor, model, fw, mac), ua
+    assert vendors.from_user_agent("curl/8.0") is None
+
+
+def test_option_60_in_each_vendors_form() -> None:
+    poly_model = b"SoundPointIP-SPIP_601"
+    tlvs = b"\x01\x07Polycom" + bytes([2, len(poly_model)]) + poly_model + b"\xff"
+    poly = (13885).to_bytes(4, "big") + bytes([len(tlvs)]) + tlvs  # RFC 3925, binary
+    cases = [
+        (poly, "Polycom", "SoundPointIP-SPIP_601"),
+        (b"Cisco Systems, Inc. IP Phone CP-7841-3PCC\x00", "Cisco", "CP-7841-3PCC"),  # NUL-ended
+        (b"snomD785", "Snom", "snomD785"),
+        (b"yealink", "Yealink", None),
+        (b"Gigaset_N720_DM_PRO", "Gigaset", "N720_DM_PRO"),
+        (b"Panasonic", "Panasonic", None),
+    ]
+    for raw, vendor, model in cases:
+        assert vendors.from_vendor_class(raw) == VendorFacts(vendor, model), raw
+    assert vendors.from_vendor_class(b"MSFT 5.0") is None
+
+
+def test_request_paths_that_name_the_phone() -> None:
+    cases = [
+        ("/y000000000028.cfg", VendorFacts("Yealink", "T46G")),
+        ("/cfg000b82112233.xml", VendorFacts("Grandstream", None, None, "000B82112233")),
+        ("/0004f2000001-boot.log", VendorFacts("Polycom", None, None, "0004F2000001")),
+        ("/Cisco/CP-8851-3PCC/001234ab45de.cfg", VendorFacts("Cisco", "CP-8851-3PCC", None, "001234AB45DE")),
+        ("/snomD345-000413A11FA7.htm", VendorFacts("Snom", "snomD345", None, "000413A11FA7")),
+    ]  # fmt: skip
+    for path, want in cases:
+        assert vendors.from_path(path) == want, path
+    assert vendors.notify_form("Grandstream", "http://h:8080/x/{MODEL}.cfg") == "http://h:8080/x/"
+    assert vendors.notify_form("AudioCodes", "http://h:8080/x/{MODEL}.cfg") == "http://h:8080"
+    assert vendors.notify_form("Snom", "http://h/{mac}.xml") == "http://h/{mac}.xml"
+
+
+def test_every_vendors_fetch_is_recorded_with_who_asked(tmp_path: Path) -> None:
+    """A zero-config server serves Panasonic files; a phone of another vendor asking for its
+    own first file gets a 404 with the reason, not a Panasonic file (`{MODEL}.cfg` stands
+    for a configured model only), and the inventory names it: vendor, model, firmware, MAC."""
+    if shutil.which("curl") is None:
+        pytest.fail("curl is not installed")
+    first_files = {"Yealink": "y000000000028.cfg", "Polycom": "0004f2000001.cfg",
+                   "Cisco": "8851-3PCC.xml", "Grandstream": "cfg000b828aa872.xml",
+                   "Snom": "snomD785.htm", "Fanvil": "0c383e07e16c.cfg",
+                   "Gigaset": "7C2F80E0D605.xml", "AudioCodes": "00908f602aac.cfg"}  # fmt: skip
+    sp = start_server(tmp_path)
+    try:
+        for ua, vendor, *_ in USER_AGENTS:
+            path = first_files.get(vendor, "KX-UT113.cfg")
+            r = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-A", ua,
+                                f"{sp.base}/{path}"], capture_output=True, text=True)  # fmt: skip
+            assert r.stdout == ("200" if vendor == "Panasonic" else "404"), (ua, r.stdout)
+    finally:
+        assert sp.stop() == 0
+    inv = subprocess.run([sys.executable, "-m", "preprov", "inventory", "--state-dir",
+                          str(sp.state_dir), "--json"], capture_output=True, text=True,
+                         check=True)  # fmt: skip
+    rows = {d["mac"]: d for d in json.loads(inv.stdout)}
+    for ua, vendor, model, fw, mac in USER_AGENTS:
+        if mac is None:
+            continue  # Poly's User-Agent names no MAC: its path (0004f2000001.cfg) does
+        d = rows[mac]
+        assert (d["vendor"], d["model"], d["fwver"]) == (vendor, model, fw), ua
+        if vendor != "Panasonic":
+            assert d["stage"] == "seen" and "no template matches" in d["last_error"], d
+    assert rows["0004F2000001"]["vendor"] == "Polycom"

@@ -101,3 +101,53 @@ def test_every_vendors_fetch_is_recorded_with_who_asked(tmp_path: Path) -> None:
         if vendor != "Panasonic":
             assert d["stage"] == "seen" and "no template matches" in d["last_error"], d
     assert rows["0004F2000001"]["vendor"] == "Polycom"
+
+
+def test_a_poly_uploads_its_logs_and_nothing_else_is_accepted(tmp_path: Path) -> None:
+    """PUT of `<mac>-boot.log` from the phone (device binding: the address it holds) is
+    kept in the state directory; a PUT of any other name, or from elsewhere, is refused."""
+    from preprov.config import build_config
+    from preprov.files.service import FileRequest, fetch
+    from preprov.runtime import build_runtime
+
+    rt = build_runtime(build_config({"server": {"state_dir": str(tmp_path / "state")}}), None)
+    ua = "FileTransport PolycomVVX-VVX_500-UA/5.9.7.4477 Type/Updater"
+    holders = {"198.18.0.7": "0004F2000001"}
+
+    def put(path: str, client: str = "198.18.0.7", body: bytes = b"boot log\n") -> int:
+        req = FileRequest("http", client, path, method="PUT", user_agent=ua, body=body)
+        return fetch(rt, req, holder=holders.get).status
+
+    assert put("/0004f2000001-boot.log") == 201
+    assert put("/0004f2000001-boot.log", body=b"second\n") == 204
+    stored = tmp_path / "state" / "uploads" / "0004F2000001" / "0004f2000001-boot.log"
+    assert stored.read_bytes() == b"second\n"
+    assert put("/0004f2000001-boot.log", client="198.18.0.66") == 403  # not its address
+    assert put("/0004f2000002-app.log") == 403  # another device's
+    assert put("/KX-HDV130.cfg") == 405
+    assert put("/../0004f2000001-boot.log") == 400
+
+
+def test_put_and_head_over_http(tmp_path: Path) -> None:
+    if shutil.which("curl") is None:
+        pytest.fail("curl is not installed")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("files:\n  device_binding: off\n")
+    sp = start_server(tmp_path, "--config", str(cfg))
+    try:
+        log = tmp_path / "boot.log"
+        log.write_bytes(b"0911 booting\n" * 100)
+        ua = "FileTransport PolycomVVX-VVX_500-UA/5.9.7.4477 Type/Updater"
+        r = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-A", ua,
+                            "-T", str(log), f"{sp.base}/0004f282e824-boot.log"],
+                           capture_output=True, text=True)  # fmt: skip
+        assert r.stdout == "201", r.stderr
+        kept = sp.state_dir / "uploads" / "0004F282E824" / "0004f282e824-boot.log"
+        assert kept.read_bytes() == log.read_bytes()
+        ev = sp.wait_event("file.uploaded")
+        assert (ev["mac"], ev["vendor"], ev["size"]) == ("0004F282E824", "Polycom", 1300)
+        r = subprocess.run(["curl", "-sS", "-I", "-o", "/dev/null", "-w", "%{http_code}", "-A", ua,
+                            f"{sp.base}/0004f282e824-app.log"], capture_output=True, text=True)  # fmt: skip
+        assert r.stdout == "404"  # HEAD: nothing there, but never a 405
+    finally:
+        assert sp.stop() == 0

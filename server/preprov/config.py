@@ -173,6 +173,11 @@ class FilesSection(Strict):
         "names the MAC (strict: and) or (lenient: or) it asks from an address it holds",
     )
 
+    @field_validator("device_binding", mode="before")
+    @classmethod
+    def _yaml_off(cls, v: object) -> object:
+        return "off" if v is False else v  # YAML reads a bare `off` as false
+
 
 class RetentionSection(Strict):
     max_age_days: Annotated[float, Field(gt=0)] = Field(

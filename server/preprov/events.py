@@ -79,6 +79,16 @@ class FileServed(DeviceEvent):
 
 
 @dataclass(frozen=True, kw_only=True)
+class FileUploaded(DeviceEvent):
+    """A file a phone PUT (a Poly's boot log), kept under the state directory."""
+
+    kind: ClassVar[str] = "file.uploaded"
+    path: str
+    size: int
+    stored: str  # where, relative to the state directory
+
+
+@dataclass(frozen=True, kw_only=True)
 class FileRefused(DeviceEvent):
     kind: ClassVar[str] = "file.refused"
     level: ClassVar[str] = "warning"

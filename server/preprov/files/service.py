@@ -14,10 +14,11 @@ import mimetypes
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from email.utils import formatdate
+from pathlib import Path
 from typing import BinaryIO
 
 from .. import vendors
-from ..events import DeviceEvent, FileRefused, FileServed
+from ..events import DeviceEvent, FileRefused, FileServed, FileUploaded
 from ..ident import DeviceFacts, facts_from_user_agent, from_vendor
 from ..macros import mac_colon, url_dir
 from ..rules import Decision
@@ -36,6 +37,7 @@ class FileRequest:
     authorization: str | None = None
     if_none_match: str | None = None  # RFC 9110 §13.1.2
     range: str | None = None  # RFC 9110 §14.2, for the files streamed from disk
+    body: bytes | None = None  # what a PUT uploads
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,8 @@ def fetch(
         rel = check_request_path(req.raw_path)
     except (UnsafePath, UnicodeDecodeError) as e:
         return refuse(400, f"refused path {path_for_event[:200]!r}: {e}")
+    if req.method == "PUT" and not trusted:
+        return _upload(rt, req, rel, said, ua_facts, holder, refuse)
     if req.method not in ("GET", "HEAD"):
         return refuse(405, f"method {req.method} not allowed; phones fetch with GET")
 
@@ -222,6 +226,46 @@ def fetch(
         rule=decision.rule, size=len(body) if status == 200 else 0, status=status,
     )  # fmt: skip
     return FileAnswer(status, body if status == 200 else b"", ev, ctype, headers)
+
+
+UPLOADS = "uploads"  # under the state directory: uploads/<MAC>/<file>
+
+
+def _upload(
+    rt: Runtime, req: FileRequest, rel: str, said: DeviceFacts, ua_facts: DeviceFacts,
+    holder: Callable[[str | None], str | None], refuse: Callable[..., FileAnswer],
+) -> FileAnswer:  # fmt: skip
+    """A phone's PUT of its own log or settings (a Poly's `<mac>-boot.log`): kept as
+    `uploads/<MAC>/<name>` in the state directory, the last one of each name (at
+    most the HTTP body limit, 64 KiB). Only names a vendor's phones upload, naming
+    the MAC, from that device (the device binding, as for its own files)."""
+    leaf = rel.rsplit("/", 1)[-1]
+    found = vendors.upload_of(leaf)
+    if found is None:
+        return refuse(405, f"PUT of /{rel} not allowed: phones upload only their own logs "
+                      "and settings (e.g. <mac>-boot.log)")  # fmt: skip
+    mac = found[1]
+    facts = replace(said, mac=mac, vendor=said.vendor or found[0].name)
+    binding = rt.config.files.device_binding
+    if binding != "off":
+        why = _binding_refused(binding, mac, ua_facts.mac, req.client, holder(req.client))
+        if why:
+            return refuse(403, why, facts)
+    folder = Path(rt.config.server.state_dir) / UPLOADS / mac
+    data = req.body or b""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        existed = (folder / leaf).exists()
+        tmp = folder / f".{leaf}.tmp"
+        tmp.write_bytes(data)
+        tmp.replace(folder / leaf)
+    except OSError as e:
+        return refuse(500, f"cannot store /{rel}: {e.strerror}", facts)
+    ev = FileUploaded(
+        channel=req.channel, client=req.client, mac=mac, model=facts.model, fwver=facts.fwver,
+        vendor=facts.vendor, path="/" + rel, size=len(data), stored=f"{UPLOADS}/{mac}/{leaf}",
+    )  # fmt: skip
+    return FileAnswer(204 if existed else 201, b"", ev)
 
 
 def _streamed(

@@ -64,6 +64,16 @@ def from_vendor_class(raw: bytes | None) -> VendorFacts | None:
     return None
 
 
+def upload_of(leaf: str) -> tuple[Vendor, str] | None:
+    """The vendor and MAC of a file a phone may upload with PUT (a Poly's
+    `<mac>-boot.log`), or None."""
+    for v in VENDORS:
+        mac = v.upload_of(leaf)
+        if mac is not None:
+            return v, mac
+    return None
+
+
 def notify_form(vendor: str | None, url: str) -> str:
     """The rule's URL as a SIP PnP NOTIFY carries it for this vendor's phones."""
     v = by_name(vendor)
@@ -85,4 +95,4 @@ def from_path(path: str) -> VendorFacts | None:
 
 
 __all__ = ["VENDORS", "Vendor", "VendorFacts", "by_name", "by_oui", "from_path",
-           "from_user_agent", "from_vendor_class", "notify_form"]  # fmt: skip
+           "from_user_agent", "from_vendor_class", "notify_form", "upload_of"]  # fmt: skip

@@ -42,6 +42,8 @@ class Vendor:
     # what the SIP PnP NOTIFY's body carries: the rule's URL as it is, its folder
     # (ending in /), or the server's root (scheme://host:port)
     notify: Literal["url", "folder", "root"] = "url"
+    # files its phones PUT (logs, their own settings): named group mac
+    uploads: tuple[re.Pattern[str], ...] = ()
     # models named by a path's code (Yealink y0000000000NN.cfg: NN is a hardware id)
     path_models: dict[str, str] = field(default_factory=dict)
 
@@ -81,6 +83,14 @@ class Vendor:
                 return VendorFacts(self.name, model, None, mac)
         return None
 
+    def upload_of(self, leaf: str) -> str | None:
+        """The MAC of a file this vendor's phones upload with PUT, or None."""
+        for rx in self.uploads:
+            m = rx.fullmatch(leaf)
+            if m:
+                return try_mac(m.group("mac"))
+        return None
+
     def notify_url(self, url: str) -> str:
         """The rule's URL in the form this vendor's phones take from a NOTIFY."""
         if self.notify == "folder":
@@ -93,7 +103,7 @@ class Vendor:
 
 def vendor(name: str, key: str, ouis: str, **kw: object) -> Vendor:
     """A Vendor from a comma-separated OUI list, compiling its patterns."""
-    for k in ("user_agents", "vendor_classes", "paths"):
+    for k in ("user_agents", "vendor_classes", "paths", "uploads"):
         if k in kw:
             kw[k] = tuple(re.compile(p) if isinstance(p, str) else p for p in kw[k])  # type: ignore[attr-defined]
     if "pnp_names" in kw:

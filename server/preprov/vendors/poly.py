@@ -33,4 +33,7 @@ POLY = vendor(
     vendor_class_parser=vendor_class,
     paths=[r"(?:^|/)(?P<mac>[0-9A-Fa-f]{12})-(?:boot\.log|app\.log|phone\.cfg|web\.cfg|"
            r"license\.cfg|directory\.xml|calls\.xml|user\.cfg)$"],
+    # PUT at boot and after: its logs, and the settings changed on the phone or its web page
+    uploads=[r"(?P<mac>[0-9A-Fa-f]{12})-(?:boot\.log|app\.log|phone\.cfg|web\.cfg|calls\.xml|"
+             r"directory\.xml)"],
 )  # fmt: skip

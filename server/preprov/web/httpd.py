@@ -76,7 +76,8 @@ def response_bytes(
         b"Date: " + _date(),
         b"Content-Type: " + content_type.encode() + charset,
     ]  # fmt: skip
-    if status != 304:  # a 304's length would be the 200's (RFC 9110 §8.6): none is sent
+    # a 304's length would be the 200's (RFC 9110 §8.6): none is sent; a 204 has none
+    if status not in (204, 304):
         lines.append(b"Content-Length: %d" % (len(body) if length is None else length))
     lines += [f"{k}: {v}".encode("latin-1", "replace") for k, v in headers]
     if not keep_alive:
@@ -118,6 +119,7 @@ class FileServerProtocol(asyncio.Protocol):
         self._url = b""
         self._head_size = 0
         self._body_size = 0
+        self._body: list[bytes] = []
         self._ua: str | None = None
         self._auth: str | None = None
         self._inm: str | None = None
@@ -193,6 +195,7 @@ class FileServerProtocol(asyncio.Protocol):
         self.head_started = time.monotonic()
         self._url = b""
         self._head_size = self._body_size = 0
+        self._body = []
         self._ua = self._auth = self._inm = self._range = None
 
     def on_url(self, url: bytes) -> None:
@@ -215,6 +218,7 @@ class FileServerProtocol(asyncio.Protocol):
         self._body_size += len(body)
         if self._body_size > MAX_BODY:
             raise _TooLarge(413, f"request body over {MAX_BODY} bytes")
+        self._body.append(body)  # a PUT's upload (a Poly's log), at most MAX_BODY
 
     def on_headers_complete(self) -> None:
         self.head_started = None
@@ -233,7 +237,9 @@ class FileServerProtocol(asyncio.Protocol):
             local=self.local,
             if_none_match=self._inm,
             range=self._range,
+            body=b"".join(self._body) if self._body else None,
         )
+        self._body = []
         answer = fetch(self.runtime(), req, self.registered, holder=self.holder)
         head = method == "HEAD"
         wire = response_bytes(

@@ -151,3 +151,31 @@ def test_put_and_head_over_http(tmp_path: Path) -> None:
         assert r.stdout == "404"  # HEAD: nothing there, but never a 405
     finally:
         assert sp.stop() == 0
+
+
+def test_the_audiocodes_redirect_service_answered_from_the_rules(tmp_path: Path) -> None:
+    """A lab that points redirect.audiocodes.com at preprov: `GET /<MAC>` gets a 302 to
+    the folder of the phone's rule URL, as the vendor's service answers."""
+    if shutil.which("curl") is None:
+        pytest.fail("curl is not installed")
+    sp = start_server(tmp_path)
+    try:
+        r = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code} %{redirect_url}",
+                            "-A", "AUDC/3.4.6.604 AUDC-IPPhone-C450HD_UC_3.4.6.604/1",
+                            f"{sp.base}/00908F9D8992"], capture_output=True, text=True)  # fmt: skip
+        assert r.stdout == f"302 http://127.0.0.1:{sp.port}/", r.stdout
+        ev = sp.wait_event("redirect.answered")
+        assert (ev["mac"], ev["vendor"], ev["rule"]) == ("00908F9D8992", "AudioCodes", "default")
+    finally:
+        assert sp.stop() == 0
+
+
+def test_a_bare_mac_path_is_a_redirect_only_for_that_vendors_phones() -> None:
+    from preprov.config import build_config
+    from preprov.files.service import FileRequest, fetch
+    from preprov.runtime import build_runtime
+
+    rt = build_runtime(build_config({}), None)
+    assert fetch(rt, FileRequest("http", "198.18.0.9", "/00908F9D8992")).status == 302
+    other = fetch(rt, FileRequest("http", "198.18.0.9", "/0080F0C571EB"))
+    assert other.status == 404 and b"no template matches" in other.body

@@ -79,6 +79,16 @@ class FileServed(DeviceEvent):
 
 
 @dataclass(frozen=True, kw_only=True)
+class Redirected(DeviceEvent):
+    """A phone asked its vendor's redirect service (answered by preprov): sent the URL."""
+
+    kind: ClassVar[str] = "redirect.answered"
+    path: str
+    url: str
+    rule: str
+
+
+@dataclass(frozen=True, kw_only=True)
 class FileUploaded(DeviceEvent):
     """A file a phone PUT (a Poly's boot log), kept under the state directory."""
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from .. import vendors
-from ..events import DeviceEvent, FileRefused, FileServed, FileUploaded
+from ..events import DeviceEvent, FileRefused, FileServed, FileUploaded, Redirected
 from ..ident import DeviceFacts, facts_from_user_agent, from_vendor
 from ..macros import mac_colon, url_dir
 from ..rules import Decision
@@ -143,6 +143,11 @@ def fetch(
     # 2. template lookup
     resolved = rt.templates.resolve(rel)
     if resolved is None:
+        asked = vendors.redirect_of(req.raw_path)
+        # only that vendor's phones (its OUI or its User-Agent): `/<MAC>` is a plain name
+        if (asked is not None and req.method in ("GET", "HEAD")
+                and asked[0].name in (said.vendor, getattr(vendors.by_oui(asked[1]), "name", ""))):
+            return _redirect(rt, req, said, *asked, refuse)
         return refuse(404, f"no template matches /{rel}")
     entry = resolved.entry
 
@@ -226,6 +231,26 @@ def fetch(
         rule=decision.rule, size=len(body) if status == 200 else 0, status=status,
     )  # fmt: skip
     return FileAnswer(status, body if status == 200 else b"", ev, ctype, headers)
+
+
+def _redirect(
+    rt: Runtime, req: FileRequest, said: DeviceFacts, maker: vendors.Vendor, mac: str,
+    refuse: Callable[..., FileAnswer],
+) -> FileAnswer:  # fmt: skip
+    """A phone asking its vendor's redirect service (AudioCodes: `GET /<MAC>`; a lab
+    points the service's name at preprov) is sent, as that service does, a 302 to
+    the folder of its rule's URL, where it then asks for its own files."""
+    facts = replace(said, mac=mac, vendor=maker.name).with_vendor_from_oui()
+    site = rt.site_for(req.local)
+    decision = site.family(req.local is not None and ":" in req.local)[1].decide(facts)
+    if decision is None:
+        return refuse(404, site.rules.explain(facts), facts)
+    where = url_dir(decision.url)
+    ev = Redirected(
+        channel=req.channel, client=req.client, mac=mac, model=facts.model, fwver=facts.fwver,
+        vendor=facts.vendor, path=req.raw_path[:300], url=where, rule=decision.rule,
+    )  # fmt: skip
+    return FileAnswer(302, b"", ev, headers=[("Location", where)])
 
 
 UPLOADS = "uploads"  # under the state directory: uploads/<MAC>/<file>

@@ -162,6 +162,8 @@ def _stage_of(d: dict[str, Any], kind: str, data: dict[str, Any]) -> None:
     elif kind == "dhcp6.answered" and data.get("message") == "REPLY" and data.get("url"):
         d["dhcp"] = "DHCPv6 REPLY"
         d["stage"] = max(d["stage"], 1)
+    elif kind == "redirect.answered":
+        d["stage"] = max(d["stage"], 1)
     elif kind == "file.served":
         d["files"] += 1
         template = data.get("template") or ""

@@ -64,6 +64,16 @@ def from_vendor_class(raw: bytes | None) -> VendorFacts | None:
     return None
 
 
+def redirect_of(raw_path: str) -> tuple[Vendor, str] | None:
+    """The vendor and MAC of a request to a vendor's redirect service that preprov
+    answers itself (AudioCodes: `GET /<MAC>`), or None."""
+    for v in VENDORS:
+        mac = v.redirect_of(raw_path)
+        if mac is not None:
+            return v, mac
+    return None
+
+
 def upload_of(leaf: str) -> tuple[Vendor, str] | None:
     """The vendor and MAC of a file a phone may upload with PUT (a Poly's
     `<mac>-boot.log`), or None."""
@@ -95,4 +105,4 @@ def from_path(path: str) -> VendorFacts | None:
 
 
 __all__ = ["VENDORS", "Vendor", "VendorFacts", "by_name", "by_oui", "from_path",
-           "from_user_agent", "from_vendor_class", "notify_form", "upload_of"]  # fmt: skip
+           "from_user_agent", "from_vendor_class", "notify_form", "redirect_of", "upload_of"]  # fmt: skip

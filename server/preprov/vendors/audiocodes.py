@@ -13,4 +13,6 @@ AUDIOCODES = vendor(
     user_agents=[r"AUDC-IPPhone(?:-[\w]+)?/(?P<fw>[\w.]+)"
                  r"(?: \((?P<model>[A-Za-z0-9]+)[^;]*; (?P<mac>[0-9A-Fa-f]{12})\))?"],
     notify="root",
+    # its redirect service: GET /<MAC> at redirect.audiocodes.com, answered with a 302
+    redirect=r"/(?P<mac>[0-9A-Fa-f]{12})",
 )  # fmt: skip

@@ -42,6 +42,8 @@ class Vendor:
     # what the SIP PnP NOTIFY's body carries: the rule's URL as it is, its folder
     # (ending in /), or the server's root (scheme://host:port)
     notify: Literal["url", "folder", "root"] = "url"
+    # how its phones ask the vendor's redirect service (path and query): named group mac
+    redirect: re.Pattern[str] | None = None
     # files its phones PUT (logs, their own settings): named group mac
     uploads: tuple[re.Pattern[str], ...] = ()
     # models named by a path's code (Yealink y0000000000NN.cfg: NN is a hardware id)
@@ -83,6 +85,11 @@ class Vendor:
                 return VendorFacts(self.name, model, None, mac)
         return None
 
+    def redirect_of(self, raw_path: str) -> str | None:
+        """The MAC of a request to this vendor's redirect service, or None."""
+        m = self.redirect.fullmatch(raw_path) if self.redirect else None
+        return try_mac(m.group("mac")) if m else None
+
     def upload_of(self, leaf: str) -> str | None:
         """The MAC of a file this vendor's phones upload with PUT, or None."""
         for rx in self.uploads:
@@ -106,6 +113,9 @@ def vendor(name: str, key: str, ouis: str, **kw: object) -> Vendor:
     for k in ("user_agents", "vendor_classes", "paths", "uploads"):
         if k in kw:
             kw[k] = tuple(re.compile(p) if isinstance(p, str) else p for p in kw[k])  # type: ignore[attr-defined]
+    redirect = kw.get("redirect")
+    if isinstance(redirect, str):
+        kw["redirect"] = re.compile(redirect)
     if "pnp_names" in kw:
         kw["pnp_names"] = frozenset(n.lower() for n in kw["pnp_names"])  # type: ignore[attr-defined]
     return Vendor(name, key, frozenset(_oui(o.strip()) for o in ouis.split(",") if o.strip()), **kw)  # type: ignore[arg-type]

@@ -33,4 +33,7 @@ YEALINK = vendor(
     paths=[r"(?:^|/)y000000000(?P<code>\d{3})\.(?:cfg|boot)$"],
     path_models=HARDWARE_IDS,
     notify="folder",
+    # RPS: /service.do?method=redirect&mac=00-15-65-.. (the form from firmware code of
+    # unclear provenance: unverified against a capture)
+    redirect=r"/service\.do\?method=redirect&mac=(?P<mac>[0-9A-Fa-f]{2}(?:-[0-9A-Fa-f]{2}){5})",
 )  # fmt: skip

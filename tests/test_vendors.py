@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from preprov import vendors
+from preprov.lab import Lab
 from preprov.vendors.base import VendorFacts
 from serverproc import start_server
 
@@ -179,3 +180,67 @@ def test_a_bare_mac_path_is_a_redirect_only_for_that_vendors_phones() -> None:
     assert fetch(rt, FileRequest("http", "198.18.0.9", "/00908F9D8992")).status == 302
     other = fetch(rt, FileRequest("http", "198.18.0.9", "/0080F0C571EB"))
     assert other.status == 404 and b"no template matches" in other.body
+
+
+# (vendor, the phone's MAC, its option 60 as dhclient sends it (hex for binary), the options
+# it asks for with their dhclient names and types, and what each must carry)
+POLY60 = (13885).to_bytes(4, "big") + bytes([15]) + b"\x02\x0dVVX_500-Model" + b"\xff"
+DHCP_PHONES = [
+    ("Polycom", "00:04:f2:00:00:01", ":".join(f"{b:02x}" for b in POLY60), {66: "folder"}),
+    ("Cisco", "d0:ec:35:00:00:02", ":".join(f"{b:02x}" for b in b"Cisco Systems, Inc. IP Phone CP-8851-3PCC\x00"),
+     {66: "folder", 160: "folder", 159: "host", 150: "ip"}),
+    ("Grandstream", "00:0b:82:00:00:03", '"Grandstream GXP2135"', {66: "folder", 160: "folder"}),
+    ("Gigaset", "7c:2f:80:00:00:04", '"Gigaset_N720_DM_PRO"', {114: "folder", 66: "folder"}),
+    ("AudioCodes", "00:90:8f:00:00:05", None, {160: "folder", 66: "folder"}),
+    ("Yealink", "80:5e:c0:00:00:06", '"yealink"', {66: "folder"}),
+    ("Snom", "00:04:13:00:00:07", '"snomD785"', {66: "folder"}),
+    ("Panasonic", "00:80:f0:00:00:08", '"Panasonic"', {160: "base", 66: "url", 67: "file"}),
+]  # fmt: skip
+
+
+def test_dhclient_as_each_vendor_gets_the_options_its_phones_read(lab: Lab, tmp_path: Path) -> None:
+    """ISC dhclient with each vendor's MAC, option 60 (binary for Poly, NUL-terminated for
+    Cisco) and requested options: the lease carries the URL in the form that vendor reads."""
+    if shutil.which("dhclient") is None:
+        pytest.fail("dhclient is not installed")
+    srv = lab.host("srv")
+    sp = start_server(tmp_path, "--interface", "eth0", netns=srv.ns, port=8080)
+    names = {66: ("tftp-server-name", None), 67: ("bootfile-name", None),
+             150: ("v-150", "array of ip-address"), 159: ("v-159", "text"),
+             160: ("v-160", "text"), 114: ("v-114", "text")}  # fmt: skip
+    server, base = str(srv.ipv4.ip), f"http://{srv.ipv4.ip}:8080"
+    want_form = {"folder": base + "/", "base": base, "url": base + "/{MODEL}.cfg",
+                 "file": "{MODEL}.cfg", "host": server, "ip": server}  # fmt: skip
+    try:
+        for n, (vendor, mac, sixty, options) in enumerate(DHCP_PHONES):
+            phone = lab.host(f"ph{n}", addresses=False)
+            phone.exec("ip", "link", "set", "eth0", "address", mac)
+            conf = tmp_path / f"{vendor}.conf"
+            conf.write_text(
+                "".join(f"option {names[c][0]} code {c} = {names[c][1]};\n"
+                        for c in options if names[c][1])
+                + (f"send vendor-class-identifier {sixty};\n" if sixty else "")
+                + "request subnet-mask, routers, "
+                + ", ".join(names[c][0] for c in options) + ";\ntimeout 10;\nretry 1;\n"
+            )  # fmt: skip
+            lease, pid = tmp_path / f"{vendor}.leases", tmp_path / f"{vendor}.pid"
+            r = subprocess.run([*phone.prefix(), "dhclient", "-1", "-cf", str(conf), "-lf",
+                                str(lease), "-pf", str(pid), "-sf", "/bin/true", "eth0"],
+                               capture_output=True, text=True, timeout=60)  # fmt: skip
+            if pid.exists():
+                subprocess.run(["kill", pid.read_text().strip()], check=False)
+            assert r.returncode == 0, r.stderr[-1000:]
+            text = lease.read_text()
+            for code, form in options.items():
+                line = next((ln for ln in text.splitlines()
+                             if f"option {names[code][0]} " in ln), "")  # fmt: skip
+                got = line.strip().split(" ", 2)[-1].rstrip(";").strip('"') if line else None
+                assert got == want_form[form], (vendor, code, text)
+        answered = [e for e in sp.events() if e.get("event") == "dhcp4.answered"
+                    and e["message"] == "DHCPACK"]  # fmt: skip
+        vendors_seen = {e["vendor"] for e in answered}
+        assert {v for v, *_ in DHCP_PHONES} <= vendors_seen
+        poly = next(e for e in answered if e["vendor"] == "Polycom")
+        assert poly["model"] == "VVX_500-Model"
+    finally:
+        assert sp.stop() == 0

@@ -14,7 +14,9 @@ when configured.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
 from socket import inet_ntoa
@@ -107,6 +109,30 @@ def provisioning_options(decision: Decision, opts: Dhcp4Options) -> dict[int, by
     return out
 
 
+def vendor_options(decision: Decision, forms: Mapping[int, str]) -> dict[int, bytes]:
+    """The provisioning options of another vendor's phone, each in the form it reads
+    (vendors.base.Vendor.dhcp4)."""
+    url = decision.url
+    folder = url_dir(url)
+    host = decision.parsed.host
+    out: dict[int, bytes] = {}
+    for code, form in forms.items():
+        if form == "url":
+            out[code] = url.encode()
+        elif form == "folder":
+            out[code] = folder.encode()
+        elif form == "base":
+            out[code] = folder.rstrip("/").encode()
+        elif form == "file" and decision.parsed.filename:
+            out[code] = decision.parsed.filename.encode()
+        elif form == "host":
+            out[code] = host.encode()
+        elif form == "ip":
+            with contextlib.suppress(ValueError):
+                out[code] = IPv4(host).packed  # a name has no place in option 150
+    return out
+
+
 class Dhcp4Server:
     def __init__(self, policy: Dhcp4Policy, leases: LeaseTable) -> None:
         self.leases = leases
@@ -119,7 +145,8 @@ class Dhcp4Server:
     @policy.setter
     def policy(self, policy: Dhcp4Policy) -> None:
         self._policy = policy
-        self._provisioning: dict[str, dict[int, bytes]] = {}  # per rule: its rule URL's options
+        # per rule and vendor: the provisioning options of the rule URL
+        self._provisioning: dict[tuple[str, str], dict[int, bytes]] = {}
 
     def datagram_received(self, data: bytes, source: Addr, now: float) -> Output:
         out = Output()
@@ -400,18 +427,25 @@ class Dhcp4Server:
         if decision is None:
             note = p.rules.explain(facts)
         else:
-            values = self._provisioning.get(decision.rule)
+            # the options in the form the phone's vendor reads (Panasonic: dhcp4.options)
+            maker = vendors.by_name(facts.vendor)
+            forms = maker.dhcp4 if maker is not None else {}
+            key = (decision.rule, maker.key if forms and maker else "")
+            values = self._provisioning.get(key)
             if values is None:
-                values = self._provisioning[decision.rule] = provisioning_options(
-                    decision, p.options
-                )
+                values = self._provisioning[key] = (
+                    vendor_options(decision, forms) if forms
+                    else provisioning_options(decision, p.options)
+                )  # fmt: skip
+            codes = tuple(forms) if forms else PROVISIONING
             wanted = prl | set(p.options.always_send)
-            for code in PROVISIONING:
+            for code in codes:
                 if code in values and code in wanted:
                     o[code] = values[code]
                     sent_prov.append(code)
-            if not prl & set(PROVISIONING):
-                note = "the client asked for none of options 66, 67, 159, 160"
+            if not prl & set(codes):
+                asked = ", ".join(str(c) for c in sorted(codes))
+                note = f"the client asked for none of options {asked}"
         relay_info = raw_option(req, RELAY_INFO)
         if relay_info is not None and req.giaddr != ZERO4:
             o[RELAY_INFO] = relay_info  # echoed: RFC 3046 §2.2

@@ -15,4 +15,6 @@ AUDIOCODES = vendor(
     notify="root",
     # its redirect service: GET /<MAC> at redirect.audiocodes.com, answered with a 302
     redirect=r"/(?P<mac>[0-9A-Fa-f]{12})",
+    # 160 (read first) and 66: a folder, where it asks for <mac>.cfg
+    dhcp4={160: "folder", 66: "folder"},
 )  # fmt: skip

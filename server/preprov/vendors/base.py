@@ -46,6 +46,13 @@ class Vendor:
     redirect: re.Pattern[str] | None = None
     # files its phones PUT (logs, their own settings): named group mac
     uploads: tuple[re.Pattern[str], ...] = ()
+    # DHCPv4: the options its phones read the provisioning server from, each in its
+    # form: url (the rule's URL), folder (up to its last /), base (the folder without
+    # the /), file (the URL's file name), host (the server's name or address), ip (the
+    # server's IPv4 address, 4 octets: option 150). Empty: the dhcp4.options settings.
+    dhcp4: dict[int, Literal["url", "folder", "base", "file", "host", "ip"]] = field(
+        default_factory=dict
+    )
     # models named by a path's code (Yealink y0000000000NN.cfg: NN is a hardware id)
     path_models: dict[str, str] = field(default_factory=dict)
 

@@ -18,4 +18,6 @@ CISCO = vendor(
     vendor_classes=[r"(?P<model>CP-[0-9]{4}[A-Za-z0-9-]*)$", r"(?:Cisco|CISCO|LINKSYS) (?P<model>SPA-?\w+)"],
     paths=[r"(?:^|/)Cisco/(?P<model>CP-[A-Za-z0-9-]+)/(?P<mac>[0-9a-fA-F]{12})\.cfg$",
            r"(?:^|/)(?P<model>[0-9]{4}-3PCC)\.xml$", r"(?:^|/)spa(?P<model>[0-9A-Za-z]+)\.cfg$"],
+    # its default order 66,160,159,150: a folder in 66 and 160, the server in 159 and 150
+    dhcp4={66: "folder", 160: "folder", 159: "host", 150: "ip"},
 )  # fmt: skip

@@ -10,4 +10,6 @@ FANVIL = vendor(
     # Fanvil X4 2.10.2.6887 0c383e07e16c; Fanvil X6U Pro 0.0.10 0c383e2cd782
     user_agents=[r"Fanvil (?P<model>[A-Za-z0-9-]+(?: Pro)?) (?P<fw>[\d.]+) (?P<mac>[0-9a-fA-F]{12})"],
     vendor_classes=[r"^Fanvil (?P<model>[A-Za-z0-9-]+)"],
+    # 66 (its default DHCP option)
+    dhcp4={66: "folder"},
 )  # fmt: skip

@@ -14,4 +14,6 @@ GIGASET = vendor(
     ],
     vendor_classes=[r"^(?:Gigaset_)?(?P<model>N[0-9]{3}[A-Za-z0-9_]*)"],
     paths=[r"(?:^|/)(?P<model>Gigaset[A-Za-z0-9]+)-(?P<mac>[0-9A-Fa-f]{12})\.htm$"],
+    # 114 (a URL, read first) and 66
+    dhcp4={114: "folder", 66: "folder"},
 )  # fmt: skip

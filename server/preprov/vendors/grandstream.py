@@ -20,4 +20,6 @@ GRANDSTREAM = vendor(
     paths=[r"(?:^|/)cfg(?P<mac>[0-9a-fA-F]{12})(?:\.xml|\.bin)?$",
            r"(?:^|/)cfg(?P<model>(?:gxp|grp|ht|gxv|wp)[0-9]+[a-z0-9]*)\.xml$"],
     notify="folder",
+    # 66 and 160 (their order between them: unverified)
+    dhcp4={66: "folder", 160: "folder"},
 )  # fmt: skip

@@ -36,4 +36,6 @@ POLY = vendor(
     # PUT at boot and after: its logs, and the settings changed on the phone or its web page
     uploads=[r"(?P<mac>[0-9A-Fa-f]{12})-(?:boot\.log|app\.log|phone\.cfg|web\.cfg|calls\.xml|"
              r"directory\.xml)"],
+    # 66 (a custom boot-server option is a phone setting; 160 as that option: unverified)
+    dhcp4={66: "folder"},
 )  # fmt: skip

@@ -18,4 +18,6 @@ SNOM = vendor(
     vendor_classes=[r"^(?P<model>snom[A-Za-z]?[0-9]+[A-Za-z0-9]*)"],
     paths=[r"(?:^|/)(?P<model>snom[A-Za-z]?[0-9]+[A-Za-z0-9]*)-(?P<mac>[0-9A-Fa-f]{12})\.htm$",
            r"(?:^|/)(?P<model>snom[A-Za-z]?[0-9]+[A-Za-z0-9]*)\.htm$"],
+    # 66 without 67: the phone then asks for snom<model>.htm and snom<model>-<MAC>.htm
+    dhcp4={66: "folder"},
 )  # fmt: skip

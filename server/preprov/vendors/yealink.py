@@ -36,4 +36,6 @@ YEALINK = vendor(
     # RPS: /service.do?method=redirect&mac=00-15-65-.. (the form from firmware code of
     # unclear provenance: unverified against a capture)
     redirect=r"/service\.do\?method=redirect&mac=(?P<mac>[0-9A-Fa-f]{2}(?:-[0-9A-Fa-f]{2}){5})",
+    # 66 (the custom option 128-254 it reads first is off until configured on the phone)
+    dhcp4={66: "folder"},
 )  # fmt: skip

@@ -244,3 +244,31 @@ def test_dhclient_as_each_vendor_gets_the_options_its_phones_read(lab: Lab, tmp_
         assert poly["model"] == "VVX_500-Model"
     finally:
         assert sp.stop() == 0
+
+
+def test_unverified_forms_are_settings() -> None:
+    from preprov.config import ConfigError, build_config
+    from preprov.dhcp4.server import Dhcp4Policy
+
+    c = build_config({"vendors": {"yealink": {"pnp_notify": "url", "dhcp4": {66: "url"}}}})
+    assert c.vendors["yealink"].pnp_notify == "url"
+    assert vendors.notify_form("Yealink", "http://h/y/x.cfg", {"yealink": "url"}) == "http://h/y/x.cfg"
+    assert vendors.notify_form("Yealink", "http://h/y/x.cfg") == "http://h/y/"
+    # the DHCP core sends a Yealink option 66 in the configured form instead of its folder
+    from pydhcp.packet import DHCPMessage, DHCPMessageType
+
+    from preprov.dhcp4.leases import LeaseTable, default_subnet
+    from preprov.dhcp4.server import Dhcp4Server
+    from test_dhcp4_core import IFACE, RULES, SERVER, T, msg
+
+    sub = default_subnet(IFACE)
+    for forms, want in (({}, b"http://198.18.0.1:8080/"),
+                        ({"yealink": {66: "url"}}, b"http://198.18.0.1:8080/{MODEL}.cfg")):  # fmt: skip
+        s = Dhcp4Server(Dhcp4Policy(server_ip=SERVER, rules=RULES, local=sub, vendor_forms=forms),
+                        LeaseTable([sub]))  # fmt: skip
+        out = s.datagram_received(msg(DHCPMessageType.DHCPDISCOVER, "805ec0000001"),
+                                  ("0.0.0.0", 68), T)  # fmt: skip
+        assert bytes(DHCPMessage.decode(out.sends[0].data).options[66]) == want
+    with pytest.raises(ConfigError) as e:
+        build_config({"vendors": {"yelink": {}}})
+    assert "unknown vendor 'yelink'" in str(e.value)

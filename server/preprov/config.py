@@ -377,6 +377,32 @@ class AdminSection(Strict):
     )
 
 
+class VendorSettings(Strict):
+    """What a vendor's phones are sent where the sources disagree or say nothing for
+    sure (docs/vendors.md): the defaults are the likeliest forms."""
+
+    pnp_notify: Literal["url", "folder", "root"] | None = Field(
+        default=None,
+        description="the SIP PnP NOTIFY's URL: the rule's URL, its folder, or the server's root",
+    )
+    dhcp4: dict[Annotated[int, Field(ge=1, le=254)],
+                Literal["url", "folder", "base", "file", "host", "ip"]] | None = Field(
+        default=None,
+        description="DHCPv4 options sent to its phones and the form of each (replaces the "
+        "vendor's default set)",
+    )  # fmt: skip
+
+
+def _vendor_keys(v: dict[str, VendorSettings]) -> dict[str, VendorSettings]:
+    from .vendors import VENDORS
+
+    known = [x.key for x in VENDORS]
+    for key in v:
+        if key not in known:
+            raise ValueError(f"unknown vendor {key!r} (known: {', '.join(known)})")
+    return v
+
+
 class LogSection(Strict):
     format: Literal["console", "json"] = "console"
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -398,6 +424,9 @@ class Config(Strict):
     admin: AdminSection = AdminSection()
     files: FilesSection = FilesSection()
     inventory: InventorySection = InventorySection()
+    vendors: Annotated[dict[str, VendorSettings], AfterValidator(_vendor_keys)] = Field(
+        default={}, description="per vendor key (yealink, grandstream, ...): VendorSettings"
+    )
     models: list[str] = Field(default=DEFAULT_MODELS, min_length=1)
     fwver_sample: str = Field(default="00.000", description="sizes {fwver} in the length check")
     rules: list[Rule] = Field(default_factory=_default_rules)

@@ -92,6 +92,7 @@ def pnp_policy(
     per_second = c.max_answers_per_second
     return PnpPolicy(
         holder=holder or (old.holder if old else lambda _a: None),
+        notify_forms={k: v.pnp_notify for k, v in rt.config.vendors.items() if v.pnp_notify},
         rules=rt.site_for(interface=iface.name).rules,
         allow=segment(c.allow, iface),
         limiter=limiter(c.rate_burst, c.rate_per_second, old.limiter if old else None),
@@ -152,6 +153,7 @@ def dhcp4_policy(rt: Runtime, iface: Interface, table: LeaseTable, server_ip: st
         quarantine=c.decline_quarantine,
         allow=AllowList.build(c.allow.mac, c.allow.oui, [str(n) for n in c.allow.subnets or []]),
         dry_run=c.dry_run,
+        vendor_forms={k: v.dhcp4 for k, v in rt.config.vendors.items() if v.dhcp4 is not None},
     )
 
 

@@ -81,6 +81,8 @@ class Dhcp4Policy:
     quarantine: float = 3600.0
     allow: AllowList = field(default_factory=AllowList)
     dry_run: bool = False
+    # per vendor key: the options and forms that replace the vendor's defaults (config vendors)
+    vendor_forms: Mapping[str, Mapping[int, str]] = field(default_factory=dict)
 
 
 def provisioning_options(decision: Decision, opts: Dhcp4Options) -> dict[int, bytes]:
@@ -429,7 +431,9 @@ class Dhcp4Server:
         else:
             # the options in the form the phone's vendor reads (Panasonic: dhcp4.options)
             maker = vendors.by_name(facts.vendor)
-            forms = maker.dhcp4 if maker is not None else {}
+            forms: Mapping[int, str] = (
+                p.vendor_forms.get(maker.key, maker.dhcp4) if maker is not None else {}
+            )
             key = (decision.rule, maker.key if forms and maker else "")
             values = self._provisioning.get(key)
             if values is None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import heapq
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
 from sipmessage import Response
@@ -89,6 +89,8 @@ class PnpPolicy:
     # all sources together: new SUBSCRIBEs answered, a bucket of this size refilled
     # at this rate a second (RateLimiter with one key)
     answers: RateLimiter = field(default_factory=lambda: RateLimiter(5000, 5000, 1))
+    # per vendor key: the NOTIFY URL's form, replacing the vendor's default (config vendors)
+    notify_forms: Mapping[str, str] = field(default_factory=dict)
     # which device holds an address (ident.Directory.holder): a SUBSCRIBE without a MAC
     holder: Callable[[str | None], str | None] = lambda _a: None
 
@@ -294,7 +296,7 @@ class PnpResponder:
             ok = m.build_ok(msg, source, tag, self._contact())
             target, note = m.notify_target(msg, source)
             # the URL in the form the phone's vendor takes it (a Grandstream: its folder)
-            url = vendors.notify_form(facts.vendor, decision.url)
+            url = vendors.notify_form(facts.vendor, decision.url, self.policy.notify_forms)
             notify = m.build_notify(msg, target, self.local, tag, branch, url, self.policy.body)
         except (ValueError, KeyError) as e:
             out.events.append(PnpIgnored(**dev, reason=f"cannot answer this SUBSCRIBE: {e}"))

@@ -10,6 +10,8 @@ this table.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from dataclasses import replace
 
 from ..macros import try_mac
 from .audiocodes import AUDIOCODES
@@ -84,10 +86,14 @@ def upload_of(leaf: str) -> tuple[Vendor, str] | None:
     return None
 
 
-def notify_form(vendor: str | None, url: str) -> str:
-    """The rule's URL as a SIP PnP NOTIFY carries it for this vendor's phones."""
+def notify_form(vendor: str | None, url: str, settings: Mapping[str, str] | None = None) -> str:
+    """The rule's URL as a SIP PnP NOTIFY carries it for this vendor's phones
+    (`settings`: a form per vendor key, from the configuration's `vendors`)."""
     v = by_name(vendor)
-    return v.notify_url(url) if v else url
+    if v is None:
+        return url
+    form = (settings or {}).get(v.key)
+    return replace(v, notify=form).notify_url(url) if form else v.notify_url(url)  # type: ignore[arg-type]
 
 
 def from_path(path: str) -> VendorFacts | None:

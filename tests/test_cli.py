@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -37,9 +38,7 @@ def test_check_refuses_a_url_too_long_after_expansion(tmp_path: Path) -> None:
 
 def test_check_refuses_a_template_that_breaks_the_format(tmp_path: Path) -> None:
     t = tmp_path / "t"
-    t.mkdir()
-    for f in BUNDLED_TEMPLATES.iterdir():
-        (t / f.name).write_bytes(f.read_bytes())
+    shutil.copytree(BUNDLED_TEMPLATES, t)
     (t / "Config{MODEL}.cfg").write_text(
         "# Panasonic SIP Phone Standard Format File # DO NOT CHANGE THIS LINE!\n"
         "# comment\n"
@@ -89,9 +88,7 @@ def test_serve_refuses_to_start_on_what_check_reports(tmp_path: Path) -> None:
 
 def test_check_reports_each_mistake_with_file_line_key_and_reason(tmp_path: Path) -> None:
     t = tmp_path / "t"
-    t.mkdir()
-    for f in BUNDLED_TEMPLATES.iterdir():
-        (t / f.name).write_bytes(f.read_bytes())
+    shutil.copytree(BUNDLED_TEMPLATES, t)
     cfg = tmp_path / "lab.yaml"
     cfg.write_text(
         "files:\n  templates: t\n"

@@ -27,7 +27,9 @@ def test_bundled_example_is_valid() -> None:
 def test_empty_file_gives_defaults(tmp_path: Path) -> None:
     c = load_config(write(tmp_path, ""))
     assert c.http.port == 8080
-    assert c.rules[0].url == "http://${server}:${http_port}/{MODEL}.cfg"
+    assert c.rules[0].url_base == "http://${server}:${http_port}"
+    assert c.rules[0].url_for("panasonic") == "http://${server}:${http_port}/{MODEL}.cfg"
+    assert c.rules[0].url_for("Grandstream") == "http://${server}:${http_port}/grandstream/"
 
 
 def test_unknown_key_names_file_key_and_line(tmp_path: Path) -> None:

@@ -174,7 +174,7 @@ def test_each_vendor_gets_the_url_in_its_form_and_audiocodes_is_found_by_its_lea
     sub = next(e for e in out.events if isinstance(e, PnpSubscribe))
     assert (sub.mac, sub.vendor, sub.model) == ("00908F602AAC", "AudioCodes", "440HD")
     assert sub.note and "holding 198.18.0.9" in sub.note
-    assert out.sends[1].data.decode().endswith("\r\n\r\nhttp://198.18.0.1:8080")
+    assert out.sends[1].data.decode().endswith("\r\n\r\nhttp://198.18.0.1:8080/")
 
 
 def test_notify_retransmitted_on_rfc3261_schedule_until_timer_f() -> None:

@@ -45,8 +45,9 @@ def test_sipp_scenarios_against_zero_config(
         assert (run.returncode, run.successful, run.failed) == (0, 1, 0), (
             run.stdout[-2000:] + run.errors
         )
-        # each in its vendor's form: a Yealink the folder, the others the rule's URL
-        want = "" if scenario == "yealink" else "{MODEL}.cfg"
+        # each sent its own URL under the default rule's url_base: a Panasonic
+        # {MODEL}.cfg, the others their vendor's folder of the bundled templates
+        want = "{MODEL}.cfg" if scenario == "panasonic" else f"{scenario}/"
         assert run.urls == [f"http://{srv.ipv4.ip}:8080/{want}"]
         acked = events(sp, "pnp.notify-acked")
         assert len(acked) == 1 and acked[0]["mac"] == mac and acked[0]["status"] == 200

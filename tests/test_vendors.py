@@ -67,7 +67,8 @@ def test_request_paths_that_name_the_phone() -> None:
     for path, want in cases:
         assert vendors.from_path(path) == want, path
     assert vendors.notify_form("Grandstream", "http://h:8080/x/{MODEL}.cfg") == "http://h:8080/x/"
-    assert vendors.notify_form("AudioCodes", "http://h:8080/x/{MODEL}.cfg") == "http://h:8080"
+    assert vendors.notify_form("AudioCodes", "http://h:8080/x/{MODEL}.cfg") == "http://h:8080/x/"
+    assert vendors.notify_form("AudioCodes", "http://h:8080/x/", {"audiocodes": "root"}) == "http://h:8080"
     assert vendors.notify_form("Snom", "http://h/{mac}.xml") == "http://h/{mac}.xml"
 
 
@@ -164,7 +165,7 @@ def test_the_audiocodes_redirect_service_answered_from_the_rules(tmp_path: Path)
         r = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code} %{redirect_url}",
                             "-A", "AUDC/3.4.6.604 AUDC-IPPhone-C450HD_UC_3.4.6.604/1",
                             f"{sp.base}/00908F9D8992"], capture_output=True, text=True)  # fmt: skip
-        assert r.stdout == f"302 http://127.0.0.1:{sp.port}/", r.stdout
+        assert r.stdout == f"302 http://127.0.0.1:{sp.port}/audiocodes/", r.stdout
         ev = sp.wait_event("redirect.answered")
         assert (ev["mac"], ev["vendor"], ev["rule"]) == ("00908F9D8992", "AudioCodes", "default")
     finally:
@@ -231,6 +232,8 @@ def test_dhclient_as_each_vendor_gets_the_options_its_phones_read(lab: Lab, tmp_
                 subprocess.run(["kill", pid.read_text().strip()], check=False)
             assert r.returncode == 0, r.stderr[-1000:]
             text = lease.read_text()
+            key = vendors.by_name(vendor).key  # type: ignore[union-attr]
+            want_form["folder"] = f"{base}/{key}/"  # the default rule's url_base: its folder
             for code, form in options.items():
                 line = next((ln for ln in text.splitlines()
                              if f"option {names[code][0]} " in ln), "")  # fmt: skip
@@ -272,3 +275,65 @@ def test_unverified_forms_are_settings() -> None:
     with pytest.raises(ConfigError) as e:
         build_config({"vendors": {"yelink": {}}})
     assert "unknown vendor 'yelink'" in str(e.value)
+
+
+# each vendor's own file in the bundled templates: (vendor, User-Agent, path under its folder)
+OWN_FILES = [
+    ("yealink", "Yealink SIP-T46G 28.72.0.1 00:15:65:4a:a9:37", "0015654aa937.cfg"),
+    ("poly", "FileTransport PolycomVVX-VVX_500-UA/5.9.7.4477 Type/Application", "0004f282e824.cfg"),
+    ("cisco", "Cisco-CP-8851-3PCC/11.0.1 (d0ec35000002)", "8851-3PCC.xml"),
+    ("cisco", "Cisco-CP-8851-3PCC/11.0.1 (d0ec35000002)", "d0ec35000002.xml"),
+    ("grandstream", "Grandstream Model HW GXP2135 SW 1.0.7.97 DevId 000b828aa872", "cfg000b828aa872.xml"),
+    ("snom", "Mozilla/4.0 (compatible; snomD785-SIP 10.1.33.33 2010.12 000413922D24 SXM:0)", "snomD785-000413922D24.htm"),
+    ("fanvil", "Fanvil X4 2.10.2.6887 0c383e07e16c", "0c383e07e16c.cfg"),
+    ("gigaset", "Gigaset N870 IP PRO/83.V2.11.0;7C2F80E0D605", "7C2F80E0D605.xml"),
+    ("audiocodes", "AUDC-IPPhone/2.2.8.61 (440HDG-Rev0; 00908F602AAC)", "00908f602aac.cfg"),
+]  # fmt: skip
+
+
+def test_zero_config_serves_each_vendor_its_own_files(tmp_path: Path) -> None:
+    """The default rule's url_base sends each vendor's phone to its own folder of the
+    bundled templates; each file it asks for there is served in its vendor's format."""
+    from preprov.config import build_config
+    from preprov.files.lint import lint_vendor
+    from preprov.files.service import FileRequest, fetch
+    from preprov.runtime import build_runtime
+
+    rt = build_runtime(build_config({"server": {"address": "198.18.0.1"}}), None)
+    for key, ua, leaf in OWN_FILES:
+        maker = vendors.by_name(key)
+        assert maker is not None
+        facts = vendors.from_user_agent(ua)
+        assert facts is not None
+        from preprov.ident import DeviceFacts
+
+        decision = rt.site.rules.decide(DeviceFacts(mac=facts.mac, vendor=facts.vendor))
+        assert decision is not None and decision.url == f"http://198.18.0.1:8080/{key}/", key
+        ans = fetch(rt, FileRequest("http", "198.18.0.7", f"/{key}/{leaf}", user_agent=ua),
+                    holder={"198.18.0.7": "0004F282E824"}.get)  # fmt: skip
+        assert ans.status == 200, (key, leaf, ans.body)
+        assert lint_vendor(key, ans.body) == [], (key, leaf, ans.body)
+        if facts.mac and facts.mac[-6:].lower() in leaf.lower():  # its own file: its settings
+            assert facts.mac[-6:] in ans.body.decode(), (key, ans.body)
+    # a Panasonic still gets {MODEL}.cfg at the top
+    pana = rt.site.rules.decide(DeviceFacts(mac="0080F0C571EB"))
+    assert pana is not None and pana.url == "http://198.18.0.1:8080/{MODEL}.cfg"
+
+
+def test_check_lints_every_vendors_templates(tmp_path: Path) -> None:
+    from preprov.config import BUNDLED_TEMPLATES
+
+    t = tmp_path / "t"
+    shutil.copytree(BUNDLED_TEMPLATES, t)
+    (t / "yealink" / "{mac}.cfg").write_text("account.1.enable = 1\n")  # no #!version line
+    (t / "grandstream" / "cfg{mac}.xml").write_text("<gs_provision><config></gs_provision>\n")
+    (t / "cisco" / "{mac}.xml").write_text("<flat>x</flat>\n")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("files:\n  templates: t\n")
+    r = subprocess.run([sys.executable, "-m", "preprov", "check", "--config", str(cfg)],
+                       capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == 1
+    assert "yealink/{mac}.cfg:1: error: the first line must be #!version:1.0.0.1" in r.stdout
+    assert "grandstream/cfg{mac}.xml:1: error: not well-formed XML" in r.stdout
+    assert "cisco/{mac}.xml: error: root element <flat>, expected <flat-profile>" in r.stdout
+    assert "3 error(s)" in r.stderr

@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 
 from .config import _line_of
-from .files.lint import lint
+from .files.lint import lint, lint_vendor
 from .files.service import FileRequest, fetch
 from .files.templates import UnsafePath, check_request_path
 from .macros import expand_macros
@@ -79,13 +79,16 @@ def _rule_problems(rt: Runtime, extra_models: Sequence[str]) -> list[Problem]:
     models = _models(rt, extra_models)
     mac = next(iter(rt.variables), SAMPLE_MAC)
     own_credentials = any(v.get("http_user") for v in rt.variables.values())
-    for i, (rule, decision) in enumerate(zip(c.rules, rt.site.rules.decisions, strict=True)):
+    panasonic = rt.site.rules.for_vendor("panasonic")  # {MODEL}.cfg: what check can resolve
+    for i, (rule, decision) in enumerate(zip(c.rules, panasonic, strict=True)):
         at = f"rules[{i}]"
         for prefix in rule.match.model:
             if not any(m.upper().startswith(prefix.upper()) for m in models):
                 out.append(Problem("error", f"{at}.match.model", (
                     f"{prefix!r} starts none of the configured models ({', '.join(models)}):"
                     " a phone can never match it; add the model to `models` or correct it")))
+        if decision is None:
+            continue  # no URL for a Panasonic: its other vendors' URLs are theirs to check
         if rule.auth != "any" and decision.credentials is None and not own_credentials:
             out.append(Problem("error", f"{at}.auth", (
                 f"auth: {rule.auth}, but the URL has no user:password and no device of "
@@ -99,7 +102,7 @@ def _rule_problems(rt: Runtime, extra_models: Sequence[str]) -> list[Problem]:
             out.append(Problem("warning", f"{at}.match", (
                 f"a SIP PnP SUBSCRIBE carries no {what}: PnP answers this rule only for "
                 "phones whose DHCP request told it before")))
-        if "${server" not in rule.url:
+        if "${server" not in (rule.url_for("panasonic") or ""):
             continue  # a URL of another server: its files are not ours to check
         for model in models:
             path = expand_macros(decision.parsed.path or "/", mac, model, c.fwver_sample)
@@ -146,8 +149,10 @@ def _template_problems(
                     out.append(Problem("error", entry.name, f"for {mac} {model}: {reason}"))
             if ans.status != 200:
                 continue
-            if entry.panasonic:
-                for f in lint(ans.body):
+            findings = lint(ans.body) if entry.panasonic else (
+                lint_vendor(entry.vendor, ans.body) if entry.vendor else [])  # fmt: skip
+            if findings:
+                for f in findings:
                     key = (entry.name, f.message)
                     if key not in seen:
                         seen.add(key)

@@ -103,27 +103,73 @@ class Match(Strict):
         )  # fmt: skip
 
 
+def _check_url(v: str) -> str:
+    bad = unknown_placeholders(v)
+    if bad:
+        raise ValueError(
+            f"unknown placeholder ${{{bad[0]}}} (known: ${{server}}, ${{server6}}, "
+            "${http_port}, ${https_port})"
+        )
+    try:
+        parse_url(fill_placeholders(v, _WORST_CASE_PLACEHOLDERS))
+    except UrlError as e:
+        raise ValueError(f"bad URL: {e}") from None
+    return v
+
+
+CheckedUrl = Annotated[str, AfterValidator(_check_url)]
+
+
 class Rule(Strict):
     name: str = Field(min_length=1)
     match: Match = Match()
-    url: str = Field(description="provisioning URL; phone macros {MAC} {mac} {MODEL} {fwver}")
+    url: CheckedUrl | None = Field(
+        default=None, description="provisioning URL; phone macros {MAC} {mac} {MODEL} {fwver}"
+    )
+    url_base: CheckedUrl | None = Field(
+        default=None,
+        description="a base URL each vendor's plugin derives its phones' URL from "
+        "(Panasonic: <base>/{MODEL}.cfg; the others: <base>/<vendor>/)",
+    )
+    urls: dict[str, CheckedUrl] = Field(
+        default={}, description="per vendor key: that vendor's phones' URL, before url and url_base"
+    )
     auth: Literal["any", "basic", "digest"] = "any"
     variables: dict[str, str | int | float | bool] = {}
 
-    @field_validator("url")
-    @classmethod
-    def _url(cls, v: str) -> str:
-        bad = unknown_placeholders(v)
-        if bad:
-            raise ValueError(
-                f"unknown placeholder ${{{bad[0]}}} (known: ${{server}}, ${{server6}}, "
-                "${http_port}, ${https_port})"
-            )
-        try:
-            parse_url(fill_placeholders(v, _WORST_CASE_PLACEHOLDERS))
-        except UrlError as e:
-            raise ValueError(f"bad URL: {e}") from None
-        return v
+    @model_validator(mode="after")
+    def _one_url(self) -> Rule:
+        if self.url is None and self.url_base is None and not self.urls:
+            raise _LocatedValueError(("url",), "a rule needs url, url_base or urls")
+        _vendor_keys(dict(self.urls))  # type: ignore[arg-type]
+        return self
+
+    def all_urls(self) -> list[tuple[tuple[str, ...], str]]:
+        """Every URL the rule can send, with the key it comes from."""
+        from .vendors import VENDORS
+
+        out: list[tuple[tuple[str, ...], str]] = [(("urls", k), u) for k, u in self.urls.items()]
+        if self.url is not None:
+            out.append((("url",), self.url))
+        elif self.url_base is not None:
+            out += [(("url_base",), v.url_for(self.url_base)) for v in VENDORS]
+        return out
+
+    def url_for(self, vendor: str | None) -> str | None:
+        """The URL this rule sends a phone of that vendor (its key), or None."""
+        from .vendors import by_name
+
+        maker = by_name(vendor)
+        key = maker.key if maker else ""
+        if key in self.urls:
+            return self.urls[key]
+        if self.url is not None:
+            return self.url
+        if self.url_base is not None:
+            from .vendors import PANASONIC
+
+            return (maker or PANASONIC).url_for(self.url_base)
+        return None
 
 
 class ServerSection(Strict):
@@ -409,7 +455,9 @@ class LogSection(Strict):
 
 
 def _default_rules() -> list[Rule]:
-    return [Rule(name="default", url="http://${server}:${http_port}/{MODEL}.cfg")]
+    # each vendor's phones their own URL: a Panasonic <base>/{MODEL}.cfg, a Yealink
+    # <base>/yealink/, ... (the bundled templates are laid out the same way)
+    return [Rule(name="default", url_base="http://${server}:${http_port}")]
 
 
 class Config(Strict):
@@ -441,9 +489,10 @@ class Config(Strict):
         values = self.placeholder_values(worst_case=True)
         problems = []
         for i, r in enumerate(self.rules):
-            why = url_length_problem(fill_placeholders(r.url, values), longest, self.fwver_sample)
-            if why:
-                problems.append(_LocatedValueError(("rules", i, "url"), why))
+            for key, url in r.all_urls():
+                why = url_length_problem(fill_placeholders(url, values), longest, self.fwver_sample)
+                if why:
+                    problems.append(_LocatedValueError(("rules", i, *key), why))
         if problems:
             raise problems[0]
         return self

@@ -11,6 +11,7 @@ import ipaddress
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from . import vendors
 from .config import Rule
 from .ident import NO_FACTS, DeviceFacts
 from .macros import ServerUrl, fill_placeholders, parse_url
@@ -82,26 +83,37 @@ class RuleSet:
         # What other channels said about a device (ident.Directory.known): set by the
         # server on each runtime's rule sets; the request's own facts come first.
         self.known: Callable[[str | None], DeviceFacts] = lambda _mac: NO_FACTS
-        self.decisions = []
-        for rule in self.rules:
-            url = fill_placeholders(rule.url, dict(placeholders))
-            self.decisions.append(
-                Decision(
-                    rule=rule.name,
-                    url=url,
-                    parsed=parse_url(url),
-                    variables=dict(rule.variables),
-                    auth=rule.auth,
-                )
-            )
+        self.placeholders = dict(placeholders)
+        # per vendor key ("" for none): each rule's decision, its URL for that vendor
+        self._by_vendor: dict[str, list[Decision | None]] = {}
+        self.decisions = [d for d in self.for_vendor(None) if d is not None] if all(
+            r.url_for(None) is not None for r in self.rules) else []  # fmt: skip
+
+    def for_vendor(self, vendor: str | None) -> list[Decision | None]:
+        """Each rule's decision for a phone of that vendor (None: a rule without a URL
+        for it), built once per vendor."""
+        maker = vendors.by_name(vendor)
+        key = maker.key if maker else ""
+        got = self._by_vendor.get(key)
+        if got is None:
+            got = self._by_vendor[key] = []
+            for rule in self.rules:
+                raw = rule.url_for(vendor)
+                if raw is None:
+                    got.append(None)
+                    continue
+                url = fill_placeholders(raw, self.placeholders)
+                got.append(Decision(rule=rule.name, url=url, parsed=parse_url(url),
+                                    variables=dict(rule.variables), auth=rule.auth))  # fmt: skip
+        return got
 
     def complete(self, facts: DeviceFacts) -> DeviceFacts:
         return facts.merged(self.known(facts.mac)).with_vendor_from_oui()
 
     def decide(self, facts: DeviceFacts) -> Decision | None:
         facts = self.complete(facts)
-        for rule, decision in zip(self.rules, self.decisions, strict=True):
-            if why_not(rule, facts) is None:
+        for rule, decision in zip(self.rules, self.for_vendor(facts.vendor), strict=True):
+            if decision is not None and why_not(rule, facts) is None:
                 return decision
         return None
 

@@ -118,3 +118,48 @@ def to_crlf(data: bytes) -> bytes:
     if not text.endswith(b"\r\n"):
         text += b"\r\n"
     return text
+
+
+# The root element each vendor's XML files have (docs/vendors.md)
+_XML_ROOTS = {
+    "poly": {"APPLICATION", "polycomConfig"},
+    "cisco": {"flat-profile"},
+    "grandstream": {"gs_provision"},
+    "snom": {"settings", "setting-files"},
+    "fanvil": {"sysConf"},
+    "gigaset": {"provisioning"},
+}
+
+
+def lint_vendor(vendor: str, data: bytes) -> list[Finding]:
+    """Another vendor's file, checked for the shape its phones parse: Yealink's
+    `#!version:1.0.0.1` header and `key = value` lines, AudioCodes' `path=value`
+    lines, the others' XML (well-formed, with their root element)."""
+    import xml.etree.ElementTree as ET
+
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return [Finding(0, "error", f"not UTF-8: {e}")]
+    lines = text.splitlines()
+    out: list[Finding] = []
+    if vendor in ("yealink", "audiocodes"):
+        if vendor == "yealink" and (not lines or lines[0].strip() != "#!version:1.0.0.1"):
+            out.append(Finding(1, "error", "the first line must be #!version:1.0.0.1"))
+        sep = " = " if vendor == "yealink" else "="
+        for n, line in enumerate(lines, 1):
+            s = line.strip()
+            if s and not s.startswith("#") and sep.strip() not in s:
+                out.append(Finding(n, "error", f"not a key{sep}value line: {s[:60]!r}"))
+        return out
+    roots = _XML_ROOTS.get(vendor)
+    if roots is None:
+        return out
+    try:
+        root = ET.fromstring(data)
+    except ET.ParseError as e:
+        return [Finding(e.position[0], "error", f"not well-formed XML: {e}")]
+    if root.tag not in roots:
+        out.append(Finding(0, "error", f"root element <{root.tag}>, expected "
+                           + " or ".join(f"<{r}>" for r in sorted(roots))))  # fmt: skip
+    return out

@@ -61,6 +61,7 @@ class Entry:
     compiled: jinja2.Template | None = None
     data: bytes | None = None
     size: int = 0  # of a raw file streamed from disk (data None)
+    vendor: str | None = None  # the vendor key of its folder (yealink/...), if any
 
     @property
     def per_device(self) -> bool:
@@ -78,6 +79,18 @@ class Resolved:
 class Skipped:
     name: str
     reason: str
+
+
+def vendor_folder(rel: str) -> str | None:
+    """The vendor whose folder a template is in (`yealink/{mac}.cfg`, `lab2/yealink/...`:
+    yealink), if any other than Panasonic (whose files sit at the top)."""
+    from ..vendors import by_name
+
+    for folder in reversed(rel.split("/")[:-1]):  # a/yealink/x.cfg: the nearest folder
+        maker = by_name(folder)
+        if maker is not None:
+            return maker.key if maker.key != "panasonic" else None
+    return None
 
 
 def model_pattern(models: Iterable[str]) -> str:
@@ -205,7 +218,11 @@ class TemplateSet:
         return p.relative_to(self.root).as_posix()
 
     def _add(self, rel: str, p: Path) -> None:
-        regex, literal, spec = _compile_name(rel, self.patterns_by_macro)
+        # a folder named after a vendor (yealink/, grandstream/) holds that vendor's files:
+        # its own format (not Panasonic's), its own models for {MODEL}
+        vendor = vendor_folder(rel)
+        patterns = MACRO_PATTERNS if vendor else self.patterns_by_macro
+        regex, literal, spec = _compile_name(rel, patterns)
         leaf = rel.rsplit("/", 1)[-1]
         raw = any(fnmatch.fnmatch(leaf, g) for g in self.raw_globs) or not _is_text(p)
         entry = Entry(
@@ -214,8 +231,10 @@ class TemplateSet:
             regex=regex,
             literal_len=literal,
             specificity=spec,
-            panasonic=not raw and any(fnmatch.fnmatch(leaf, g) for g in self.panasonic_globs),
+            panasonic=not raw and vendor is None
+            and any(fnmatch.fnmatch(leaf, g) for g in self.panasonic_globs),
             raw=raw,
+            vendor=vendor,
         )
         if regex is None:
             self.exact[rel] = entry

@@ -110,5 +110,5 @@ def from_path(path: str) -> VendorFacts | None:
     return VendorFacts(maker.name, None, None, mac) if maker and mac else None
 
 
-__all__ = ["VENDORS", "Vendor", "VendorFacts", "by_name", "by_oui", "from_path",
+__all__ = ["PANASONIC", "VENDORS", "Vendor", "VendorFacts", "by_name", "by_oui", "from_path",
            "from_user_agent", "from_vendor_class", "notify_form", "redirect_of", "upload_of"]  # fmt: skip

@@ -46,6 +46,8 @@ class Vendor:
     redirect: re.Pattern[str] | None = None
     # files its phones PUT (logs, their own settings): named group mac
     uploads: tuple[re.Pattern[str], ...] = ()
+    # its URL under a rule's url_base ({base} replaced); None: <base>/<key>/
+    base_form: str | None = None
     # DHCPv4: the options its phones read the provisioning server from, each in its
     # form: url (the rule's URL), folder (up to its last /), base (the folder without
     # the /), file (the URL's file name), host (the server's name or address), ip (the
@@ -104,6 +106,12 @@ class Vendor:
             if m:
                 return try_mac(m.group("mac"))
         return None
+
+    def url_for(self, base: str) -> str:
+        """This vendor's phones' URL under a rule's url_base: its own folder, where the
+        bundled templates keep its files (Panasonic overrides: <base>/{MODEL}.cfg)."""
+        return f"{base.rstrip('/')}/{self.key}/" if self.base_form is None else \
+            self.base_form.replace("{base}", base.rstrip("/"))  # fmt: skip
 
     def notify_url(self, url: str) -> str:
         """The rule's URL in the form this vendor's phones take from a NOTIFY."""

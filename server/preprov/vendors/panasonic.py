@@ -11,4 +11,6 @@ PANASONIC = vendor(
                  r"(?:\s*\((?P<mac>[0-9A-Fa-f:.\-]{12,17})\))?"],
     vendor_classes=[r"^Panasonic"],
     paths=[r"(?:^|/)Config(?P<mac>[0-9A-Fa-f]{12})\.cfg$"],
+    # the pre-provisioning file at the top of the templates, as the guides show it
+    base_form="{base}/{MODEL}.cfg",
 )  # fmt: skip

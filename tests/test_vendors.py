@@ -337,3 +337,49 @@ def test_check_lints_every_vendors_templates(tmp_path: Path) -> None:
     assert "grandstream/cfg{mac}.xml:1: error: not well-formed XML" in r.stdout
     assert "cisco/{mac}.xml: error: root element <flat>, expected <flat-profile>" in r.stdout
     assert "3 error(s)" in r.stderr
+
+
+PERSONA_MACS = {"yealink": "80:5e:c0:00:01:01", "poly": "00:04:f2:00:01:02",
+                "cisco": "d0:ec:35:00:01:03", "grandstream": "00:0b:82:00:01:04",
+                "snom": "00:04:13:00:01:05", "fanvil": "0c:38:3e:00:01:06",
+                "gigaset": "7c:2f:80:00:01:07", "audiocodes": "00:90:8f:00:01:08"}  # fmt: skip
+
+
+def test_every_vendors_simulated_phone_is_provisioned_by_each_of_its_channels(
+    lab: Lab, tmp_path: Path
+) -> None:
+    """`preprov phone --vendor X` against `serve --interface eth0` with no configuration:
+    each vendor's phone boots without an address (DORA with its option 60), then takes
+    its URL by SIP PnP in its dialect where it has one, else (and with PnP switched off)
+    from the DHCP options it reads, and fetches its own files from the bundled templates
+    in its vendor's format."""
+    from preprov.phone.personas import PERSONAS
+
+    srv = lab.host("srv")
+    sp = start_server(tmp_path, "--interface", "eth0", netns=srv.ns, port=8080)
+    try:
+        n = 0
+        for key, mac in PERSONA_MACS.items():
+            ways = ([[], ["--no-sippnp"]] if PERSONAS[key].pnp_user is not None else [[]])
+            for switches in ways:
+                n += 1
+                phone = lab.host(f"v{n}", addresses=False)
+                r = subprocess.run(
+                    [*phone.prefix(), sys.executable, "-m", "preprov", "phone", "--interface",
+                     "eth0", "--mac", mac, "--vendor", key, "--json", "--timeout", "30",
+                     *switches], capture_output=True, text=True, timeout=60,
+                )  # fmt: skip
+                assert r.returncode == 0, f"{key} {switches}: {r.stdout[-1500:]} {r.stderr[-500:]}"
+                report = json.loads(r.stdout)
+                via = report["channel"]
+                if switches or PERSONAS[key].pnp_user is None:
+                    assert via.startswith("dhcpv4-option-"), (key, via)
+                else:
+                    assert via == "sip-pnp", (key, via)
+                assert report["url"].endswith(f"/{key}/"), report["url"]
+                assert all(f["status"] == 200 for f in report["files"] if f["required"]), report
+        subs = [e for e in sp.events() if e.get("event") == "pnp.subscribe"]
+        audiocodes = next(e for e in subs if e.get("vendor") == "AudioCodes")
+        assert audiocodes["mac"] == "00908F000108" and "no MAC in the SUBSCRIBE" in audiocodes["note"]
+    finally:
+        assert sp.stop() == 0

@@ -249,8 +249,12 @@ def _switch(name: str, param: str) -> Callable[[Callable[..., Any]], Callable[..
 @main.command()
 @click.option("--interface", "-i", required=True, help="the interface the phone boots on")
 @click.option("--mac", required=True, help="the phone's MAC, any notation")
-@click.option("--model", default="KX-HDV130", show_default=True)
-@click.option("--fwver", default="01.000", show_default=True)
+@click.option("--vendor", default="panasonic", show_default=True,
+              type=click.Choice(["panasonic", "yealink", "poly", "cisco", "grandstream", "snom",
+                                 "fanvil", "gigaset", "audiocodes"]),
+              help="whose phone: its PnP dialect, DHCP options, User-Agent and files")
+@click.option("--model", default=None, help="default: KX-HDV130, or the vendor's usual model")
+@click.option("--fwver", default=None, help="default: 01.000, or the vendor's")
 @click.option("--ip-mode", type=click.Choice(["ipv4", "ipv6", "dual"]), default="ipv4",
               show_default=True)  # fmt: skip
 @_switch("sippnp", "SIPPNP_PROV_ENABLE")
@@ -266,15 +270,16 @@ def _switch(name: str, param: str) -> Callable[[Callable[..., Any]], Callable[..
 )
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
 def phone(
-    interface: str, mac: str, model: str, fwver: str, ip_mode: str, timeout: float,
-    cacert: str | None, as_json: bool, **switches: bool,
+    interface: str, mac: str, vendor: str, model: str | None, fwver: str | None, ip_mode: str,
+    timeout: float, cacert: str | None, as_json: bool, **switches: bool,
 ) -> None:  # fmt: skip
-    """Boot a simulated Panasonic phone on an interface and report how it got provisioned.
-    Exit 0 only when it ends up provisioned."""
+    """Boot a simulated phone (a Panasonic, or --vendor's) on an interface and report how
+    it got provisioned. Exit 0 only when it ends up provisioned."""
     from .net import InterfaceError
     from .net import interface as find_interface
     from .phone.core import PhoneProfile
     from .phone.driver import SimulatedPhone
+    from .phone.personas import persona_for
 
     try:
         iface = find_interface(interface)
@@ -284,8 +289,18 @@ def phone(
     ip = str(iface.ipv4[0].ip) if iface.ipv4 else None  # None: DHCPv4 leases one
     channels = frozenset(ch for sw, ch in CHANNEL_SWITCHES.items() if switches[sw])
     ip6 = str(iface.ipv6[0].ip) if iface.ipv6 else None  # None: DHCPv6 leases one
+    persona = persona_for(vendor)
+    if persona is not None and ip_mode != "ipv4":
+        _fail(f"preprov phone: a {vendor} phone is simulated in IPv4 mode only", 2)
+    model = model or (persona.model if persona else "KX-HDV130")
+    fwver = fwver or (persona.fwver if persona else "01.000")
+    if persona is not None:  # its options are switched on as the Panasonic ones are
+        channels |= {f"dhcpv4-option-{c}" for c in persona.reads if switches["option66"]}
+        if not switches["sippnp"]:
+            channels -= {"sip-pnp"}
     profile = PhoneProfile(mac=mac, model=model, fwver=fwver, ip=ip, ip6=ip6, ip_mode=ip_mode,
-                           channels=channels)  # fmt: skip
+                           channels=channels, vendor=vendor,
+                           sip_port=persona.sip_port if persona else 5060)  # fmt: skip
     try:
         report = uvloop.run(SimulatedPhone(profile, interface, cacert=cacert).run(timeout))
     except OSError as e:

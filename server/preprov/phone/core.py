@@ -18,13 +18,14 @@ from typing import Any
 from sipmessage import URI, Request, Response
 
 from ..datagrams import Send
-from ..files.lint import lint, parse
+from ..files.lint import lint, lint_vendor, parse
 from ..macros import UrlError, expand_macros, parse_url
 from ..sip import message as sipm
 from .dhcp4 import SERVER as DHCP_SERVER
 from .dhcp4 import Dhcp4Client, Lease, choose_url
 from .dhcp6 import SERVERS as DHCP6_SERVERS
 from .dhcp6 import Dhcp6Client
+from .personas import Persona, persona_for
 
 PNP_GROUP = ("224.0.1.75", 5060)
 PNP_WINDOW = 5.0  # "waits a maximum of 5 seconds for a response" (KX-UTG200 guide §2.2.1)
@@ -51,11 +52,18 @@ class PhoneProfile:
     ip_mode: str = "ipv4"
     channels: frozenset[str] = frozenset(
         {"sip-pnp", "dhcpv4-option-160", "dhcpv4-option-159", "dhcpv4-option-66",
-         "dhcpv6-option-17"}
+         "dhcpv4-option-114", "dhcpv6-option-17"}
     )  # fmt: skip
+    vendor: str = "panasonic"  # another vendor's key: its persona (phone/personas.py)
+
+    @property
+    def persona(self) -> Persona | None:
+        return persona_for(self.vendor) if self.vendor != "panasonic" else None
 
     @property
     def user_agent(self) -> str:
+        if self.persona is not None:
+            return self.persona.fill(self.persona.user_agent, self.mac, self.model, self.fwver)
         return f"Panasonic_{self.model}/{self.fwver} ({self.mac.lower()})"
 
 
@@ -80,6 +88,7 @@ class FileResult:
     error: str | None = None
     lint_errors: list[str] = field(default_factory=list)
     ms: float = 0.0
+    required: bool = True  # a file the phone may miss (a Yealink's <mac>.boot) is not
 
 
 @dataclass
@@ -113,7 +122,12 @@ class PhoneCore:
         self.done = False
         self._t0 = 0.0
         self._phase = "idle"
-        self._queue = [c for c in CHANNELS_BY_MODE[profile.ip_mode]]
+        persona = profile.persona
+        if persona is not None:  # its own order: SIP PnP if it has it, then its options
+            self._queue = (["sip-pnp"] if persona.pnp_user is not None else []) + [
+                f"dhcpv4-option-{c}" for c in persona.reads]  # fmt: skip
+        else:
+            self._queue = list(CHANNELS_BY_MODE[profile.ip_mode])
         self._timer: float | None = None
         # PnP state
         self._subscribe = b""
@@ -121,9 +135,9 @@ class PhoneCore:
         self._pnp_deadline = 0.0
         self._interval = T1
         self._got_200 = False
-        # fetch state
-        self._pending: list[tuple[str, str | None]] = []
-        self._fetching: tuple[str, str | None, float] | None = None
+        # fetch state: (URL, the parameter that named it, required)
+        self._pending: list[tuple[str, str | None, bool]] = []
+        self._fetching: tuple[str, str | None, float, bool] | None = None
         # DHCPv4 state
         self.ip = profile.ip
         self.report.ip = profile.ip
@@ -227,14 +241,26 @@ class PhoneCore:
     ) -> Actions:
         if self._fetching is None or self._fetching[0] != url:
             return Actions()
-        _, parameter, started = self._fetching
+        _, parameter, started, required = self._fetching
         self._fetching = None
         if error is None and status is not None and status >= 400:
             # the server's own words: preprov's refusals say why in the body
             said = body[:300].decode("utf-8", "replace").strip().splitlines()
             error = f"HTTP {status}: {said[0]}" if said else f"HTTP {status}"
-        r = FileResult(url, parameter, status, len(body), error, ms=_ms(now - started))
+        r = FileResult(url, parameter, status, len(body), error, ms=_ms(now - started),
+                       required=required)  # fmt: skip
         self.report.files.append(r)
+        persona = self.p.persona
+        if persona is not None:
+            if status == 200:
+                r.lint_errors = [f.render("") for f in lint_vendor(persona.key, body)
+                                 if f.severity == "error"]  # fmt: skip
+                folder = url.rsplit("/", 1)[0] + "/"
+                for name in persona.follow(body):  # Poly's CONFIG_FILES, Cisco's Profile_Rule
+                    name = name.replace("$MA", self.p.mac.lower())
+                    self._pending.append((name if "://" in name else folder + name, url, True))
+            self._step(now, "fetched", url=url, status=status, size=len(body), error=error)
+            return self._fetch_next(now)
         if status == 200:
             r.lint_errors = [f.render("") for f in lint(body) if f.severity == "error"]
             settings = parse(body)
@@ -243,7 +269,7 @@ class PhoneCore:
             if parameter is None:  # the pre-provisioning file names the others
                 for name in CHAIN:
                     if settings.get(name):
-                        self._pending.append((self._expand(settings[name]), name))
+                        self._pending.append((self._expand(settings[name]), name, True))
         self._step(now, "fetched", url=url, status=status, size=len(body), error=error)
         return self._fetch_next(now)
 
@@ -282,7 +308,13 @@ class PhoneCore:
     def _start_dhcp(self, now: float, purpose: str) -> Actions:
         self._phase = "dhcp"
         self._dhcp_for = purpose
-        self._dhcp = Dhcp4Client(self.p.mac, self.rng, ciaddr=self.ip)
+        persona = self.p.persona
+        if persona is None:
+            self._dhcp = Dhcp4Client(self.p.mac, self.rng, ciaddr=self.ip)
+        else:  # its own option 60 and request list
+            sixty = persona.vendor_class(self.p.model) if persona.vendor_class else None
+            self._dhcp = Dhcp4Client(self.p.mac, self.rng, ciaddr=self.ip, prl=persona.prl,
+                                     vendor_class=sixty)  # fmt: skip
         first = self._dhcp.start(now)
         what = "DHCPINFORM" if self.ip else "DHCPDISCOVER"
         self._step(now, f"dhcpv4.{what.lower()[4:]}-sent")
@@ -361,14 +393,17 @@ class PhoneCore:
     def _use_dhcp_options(self, now: float) -> Actions | None:
         """Take the URL from the DHCPv4 answer: 160, then 159, then 66."""
         assert self._dhcp_lease is not None
+        own = {f"dhcpv4-option-{c}" for c in self.p.persona.reads} if self.p.persona else set()
         enabled = {c for c in self._queue if c.startswith("dhcpv4-")} | {
             c for c in CHANNELS_BY_MODE["ipv4"] if c.startswith("dhcpv4-") and c in self.p.channels
-        }
+        } | own
         enabled &= set(self.p.channels)
-        chosen = choose_url(self._dhcp_lease.options, enabled)
+        persona = self.p.persona
+        chosen = (choose_url(self._dhcp_lease.options, enabled) if persona is None
+                  else _read_options(self._dhcp_lease.options, persona.reads, enabled))  # fmt: skip
         for ch in [c for c in self._queue if c.startswith("dhcpv4-")]:
             self._queue.remove(ch)
-        for code in (160, 159, 66):
+        for code in persona.reads if persona is not None else (160, 159, 66):
             ch = f"dhcpv4-option-{code}"
             if ch not in self.p.channels:
                 self.report.channels_tried[ch] = "switched off"
@@ -405,7 +440,13 @@ class PhoneCore:
             done = self._finish(now, False, f"the URL from {channel} is not usable: {e}")
             actions.sends += done.sends
             return
-        self._pending.append((first, None))
+        persona = self.p.persona
+        if persona is not None and first.endswith("/"):  # a folder: its own files in it
+            for name, required in persona.files:
+                leaf = persona.fill(name, self.p.mac, self.p.model, self.p.fwver)
+                self._pending.append((first + leaf, None, required))
+        else:
+            self._pending.append((first, None, True))
         nxt = self._fetch_next(now)
         actions.fetches += nxt.fetches
 
@@ -414,16 +455,16 @@ class PhoneCore:
 
     def _fetch_next(self, now: float) -> Actions:
         if self._pending:
-            url, parameter = self._pending.pop(0)
+            url, parameter, required = self._pending.pop(0)
             if url.split("://", 1)[0].lower() not in ("http", "https", "tftp"):
                 self.report.files.append(
                     FileResult(url, parameter, None, error="the simulated phone fetches over "
                                "HTTP(S) and TFTP only in this version")
                 )  # fmt: skip
                 return self._fetch_next(now)
-            self._fetching = (url, parameter, now)
+            self._fetching = (url, parameter, now, required)
             return Actions(fetches=[Fetch(url)])
-        bad = [f for f in self.report.files if f.status != 200 or f.lint_errors]
+        bad = [f for f in self.report.files if f.required and (f.status != 200 or f.lint_errors)]
         if not self.report.files:
             return self._finish(now, False, "nothing was fetched")
         if bad:
@@ -451,27 +492,56 @@ def _ms(seconds: float) -> float:
     return round(seconds * 1000, 3)
 
 
+def _read_options(
+    options: dict[int, bytes], reads: tuple[int, ...], enabled: set[str]
+) -> tuple[str, str] | None:
+    """Another vendor's phone: the first of its options, in its order, that carries a URL;
+    a URL without a file is a folder (it asks for its own files there)."""
+    for code in reads:
+        value = options.get(code, b"").decode("utf-8", "replace").strip().strip("\x00")
+        if f"dhcpv4-option-{code}" in enabled and "://" in value:
+            path = value.split("://", 1)[1]
+            folder = "/" not in path or not path.rsplit("/", 1)[1]  # nothing after the last /
+            return f"dhcpv4-option-{code}", value.rstrip("/") + "/" if folder else value
+    return None
+
+
 def _subscribe(p: PhoneProfile, call_id: str, rng: random.Random) -> bytes:
-    """A Panasonic-style SUBSCRIBE (docs/protocol.md §3): vender="Panasonic", MAC%3a<MAC>."""
-    user = f"MAC%3a{p.mac}"
-    r = Request("SUBSCRIBE", URI.parse(f"sip:{user}@{PNP_GROUP[0]}"))
+    """A SUBSCRIBE in the phone's dialect (docs/protocol.md §3): a Panasonic's
+    vender="Panasonic" and MAC%3a<MAC>; another vendor's as its persona says (a Yealink
+    MAC<hex>, a Grandstream MAC%3A<HEX>, an AudioCodes no MAC at all)."""
+    persona = p.persona
+    if persona is None:
+        user = f"MAC%3a{p.mac}"
+        event = (f'ua-profile;profile-type="device";vender="Panasonic";model="{p.model}";'
+                 f'version="{p.fwver}"')  # fmt: skip
+    else:
+        user = persona.fill(persona.pnp_user or "", p.mac, p.model, p.fwver)
+        event = (f'ua-profile;profile-type="application";model="{p.model}";version="{p.fwver}"'
+                 if not user else f'ua-profile;profile-type="device";vendor="{persona.pnp_vendor}";'
+                 f'model="{p.model}";version="{p.fwver}"')  # fmt: skip
+    if not user:  # AudioCodes: sip:224.0.1.75:5060, From a number, not a MAC
+        r = Request("SUBSCRIBE", URI.parse(f"sip:{PNP_GROUP[0]}:{PNP_GROUP[1]}"))
+        sender = f"<sip:00000001@{p.ip}:{p.sip_port}>"
+        to = f"<sip:{PNP_GROUP[0]}:{PNP_GROUP[1]}>"
+    else:
+        r = Request("SUBSCRIBE", URI.parse(f"sip:{user}@{PNP_GROUP[0]}"))
+        sender = to = f"<sip:{user}@{PNP_GROUP[0]}>"
     r.headers.set(
         "Via", f"SIP/2.0/UDP {p.ip}:{p.sip_port};branch=z9hG4bK{rng.getrandbits(64):016x};rport"
     )
     r.headers.set("Max-Forwards", "70")
-    r.headers.set("From", f"<sip:{user}@{PNP_GROUP[0]}>;tag={rng.getrandbits(32):08x}")
-    r.headers.set("To", f"<sip:{user}@{PNP_GROUP[0]}>")
+    r.headers.set("From", f"{sender};tag={rng.getrandbits(32):08x}")
+    r.headers.set("To", to)
     r.headers.set("Call-ID", call_id)
     r.headers.set("CSeq", "1 SUBSCRIBE")
-    r.headers.set(
-        "Event",
-        f'ua-profile;profile-type="device";vender="Panasonic";model="{p.model}";'
-        f'version="{p.fwver}"',
-    )
+    r.headers.set("Event", event)
     r.headers.set("Expires", "0")
     r.headers.set("Accept", "application/url")
     r.headers.set("Contact", f"<sip:{p.ip}:{p.sip_port}>")
-    r.headers.set("User-Agent", p.user_agent)
+    sip_ua = persona.sip_user_agent if persona is not None else None
+    r.headers.set("User-Agent", persona.fill(sip_ua, p.mac, p.model, p.fwver)
+                  if persona is not None and sip_ua else p.user_agent)  # fmt: skip
     r.headers.set("Content-Length", "0")
     # sipmessage writes the Request-URI's escape as %3A; the phone writes %3a
     line, rest = bytes(r).split(b"\r\n", 1)

@@ -56,8 +56,13 @@ def raw_option(m: DHCPMessage, code: int) -> bytes | None:
 
 
 class Dhcp4Client(Exchange):
-    def __init__(self, mac: str, rng: random.Random, ciaddr: str | None = None) -> None:
+    def __init__(
+        self, mac: str, rng: random.Random, ciaddr: str | None = None,
+        prl: bytes = PARAMETER_REQUEST_LIST, vendor_class: bytes | None = None,
+    ) -> None:  # fmt: skip
         super().__init__()
+        self.prl = prl
+        self.vendor_class = vendor_class
         self.chaddr = bytes.fromhex(mac)
         self.rng = rng
         self.ciaddr = ciaddr  # set: the phone has an address and INFORMs
@@ -101,8 +106,10 @@ class Dhcp4Client(Exchange):
             flags=DHCPFlags.BROADCAST if ciaddr == "0.0.0.0" else DHCPFlags.UNICAST,
         )  # fmt: skip
         m.options[53] = mtype
-        m.options[55] = PARAMETER_REQUEST_LIST
+        m.options[55] = self.prl
         m.options[57] = (1500).to_bytes(2, "big")
+        if self.vendor_class is not None:
+            m.options[60] = self.vendor_class
         return m
 
     def _discover(self) -> bytes:

@@ -171,7 +171,12 @@ def test_demo_provisions_its_phones() -> None:
     from conftest import lab_or_skip
 
     lab_or_skip()  # skips (or fails under CI) when no namespaces can be made
-    r = preprov("demo", "--phones", "2")
+    r = preprov("demo", "--phones", "2", "--vendors", "all")
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "2 of 2 phones provisioned" in r.stdout
-    assert r.stdout.count(" provisioned\n") == 2
+    assert "10 of 10 phones provisioned" in r.stdout  # 2 Panasonic, one of each other vendor
+    assert r.stdout.count(" provisioned\n") == 10
+    for name in ("Yealink T46S", "Poly VVX_500", "Cisco CP-8851-3PCC", "Grandstream GXP2135",
+                 "Snom snomD785", "Fanvil X4", "Gigaset N870 IP PRO", "Audiocodes 440HD"):
+        assert name in r.stdout
+    bad = preprov("demo", "--vendors", "nokia")
+    assert bad.returncode == 2 and "unknown vendor 'nokia'" in bad.stderr

@@ -377,12 +377,20 @@ def storm(
 
 @main.command()
 @click.option("--phones", default=4, show_default=True, help="how many phones boot (1-250)")
-def demo(phones: int) -> None:
+@click.option("--vendors", default="",
+              help="also one phone of each: all, or a list such as yealink,cisco,snom")
+def demo(phones: int, vendors: str) -> None:
     """As root: build a lab of network namespaces, start a server with the defaults, boot
     simulated phones against it, print each phone's steps and timings, tear the lab down."""
-    from .demo import run_demo
+    from .demo import VENDOR_OUIS, run_demo
 
-    sys.exit(run_demo(phones, click.echo))
+    chosen = list(VENDOR_OUIS) if vendors == "all" else [
+        v.strip().lower() for v in vendors.split(",") if v.strip()]  # fmt: skip
+    unknown = [v for v in chosen if v not in VENDOR_OUIS]
+    if unknown:
+        _fail(f"preprov demo: unknown vendor {unknown[0]!r} (known: all, "
+              f"{', '.join(VENDOR_OUIS)})", 2)  # fmt: skip
+    sys.exit(run_demo(phones, click.echo, chosen))
 
 
 @main.command()

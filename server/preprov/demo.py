@@ -44,7 +44,15 @@ def _wait_started(
     raise RuntimeError(f"the server did not start within {timeout:g} s:\n{log.read_text()}")
 
 
-def run_demo(phones: int, echo: Any = print) -> int:
+# a MAC of each vendor's own OUI for its demo phone
+VENDOR_OUIS = {"yealink": "805EC0", "poly": "0004F2", "cisco": "D0EC35",
+               "grandstream": "000B82", "snom": "000413", "fanvil": "0C383E",
+               "gigaset": "7C2F80", "audiocodes": "00908F"}  # fmt: skip
+
+
+def run_demo(phones: int, echo: Any = print, vendors: list[str] | None = None) -> int:
+    """`vendors`: besides the Panasonic phones, one phone of each of these vendors
+    (without an address: a DHCPv4 lease first, then its own channels)."""
     why = netns_unavailable()
     if why:
         echo(f"preprov demo builds network namespaces and {why}; run it as root.")
@@ -53,7 +61,9 @@ def run_demo(phones: int, echo: Any = print) -> int:
     work = Path(tempfile.mkdtemp(prefix="preprov-demo-"))
     with Lab() as lab:
         srv = lab.host("srv")
-        echo(f"lab: server {srv.ipv4.ip} / {srv.ipv6.ip} on bridge {lab.net4}, {phones} phone(s)")
+        more = f" and {len(vendors)} of other vendors" if vendors else ""
+        echo(f"lab: server {srv.ipv4.ip} / {srv.ipv6.ip} on bridge {lab.net4}, {phones} "
+             f"phone(s){more}")  # fmt: skip
         log = work / "server.log"
         with open(log, "wb") as f:
             server = subprocess.Popen(
@@ -81,11 +91,24 @@ def run_demo(phones: int, echo: Any = print) -> int:
                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                     ))
                 )  # fmt: skip
+            for n, key in enumerate(vendors or []):
+                host = lab.host(f"vd{n}", addresses=False)
+                mac = f"{VENDOR_OUIS[key]}{0xDE0000 + n:06X}"
+                procs.append(
+                    (mac, key, "dhcp", subprocess.Popen(
+                        [*host.prefix(), sys.executable, "-m", "preprov", "phone",
+                         "--interface", "eth0", "--mac", mac, "--vendor", key, "--json"],
+                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                    ))
+                )  # fmt: skip
             rows = []
             for mac, model, ip, p in procs:
                 out, err = p.communicate(timeout=120)
                 try:
-                    rows.append((mac, model, ip, json.loads(out)))
+                    report = json.loads(out)
+                    if model in VENDOR_OUIS:  # a vendor's phone: its model as it reported it
+                        model = f"{model.capitalize()} {report.get('model', '')}"
+                    rows.append((mac, model, ip, report))
                 except ValueError:
                     rows.append((mac, model, ip, {"provisioned": False, "reason": err.strip()}))
         finally:
@@ -100,7 +123,7 @@ def run_demo(phones: int, echo: Any = print) -> int:
 
 def _print_table(rows: list[tuple[str, str, Any, dict[str, Any]]], echo: Any) -> None:
     echo("")
-    echo(f"{'MAC':<13} {'MODEL':<11} {'PHONE IP':<16} {'CHANNEL':<18} {'URL AT':>8} "
+    echo(f"{'MAC':<13} {'MODEL':<22} {'PHONE IP':<16} {'CHANNEL':<18} {'URL AT':>8} "
          f"{'FILES':>6} {'DONE':>8}  RESULT")  # fmt: skip
     for mac, model, ip, r in rows:
         steps = {s["step"]: s["t_ms"] for s in r.get("steps", [])}
@@ -112,7 +135,7 @@ def _print_table(rows: list[tuple[str, str, Any, dict[str, Any]]], echo: Any) ->
         leased = r.get("ip") or r.get("ip6")
         shown_ip = f"{leased}*" if ip == "dhcp" and leased else ip
         echo(
-            f"{mac:<13} {model:<11} {shown_ip!s:<16} {r.get('channel') or '-':<18} "
+            f"{mac:<13} {model:<22} {shown_ip!s:<16} {r.get('channel') or '-':<18} "
             f"{_ms(got_url):>8} {f'{good}/{len(files)}':>6} {_ms(done):>8}  {result}"
         )
     echo("(URL AT: time from boot to the NOTIFY or DHCP ACK that gave the URL; DONE: to the")

@@ -32,16 +32,19 @@ def events(sp: ServerProc, kind: str) -> list[dict[str, object]]:
         ("panasonic", "0080F0C571EB", 5060, "KX-HDV130"),
         ("yealink", "805EC0123456", 5059, "T46S"),
         ("snom", "000413874B49", 5060, None),
+        ("grandstream", "000B82AABBCC", 5080, "GRP2612W"),
+        # no MAC in its SUBSCRIBE, and this phone holds no lease: found by nothing
+        ("audiocodes", None, 5060, "440HD"),
     ],
 )
 def test_sipp_scenarios_against_zero_config(
-    lab: Lab, tmp_path: Path, scenario: str, mac: str, port: int, model: str | None
+    lab: Lab, tmp_path: Path, scenario: str, mac: str | None, port: int, model: str | None
 ) -> None:
     srv = lab.host("srv")
     phone = lab.host("phone")
     sp = start_server(tmp_path, "--interface", "eth0", netns=srv.ns, port=8080)
     try:
-        run = run_sipp(phone, scenario, tmp_path, [mac], port=port)
+        run = run_sipp(phone, scenario, tmp_path, [mac or "00908F000001"], port=port)
         assert (run.returncode, run.successful, run.failed) == (0, 1, 0), (
             run.stdout[-2000:] + run.errors
         )

@@ -55,11 +55,14 @@ def test_storm_provisions_every_phone_and_writes_the_report(lab: Lab, tmp_path: 
         r = subprocess.run(
             [*storm.prefix(), sys.executable, "-m", "preprov", "storm", "--interface", "eth0",
              "--phones", "40", "--rate", "100", "--mix", "ipv4:70,ipv6:10,dual:20",
-             "--report", str(report), "--metrics", f"http://{addr}:8081/metrics"],
+             "--report", str(report), "--metrics", f"http://{addr}:8081/metrics",
+             "--vendors", "panasonic:70,yealink:10,grandstream:10,snom:10"],
             capture_output=True, text=True, timeout=300,
         )  # fmt: skip
         assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
         assert "40 of 40 phones provisioned" in r.stdout
+        vendors = {e.get("vendor") for e in sp.events() if e.get("event") == "pnp.subscribe"}
+        assert {"Panasonic", "Yealink", "Grandstream", "Snom"} <= vendors  # a mixed lab
         assert "refused or ignored, as the server counted it (its metrics): " in r.stdout
         assert "sip-pnp" in r.stdout and "dhcpv6-option-17" in r.stdout
         page = report.read_text()
@@ -74,3 +77,16 @@ def test_storm_provisions_every_phone_and_writes_the_report(lab: Lab, tmp_path: 
         assert left.count(" inet ") == 1
     finally:
         assert sp.stop() == 0
+
+
+def test_vendor_mix_refuses_what_a_storm_cannot_boot() -> None:
+    from preprov.storm import parse_vendors
+
+    assert parse_vendors("panasonic:50,yealink:20") == {"panasonic": 50, "yealink": 20}
+    for bad, why in (("poly:1", "no SIP PnP"), ("nokia:1", "unknown vendor"),
+                     ("yealink:x", "whole number"), ("snom:0", "add up to 0")):  # fmt: skip
+        try:
+            parse_vendors(bad)
+            raise AssertionError(bad)
+        except ValueError as e:
+            assert why in str(e)

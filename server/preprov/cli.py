@@ -333,22 +333,34 @@ def phone(
                    "(default: the lower half of its subnet)")  # fmt: skip
 @click.option("--report", "report_path", type=click.Path(dir_okay=False),
               help="write an HTML report with a latency histogram per channel")  # fmt: skip
+@click.option("--vendors", "vendor_mix", default="panasonic:1", show_default=True,
+              help="vendors and their weights, e.g. panasonic:50,yealink:20,snom:30 "
+                   "(those with SIP PnP)")  # fmt: skip
 @click.option("--metrics", "metrics_url",
               help="the server's /metrics URL: report its own count of what it refused or "
                    "ignored during the storm")  # fmt: skip
 def storm(
     interface: str, phones: int, rate: float, mix: str, timeout: float, ipv4_range: str | None,
-    report_path: str | None, metrics_url: str | None,
+    report_path: str | None, metrics_url: str | None, vendor_mix: str,
 ) -> None:  # fmt: skip
     """Boot many simulated phones at once from this namespace. Exit 0 only when every
     phone is provisioned."""
     from .net import InterfaceError
     from .net import interface as find_interface
-    from .storm import html_report, parse_mix, parse_range, run_storm, server_refusals, summary
+    from .storm import (
+        html_report,
+        parse_mix,
+        parse_range,
+        parse_vendors,
+        run_storm,
+        server_refusals,
+        summary,
+    )
 
     try:
         iface = find_interface(interface)
         weights = parse_mix(mix)
+        makers = parse_vendors(vendor_mix)
         sources = parse_range(ipv4_range) if ipv4_range else None
     except (InterfaceError, ValueError) as e:
         _fail(f"preprov storm: {e}", 2)
@@ -357,7 +369,8 @@ def storm(
         _fail("preprov storm: --phones and --rate must be positive", 2)
     try:
         before = server_refusals(metrics_url) if metrics_url else None
-        results = uvloop.run(run_storm(iface, phones, rate, weights, timeout, sources=sources))
+        results = uvloop.run(run_storm(iface, phones, rate, weights, timeout, sources=sources,
+                                       vendors=makers))  # fmt: skip
         server = server_refusals(metrics_url) - before if metrics_url and before is not None \
             else None  # fmt: skip
     except (ValueError, OSError) as e:

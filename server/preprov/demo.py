@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .lab import Lab, netns_unavailable
+from .phone.personas import PERSONAS
 
 DEMO_PHONES = [
     ("0080F0C571EB", "KX-HDV130"),
@@ -45,9 +46,7 @@ def _wait_started(
 
 
 # a MAC of each vendor's own OUI for its demo phone
-VENDOR_OUIS = {"yealink": "805EC0", "poly": "0004F2", "cisco": "D0EC35",
-               "grandstream": "000B82", "snom": "000413", "fanvil": "0C383E",
-               "gigaset": "7C2F80", "audiocodes": "00908F"}  # fmt: skip
+VENDOR_OUIS = {key: p.oui for key, p in PERSONAS.items()}
 
 
 def run_demo(phones: int, echo: Any = print, vendors: list[str] | None = None) -> int:

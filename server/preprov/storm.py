@@ -54,6 +54,28 @@ def parse_mix(text: str) -> dict[str, int]:
     return out
 
 
+def parse_vendors(text: str) -> dict[str, int]:
+    """`panasonic:50,yealink:20,snom:30` -> weights; only vendors with SIP PnP (a storm's
+    phones share one namespace, so one DHCPv4 client port: they take PnP's answer)."""
+    from .phone.personas import PERSONAS
+
+    out: dict[str, int] = {}
+    for part in text.split(","):
+        key, _, weight = part.partition(":")
+        key = key.strip().lower()
+        if key != "panasonic" and key not in PERSONAS:
+            raise ValueError(f"unknown vendor {key!r} (known: panasonic, {', '.join(PERSONAS)})")
+        if key != "panasonic" and PERSONAS[key].pnp_user is None:
+            raise ValueError(f"{key} phones have no SIP PnP: a storm cannot boot them "
+                             "(one namespace, one DHCP client port); use preprov demo --vendors")
+        if not weight.strip().isdigit():
+            raise ValueError(f"weight of {key} must be a whole number")
+        out[key] = int(weight)
+    if not sum(out.values()):
+        raise ValueError("the weights add up to 0")
+    return out
+
+
 @dataclass
 class Result:
     mode: str
@@ -92,7 +114,7 @@ def default_range(iface: Interface, count: int) -> list[str]:
 
 async def run_storm(
     iface: Interface, phones: int, rate: float, mix: dict[str, int], timeout: float,
-    seed: int = 1, sources: list[str] | None = None,
+    seed: int = 1, sources: list[str] | None = None, vendors: dict[str, int] | None = None,
 ) -> list[Result]:  # fmt: skip
     if not iface.ipv4:
         raise ValueError(f"{iface.name} has no IPv4 address: the storm needs its subnet")
@@ -103,7 +125,8 @@ async def run_storm(
     for a in added:
         await run_ip("addr", "add", f"{a}/{prefix}", "dev", iface.name)
     try:
-        return await _storm(iface, phones, rate, mix, timeout, seed, sources)
+        return await _storm(iface, phones, rate, mix, timeout, seed, sources,
+                            vendors or {"panasonic": 1})  # fmt: skip
     finally:
         for a in added:
             await run_ip("addr", "del", f"{a}/{prefix}", "dev", iface.name)
@@ -111,18 +134,28 @@ async def run_storm(
 
 async def _storm(
     iface: Interface, phones: int, rate: float, mix: dict[str, int], timeout: float,
-    seed: int, sources: list[str],
+    seed: int, sources: list[str], vendor_mix: dict[str, int],
 ) -> list[Result]:  # fmt: skip
+    from .phone.personas import PERSONAS
+
     ip6 = str(iface.ipv6[0].ip) if iface.ipv6 else None
     rng = random.Random(seed)
     modes = rng.choices(list(mix), weights=list(mix.values()), k=phones)
+    makers = rng.choices(list(vendor_mix), weights=list(vendor_mix.values()), k=phones)
     results: list[Result] = []
 
     async def boot(i: int, mode: str, progress: Progress, task: Any) -> None:
-        mac = f"0080F0{0xA00000 + i:06X}"
+        persona = PERSONAS.get(makers[i])
+        mac = f"{persona.oui if persona else '0080F0'}{0xA00000 + i:06X}"
         ip = sources[i % len(sources)]
-        profile = PhoneProfile(mac=mac, model=MODELS[i % len(MODELS)], fwver="01.000",
-                               ip=ip, ip6=ip6, ip_mode=mode, sip_port=20000 + i)  # fmt: skip
+        if persona is not None:  # another vendor's phone: its persona, in IPv4
+            mode = "ipv4"
+            profile = PhoneProfile(mac=mac, model=persona.model, fwver=persona.fwver,
+                                   ip=ip, ip_mode=mode, sip_port=20000 + i,
+                                   vendor=persona.key)  # fmt: skip
+        else:
+            profile = PhoneProfile(mac=mac, model=MODELS[i % len(MODELS)], fwver="01.000",
+                                   ip=ip, ip6=ip6, ip_mode=mode, sip_port=20000 + i)  # fmt: skip
         phone = SimulatedPhone(profile, iface.name, dhcp6_port=40000 + i,
                                http_source=ip if mode == "ipv4" else None)  # fmt: skip
         started = time.monotonic()

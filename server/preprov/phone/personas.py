@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 @dataclass(frozen=True)
 class Persona:
     key: str  # the vendor key (vendors/)
+    oui: str  # for the MACs of simulated phones (demo, storm)
     model: str  # the default model
     fwver: str
     user_agent: str  # {model} {fw} {mac} {MAC} {mac_colon} filled in
@@ -62,36 +63,37 @@ def _poly_vendor_class(model: str) -> bytes:
 PERSONAS: dict[str, Persona] = {
     p.key: p
     for p in (
-        Persona("yealink", "T46S", "66.86.0.15", "Yealink SIP-{model} {fw} {mac_colon}",
+        Persona("yealink", "805EC0", "T46S", "66.86.0.15", "Yealink SIP-{model} {fw} {mac_colon}",
                 pnp_user="MAC{mac}", pnp_vendor="Yealink", sip_port=5059,
                 vendor_class=lambda _m: b"yealink", reads=(66,),
                 files=(("{mac}.boot", False), ("y000000000000.boot", False), ("{mac}.cfg", True))),
-        Persona("poly", "VVX_500", "5.9.7.4477",
+        Persona("poly", "0004F2", "VVX_500", "5.9.7.4477",
                 "FileTransport PolycomVVX-{model}-UA/{fw} Type/Application",
                 vendor_class=_poly_vendor_class, reads=(66,), files=(("{mac}.cfg", True),),
                 follow=_poly_follow),
-        Persona("cisco", "CP-8851-3PCC", "11.3.1", "Cisco-{model}/{fw} ({mac})",
+        Persona("cisco", "D0EC35", "CP-8851-3PCC", "11.3.1", "Cisco-{model}/{fw} ({mac})",
                 vendor_class=lambda m: b"Cisco Systems, Inc. IP Phone " + m.encode() + b"\0",
                 prl=bytes([1, 3, 6, 15, 42, 66, 150, 159, 160]),
                 reads=(66, 160, 159), files=(("{psn}.xml", True),), follow=_cisco_follow),
-        Persona("grandstream", "GXP2135", "1.0.7.97",
+        Persona("grandstream", "000B82", "GXP2135", "1.0.7.97",
                 "Grandstream Model HW {model} SW {fw} DevId {mac}",
                 pnp_user="MAC%3A{MAC}", pnp_vendor="Grandstream", sip_port=5080,
                 reads=(66, 160), prl=bytes([1, 3, 6, 15, 42, 66, 160]),
                 files=(("cfg{mac}.xml", True),)),
-        Persona("snom", "snomD785", "10.1.33.33",
+        Persona("snom", "000413", "snomD785", "10.1.33.33",
                 "Mozilla/4.0 (compatible; {model}-SIP {fw} 2010.12 {MAC} SXM:0 UXM:0)",
                 pnp_user="MAC%3a{MAC}", pnp_vendor="snom", reads=(66,),
                 files=(("{model}.htm", False), ("{model}-{MAC}.htm", True))),
-        Persona("fanvil", "X4", "2.10.2.6887", "Fanvil {model} {fw} {mac}",
+        Persona("fanvil", "0C383E", "X4", "2.10.2.6887", "Fanvil {model} {fw} {mac}",
                 pnp_user="MAC={mac}", pnp_vendor="Fanvil", reads=(66,),
                 files=(("{mac}.cfg", True),)),
-        Persona("gigaset", "N870 IP PRO", "83.V2.11.0", "Gigaset {model}/{fw};{MAC}",
+        Persona("gigaset", "7C2F80", "N870 IP PRO", "83.V2.11.0", "Gigaset {model}/{fw};{MAC}",
                 pnp_user="MAC%3a{MAC}", pnp_vendor="Gigaset",
                 vendor_class=lambda m: b"Gigaset_" + m.replace(" ", "_").encode(),
                 prl=bytes([1, 3, 6, 15, 42, 66, 114]),
                 reads=(114, 66), files=(("{MAC}.xml", True),)),
-        Persona("audiocodes", "440HD", "2.2.8.61", "AUDC-IPPhone/{fw} ({model}G-Rev0; {MAC})",
+        Persona("audiocodes", "00908F", "440HD", "2.2.8.61",
+                "AUDC-IPPhone/{fw} ({model}G-Rev0; {MAC})",
                 sip_user_agent="AUDC-IPPhone/{fw}",  # no MAC in its SUBSCRIBE at all
                 pnp_user="", prl=bytes([1, 3, 6, 15, 42, 66, 67, 160]), reads=(160, 66),
                 files=(("{mac}.cfg", True),)),

@@ -383,3 +383,25 @@ def test_every_vendors_simulated_phone_is_provisioned_by_each_of_its_channels(
         assert audiocodes["mac"] == "00908F000108" and "no MAC in the SUBSCRIBE" in audiocodes["note"]
     finally:
         assert sp.stop() == 0
+
+
+def test_tftp_hpa_fetches_a_cisco_first_profile(lab: Lab, tmp_path: Path) -> None:
+    """A Cisco given only the server's address tries TFTP first: its `$PSN.xml` from
+    the bundled templates, over tftp-hpa, in its format, sending it on to `$MA.xml`."""
+    from preprov.files.lint import lint_vendor
+
+    if shutil.which("tftp") is None:
+        pytest.fail("tftp-hpa is not installed")
+    srv, phone = lab.host("srv"), lab.host("phone")
+    sp = start_server(tmp_path, "--interface", "eth0", netns=srv.ns, port=8080)
+    try:
+        got = tmp_path / "8851-3PCC.xml"
+        r = subprocess.run([*phone.prefix(), "tftp", "-m", "binary", str(srv.ipv4.ip), "-c",
+                            "get", "cisco/8851-3PCC.xml", str(got)], capture_output=True,
+                           text=True, timeout=30)  # fmt: skip
+        assert r.returncode == 0 and got.exists(), r.stdout + r.stderr
+        body = got.read_bytes()
+        assert lint_vendor("cisco", body) == []
+        assert f"http://{srv.ipv4.ip}:8080/cisco/$MA.xml".encode() in body
+    finally:
+        assert sp.stop() == 0

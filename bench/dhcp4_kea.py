@@ -196,6 +196,8 @@ def main() -> int:
         "--rates", default="2000,4000,5000,6000,7000,8000,9000,10000,12000,14000,16000,18000"
     )
     ap.add_argument("--only", choices=["preprov", "kea"], help="run one server only")
+    ap.add_argument("--profile", metavar="FILE",
+                    help="py-spy samples preprov during its sweep (collapsed stacks)")
     ap.add_argument("--log-level", choices=["info", "warning"], default="info",
                     help="preprov's log level (info, its default)")  # fmt: skip
     args = ap.parse_args()
@@ -223,7 +225,18 @@ def main() -> int:
             try:
                 best_pp, rows_pp = (0, [])
                 if args.only != "kea":
+                    spy = None
+                    if args.profile:
+                        spy = subprocess.Popen(
+                            [str(Path(sys.executable).parent / "py-spy"), "record", "--pid",
+                             str(pp.pid), "--format", "raw", "--output", args.profile,
+                             "--duration", str(args.step * len(rates))],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                        )  # fmt: skip
                     best_pp, rows_pp = sweep(client, server_ip, rates, args.step, args.clients)
+                    if spy is not None:
+                        spy.send_signal(signal.SIGINT)
+                        spy.wait(30)
             finally:
                 stop(pp)
             if args.only == "preprov":

@@ -21,6 +21,8 @@ from .events import (
     PnpSubscribe,
 )
 
+NO_FACTS: DeviceFacts  # the empty facts, defined below the class
+
 # Vendor names that say nothing about the phone (Snom, VTech: docs/protocol.md §3).
 MEANINGLESS_VENDORS = {"", "oem", "unknown"}
 
@@ -42,6 +44,8 @@ class DeviceFacts:
 
     def merged(self, other: DeviceFacts) -> DeviceFacts:
         """Facts of self, completed by those of other where self has none."""
+        if other is NO_FACTS:
+            return self  # the common case on a hot path: nothing known beside the request
         return DeviceFacts(
             mac=self.mac or other.mac,
             model=self.model or other.model,

@@ -9,6 +9,7 @@ this table.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import replace
@@ -34,6 +35,7 @@ _BY_OUI = {oui: v for v in VENDORS for oui in v.ouis}
 _BY_NAME = {n: v for v in VENDORS for n in (v.name.lower(), v.key, *v.pnp_names)}
 
 
+@functools.lru_cache(maxsize=256)  # a handful of names, asked for every request
 def by_name(name: str | None) -> Vendor | None:
     """The vendor a name stands for: its own name, key, or what its phones send in the
     SIP PnP `vendor` parameter ("yealink", "Grandstream", "snom", "PLANET")."""

@@ -181,6 +181,10 @@ def test_a_bare_mac_path_is_a_redirect_only_for_that_vendors_phones() -> None:
     assert fetch(rt, FileRequest("http", "198.18.0.9", "/00908F9D8992")).status == 302
     other = fetch(rt, FileRequest("http", "198.18.0.9", "/0080F0C571EB"))
     assert other.status == 404 and b"no template matches" in other.body
+    # Yealink's RPS request form (unverified against a capture), answered the same way
+    rps = fetch(rt, FileRequest("http", "198.18.0.9", "/service.do?method=redirect&mac="
+                                "00-15-65-4a-a9-37", user_agent=USER_AGENTS[1][0]))  # fmt: skip
+    assert rps.status == 302 and rps.headers == [("Location", "http://127.0.0.1:8080/yealink/")]
 
 
 # (vendor, the phone's MAC, its option 60 as dhclient sends it (hex for binary), the options

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import yaml
 
+from . import vendors
 from .config import _line_of
 from .files.lint import lint, lint_vendor
 from .files.service import FileRequest, fetch
@@ -134,8 +135,12 @@ def _template_problems(
     for entry in rt.templates.entries:
         if entry.raw:
             continue
-        cases = ([(m, models[0]) for m in macs] if entry.per_device
-                 else [(macs[0], model) for model in models])  # fmt: skip
+        own = macs
+        if entry.vendor is not None:  # a vendor's folder: that vendor's devices (or one)
+            own = [m for m in macs if getattr(vendors.by_oui(m), "key", None) == entry.vendor]
+            own = own or macs[:1]
+        cases = ([(m, models[0]) for m in own] if entry.per_device
+                 else [(own[0], model) for model in models])  # fmt: skip
         for mac, model in cases:
             path = "/" + expand_macros(entry.name, mac, model, fw)
             ua = f"Panasonic_{model}/{fw} ({mac.lower()})"

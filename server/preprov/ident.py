@@ -132,7 +132,9 @@ class Directory:
     def learn(self, mac: str, facts: DeviceFacts) -> None:
         """What the device said last wins; what it did not say now is kept."""
         old = self._facts.get(mac)
-        self._facts[mac] = facts if old is None else facts.merged(old)
+        new = facts if old is None else facts.merged(old)
+        if new != old:  # mostly it is what the device said before: no new record
+            self._facts[mac] = new
         self._facts.move_to_end(mac)
         if len(self._facts) > self.max_entries:
             self._facts.popitem(last=False)

@@ -24,6 +24,7 @@ import statistics
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,20 +39,28 @@ from .phone.driver import SimulatedPhone, run_ip
 MODELS = ["KX-HDV130", "KX-HDV230N", "KX-HDV330", "KX-HDV430", "KX-TGP600", "KX-HDV100"]
 
 
-def parse_mix(text: str) -> dict[str, int]:
-    """`ipv4:70,ipv6:10,dual:20` -> {"ipv4": 70, ...}; raises ValueError with the reason."""
+def parse_weights(text: str, check: Callable[[str], str | None]) -> dict[str, int]:
+    """`a:70,b:30` -> {"a": 70, "b": 30}; `check` says why a name is refused (or None).
+    Raises ValueError with the reason."""
     out: dict[str, int] = {}
     for part in text.split(","):
-        mode, _, weight = part.partition(":")
-        mode = mode.strip()
-        if mode not in ("ipv4", "ipv6", "dual"):
-            raise ValueError(f"{mode!r} is not ipv4, ipv6 or dual")
+        name, _, weight = part.partition(":")
+        name = name.strip().lower()
+        why = check(name)
+        if why:
+            raise ValueError(why)
         if not weight.strip().isdigit():
-            raise ValueError(f"weight of {mode} must be a whole number")
-        out[mode] = int(weight)
+            raise ValueError(f"weight of {name} must be a whole number")
+        out[name] = int(weight)
     if not sum(out.values()):
         raise ValueError("the weights add up to 0")
     return out
+
+
+def parse_mix(text: str) -> dict[str, int]:
+    """`ipv4:70,ipv6:10,dual:20` -> {"ipv4": 70, ...}; raises ValueError with the reason."""
+    return parse_weights(text, lambda mode: None if mode in ("ipv4", "ipv6", "dual")
+                         else f"{mode!r} is not ipv4, ipv6 or dual")  # fmt: skip
 
 
 def parse_vendors(text: str) -> dict[str, int]:
@@ -59,21 +68,15 @@ def parse_vendors(text: str) -> dict[str, int]:
     phones share one namespace, so one DHCPv4 client port: they take PnP's answer)."""
     from .phone.personas import PERSONAS
 
-    out: dict[str, int] = {}
-    for part in text.split(","):
-        key, _, weight = part.partition(":")
-        key = key.strip().lower()
+    def check(key: str) -> str | None:
         if key != "panasonic" and key not in PERSONAS:
-            raise ValueError(f"unknown vendor {key!r} (known: panasonic, {', '.join(PERSONAS)})")
+            return f"unknown vendor {key!r} (known: panasonic, {', '.join(PERSONAS)})"
         if key != "panasonic" and PERSONAS[key].pnp_user is None:
-            raise ValueError(f"{key} phones have no SIP PnP: a storm cannot boot them "
-                             "(one namespace, one DHCP client port); use preprov demo --vendors")
-        if not weight.strip().isdigit():
-            raise ValueError(f"weight of {key} must be a whole number")
-        out[key] = int(weight)
-    if not sum(out.values()):
-        raise ValueError("the weights add up to 0")
-    return out
+            return (f"{key} phones have no SIP PnP: a storm cannot boot them (one namespace, "
+                    "one DHCP client port); use preprov demo --vendors")  # fmt: skip
+        return None
+
+    return parse_weights(text, check)
 
 
 @dataclass

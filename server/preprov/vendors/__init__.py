@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
+from typing import TypeVar
 
 from ..macros import try_mac
 from .audiocodes import AUDIOCODES
@@ -30,6 +31,7 @@ VENDORS: tuple[Vendor, ...] = (
     PANASONIC, YEALINK, POLY, CISCO, GRANDSTREAM, SNOM, FANVIL, GIGASET, AUDIOCODES,
 )  # fmt: skip
 
+T = TypeVar("T")
 _MAC_IN_PATH = re.compile(r"(?<![0-9A-Fa-f])([0-9A-Fa-f]{12})(?![0-9A-Fa-f])")
 _BY_OUI = {oui: v for v in VENDORS for oui in v.ouis}
 _BY_NAME = {n: v for v in VENDORS for n in (v.name.lower(), v.key, *v.pnp_names)}
@@ -46,46 +48,37 @@ def by_oui(mac: str | None) -> Vendor | None:
     return _BY_OUI.get(mac[:6]) if mac else None
 
 
+def _first(ask: Callable[[Vendor], T | None]) -> tuple[Vendor, T] | None:
+    """The first vendor whose plugin recognises something, with what it found."""
+    for v in VENDORS:
+        found = ask(v)
+        if found is not None:
+            return v, found
+    return None
+
+
 def from_user_agent(user_agent: str | None) -> VendorFacts | None:
     """Vendor, model, firmware and MAC from an HTTP (or SIP) User-Agent, or None."""
-    if not user_agent:
-        return None
-    for v in VENDORS:
-        found = v.parse_user_agent(user_agent)
-        if found is not None:
-            return found
-    return None
+    hit = _first(lambda v: v.parse_user_agent(user_agent)) if user_agent else None
+    return hit[1] if hit else None
 
 
 def from_vendor_class(raw: bytes | None) -> VendorFacts | None:
     """Vendor and model from DHCP option 60 (binary for Poly, NUL-terminated for Cisco)."""
-    if not raw:
-        return None
-    for v in VENDORS:
-        found = v.parse_vendor_class(raw)
-        if found is not None:
-            return found
-    return None
+    hit = _first(lambda v: v.parse_vendor_class(raw)) if raw else None
+    return hit[1] if hit else None
 
 
 def redirect_of(raw_path: str) -> tuple[Vendor, str] | None:
     """The vendor and MAC of a request to a vendor's redirect service that preprov
     answers itself (AudioCodes: `GET /<MAC>`), or None."""
-    for v in VENDORS:
-        mac = v.redirect_of(raw_path)
-        if mac is not None:
-            return v, mac
-    return None
+    return _first(lambda v: v.redirect_of(raw_path))
 
 
 def upload_of(leaf: str) -> tuple[Vendor, str] | None:
     """The vendor and MAC of a file a phone may upload with PUT (a Poly's
     `<mac>-boot.log`), or None."""
-    for v in VENDORS:
-        mac = v.upload_of(leaf)
-        if mac is not None:
-            return v, mac
-    return None
+    return _first(lambda v: v.upload_of(leaf))
 
 
 def notify_form(vendor: str | None, url: str, settings: Mapping[str, str] | None = None) -> str:
@@ -101,10 +94,9 @@ def notify_form(vendor: str | None, url: str, settings: Mapping[str, str] | None
 def from_path(path: str) -> VendorFacts | None:
     """Vendor and MAC (or model) from a request path a vendor's phones ask for:
     `y000000000028.cfg`, `cfg000b82112233.xml`, `0004f2000001-boot.log`, ..."""
-    for v in VENDORS:
-        found = v.parse_path(path)
-        if found is not None:
-            return found
+    hit = _first(lambda v: v.parse_path(path))
+    if hit is not None:
+        return hit[1]
     # a MAC alone (`<mac>.cfg`, `<MAC>.xml`): its vendor by the OUI
     m = _MAC_IN_PATH.search(path.rsplit("/", 1)[-1])
     mac = try_mac(m.group(1)) if m else None

@@ -409,3 +409,13 @@ def test_tftp_hpa_fetches_a_cisco_first_profile(lab: Lab, tmp_path: Path) -> Non
         assert f"http://{srv.ipv4.ip}:8080/cisco/$MA.xml".encode() in body
     finally:
         assert sp.stop() == 0
+
+
+def test_a_crafted_long_user_agent_costs_no_more_than_a_phones() -> None:
+    """Only the first 256 characters are looked at: a 16 KiB User-Agent made to make the
+    vendors' patterns backtrack is read like a short one (the pattern steps, not time,
+    are what is compared: the same answer as for its first 256 characters)."""
+    crafted = "Grandstream GXP" + "1" * 16000
+    assert vendors.from_user_agent(crafted) == vendors.from_user_agent(crafted[:256])
+    assert vendors.MAX_USER_AGENT == 256
+    assert vendors.from_user_agent("x" * 300 + "Panasonic_KX-HDV130/01.000 (0080f0c571eb)") is None

@@ -76,10 +76,15 @@ def from_vendor(found: vendors.VendorFacts | None) -> DeviceFacts:
     return DeviceFacts(mac=found.mac, model=found.model, fwver=found.fwver, vendor=found.vendor)
 
 
-@functools.lru_cache(maxsize=4096)  # a phone sends the same User-Agent every time
 def facts_from_user_agent(user_agent: str | None) -> DeviceFacts:
     """Vendor, model, firmware and MAC from a User-Agent, in each vendor's dialect
     (vendors/: `Panasonic_KX-UT113/01.133 (0080f0c8c381)`, `Yealink SIP-T46G ...`)."""
+    # the cache holds what is looked at (vendors.MAX_USER_AGENT), not a 16 KiB header
+    return _facts_from_user_agent(user_agent[: vendors.MAX_USER_AGENT] if user_agent else None)
+
+
+@functools.lru_cache(maxsize=4096)  # a phone sends the same User-Agent every time
+def _facts_from_user_agent(user_agent: str | None) -> DeviceFacts:
     return from_vendor(vendors.from_user_agent(user_agent))
 
 

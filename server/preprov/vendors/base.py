@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ..macros import try_mac
+from ..macros import try_mac, url_dir
 
 
 @dataclass(frozen=True)
@@ -113,11 +113,13 @@ class Vendor:
         return f"{base.rstrip('/')}/{self.key}/" if self.base_form is None else \
             self.base_form.replace("{base}", base.rstrip("/"))  # fmt: skip
 
-    def notify_url(self, url: str) -> str:
-        """The rule's URL in the form this vendor's phones take from a NOTIFY."""
-        if self.notify == "folder":
-            return url if url.endswith("/") else url.rsplit("/", 1)[0] + "/"
-        if self.notify == "root":
+    def notify_url(self, url: str, form: str | None = None) -> str:
+        """The rule's URL in the form this vendor's phones take from a NOTIFY (`form`:
+        the configuration's, in place of the vendor's default)."""
+        form = form or self.notify
+        if form == "folder":
+            return url_dir(url)
+        if form == "root":
             m = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*://[^/]+)", url)
             return m.group(1) if m else url
         return url

@@ -112,17 +112,25 @@ def fetch(
     path_for_event = req.raw_path.split("?", 1)[0]
     ua_facts = facts_from_user_agent(req.user_agent)  # what the device binding trusts
     # the phone as its User-Agent names it, and as its vendor's file names do
-    # (`cfg000b82112233.xml`, `y000000000028.cfg`): even a refusal says who asked
-    said = ua_facts.merged(from_vendor(vendors.from_path(path_for_event))).with_vendor_from_oui()
+    # (`cfg000b82112233.xml`, `y000000000028.cfg`): even a refusal says who asked. Read
+    # only when asked for: a template's own macros name the phone of a file served.
+    asked: list[DeviceFacts] = []
+
+    def said() -> DeviceFacts:
+        if not asked:
+            by_path = from_vendor(vendors.from_path(path_for_event))
+            asked.append(ua_facts.merged(by_path).with_vendor_from_oui())
+        return asked[0]
 
     def refuse(
         status: int,
         reason: str,
-        facts: DeviceFacts = said,
+        facts: DeviceFacts | None = None,
         template: str | None = None,
         rule: str | None = None,
         headers: list[tuple[str, str]] | None = None,
     ) -> FileAnswer:
+        facts = facts or said()
         ev = FileRefused(
             channel=req.channel, client=req.client, mac=facts.mac, model=facts.model,
             fwver=facts.fwver, vendor=facts.vendor, path=path_for_event, status=status,
@@ -136,25 +144,29 @@ def fetch(
     except (UnsafePath, UnicodeDecodeError) as e:
         return refuse(400, f"refused path {path_for_event[:200]!r}: {e}")
     if req.method == "PUT" and not trusted:
-        return _upload(rt, req, rel, said, ua_facts, holder, refuse)
+        return _upload(rt, req, rel, said(), ua_facts, holder, refuse)
     if req.method not in ("GET", "HEAD"):
         return refuse(405, f"method {req.method} not allowed; phones fetch with GET")
 
     # 2. template lookup
     resolved = rt.templates.resolve(rel)
     if resolved is None:
-        asked = vendors.redirect_of(req.raw_path)
+        service = vendors.redirect_of(req.raw_path)
         # only that vendor's phones (its OUI or its User-Agent): `/<MAC>` is a plain name
-        if (asked is not None and req.method in ("GET", "HEAD")
-                and asked[0].name in (said.vendor, getattr(vendors.by_oui(asked[1]), "name", ""))):
-            return _redirect(rt, req, said, *asked, refuse)
+        if (service is not None and req.method in ("GET", "HEAD")
+                and service[0].name in (said().vendor,
+                                        getattr(vendors.by_oui(service[1]), "name", ""))):
+            return _redirect(rt, req, said(), *service, refuse)
         return refuse(404, f"no template matches /{rel}")
     entry = resolved.entry
 
     # 3. identification: the path names the file, the User-Agent the phone; a request
     # naming neither is the device's that holds the source address (its lease, its
     # SUBSCRIBE). What other channels said about it completes the rule's facts.
-    facts = facts_from_path(resolved, req.client).merged(said).with_vendor_from_oui()
+    facts = facts_from_path(resolved, req.client).merged(ua_facts)
+    if facts.vendor is None and entry.vendor is not None:  # a file of a vendor's folder
+        facts = replace(facts, vendor=entry.vendor)  # its key: named properly just below
+    facts = facts.with_vendor_from_oui()
     if facts.mac is None and (held := holder(req.client)) is not None:
         facts = replace(facts, mac=held).with_vendor_from_oui()
 

@@ -69,7 +69,8 @@ class Metrics:
         self.leases = Gauge("preprov_leases_in_use", "Bound leases", ["family"],
                             registry=self.registry)  # fmt: skip
         self.stale = Gauge("preprov_requests_stale", "Requests dropped unanswered since start: "
-                           "still queued past the client's retransmission time", ["channel"],
+                           "still queued past the client's retransmission time, or shed past "
+                           "capacity", ["channel"],
                            registry=self.registry)  # fmt: skip
         self._children: dict[tuple[type, str], list[Callable[[], None]]] = {}
 

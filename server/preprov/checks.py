@@ -27,6 +27,7 @@ from .files.lint import lint, lint_vendor
 from .files.service import FileRequest, fetch
 from .files.templates import UnsafePath, check_request_path
 from .macros import expand_macros
+from .rules import model_matches
 from .runtime import Runtime, SetupError
 
 SAMPLE_MAC = "0080F0000001"
@@ -84,7 +85,7 @@ def _rule_problems(rt: Runtime, extra_models: Sequence[str]) -> list[Problem]:
     for i, (rule, decision) in enumerate(zip(c.rules, panasonic, strict=True)):
         at = f"rules[{i}]"
         for prefix in rule.match.model:
-            if not any(m.upper().startswith(prefix.upper()) for m in models):
+            if not any(model_matches(m, [prefix]) for m in models):
                 out.append(Problem("error", f"{at}.match.model", (
                     f"{prefix!r} starts none of the configured models ({', '.join(models)}):"
                     " a phone can never match it; add the model to `models` or correct it")))

@@ -45,8 +45,13 @@ class DeviceFacts:
 
     def merged(self, other: DeviceFacts) -> DeviceFacts:
         """Facts of self, completed by those of other where self has none."""
-        if other is NO_FACTS:
+        if other is NO_FACTS or other is self:
             return self  # the common case on a hot path: nothing known beside the request
+        if ((self.mac or not other.mac) and (self.model or not other.model)
+                and (self.fwver or not other.fwver) and (self.vendor or not other.vendor)
+                and (self.ip or not other.ip) and (self.vendor_class or not other.vendor_class)
+                and (self.network or not other.network) and (self.relay or not other.relay)):
+            return self  # other adds nothing: no new (frozen, so costly) object  # fmt: skip
         return DeviceFacts(
             mac=self.mac or other.mac,
             model=self.model or other.model,
@@ -137,7 +142,13 @@ class Directory:
         if not isinstance(event, (PnpSubscribe, FileServed, Dhcp4Answered)) or not event.mac:
             return
         mac = event.mac
-        self.learn(mac, told_by(event.kind, event.fields()))
+        known = self._facts.get(mac)
+        if (known is not None and isinstance(event, (PnpSubscribe, FileServed))
+                and event.model in (None, known.model) and event.fwver in (None, known.fwver)
+                and event.vendor in (None, known.vendor)):  # fmt: skip
+            self._facts.move_to_end(mac)  # what it says on every request: nothing new
+        else:
+            self.learn(mac, told_by(event.kind, event.fields()))
         if event.client and (
             isinstance(event, PnpSubscribe)
             or (isinstance(event, Dhcp4Answered) and event.request == "DHCPINFORM")

@@ -31,7 +31,7 @@ from dhcp4_kea import stop
 from http_vs_nginx import free_port, pin, wait_port, wrk
 from preprov.events import FileServed, PnpNotifyAcked, PnpNotifySent, device_fields
 from preprov.ident import DeviceFacts
-from preprov.inventory.store import SQLiteStore
+from preprov.inventory.sqlite import SQLiteStore
 
 HERE = Path(__file__).resolve().parent
 TOKEN = "bench-token"

@@ -166,7 +166,7 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 def store_with_leases(state: Path, n: int) -> None:
     """A state directory whose store holds n bound leases."""
-    from preprov.inventory.store import SQLiteStore
+    from preprov.inventory.sqlite import SQLiteStore
 
     state.mkdir()
     SQLiteStore(state / "preprov.db").close()

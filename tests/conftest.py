@@ -57,3 +57,31 @@ def lab_or_skip() -> Lab:
 def lab() -> Iterator[Lab]:
     with lab_or_skip() as the_lab:
         yield the_lab
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Any]:
+    """One throw-away PostgreSQL cluster for the session (tests/pg.py); under CI as root
+    it must work, elsewhere it may skip."""
+    import pg
+
+    why = pg.unavailable()
+    if why:
+        if under_ci_as_root():
+            pytest.fail(f"CI=true as root, but no PostgreSQL cluster: {why}")
+        pytest.skip(f"no PostgreSQL: {why}")
+    cluster = pg.Cluster()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture
+def pg_url(pg_cluster: Any) -> str:
+    """The URL of an empty database of its own."""
+    if not pg_cluster.started:
+        pg_cluster.start()
+    url: str = pg_cluster.new_database()
+    return url

@@ -166,7 +166,7 @@ def test_dashboard_with_500_devices(tmp_path: Path) -> None:
         pytest.skip("chromium is not installed")
     pytest.importorskip("playwright")
     from preprov.events import FileRefused, FileServed, PnpNotifySent, PnpSubscribe
-    from preprov.inventory.store import SQLiteStore
+    from preprov.inventory.sqlite import SQLiteStore
 
     store = SQLiteStore(tmp_path / "state" / "preprov.db")
     evs: list[object] = []

@@ -101,7 +101,7 @@ def test_what_devices_told_is_remembered_after_a_restart(tmp_path: Path) -> None
     import time
 
     from preprov.events import Dhcp4Answered as Answered
-    from preprov.inventory.store import SQLiteStore
+    from preprov.inventory.sqlite import SQLiteStore
     from serverproc import start_server
 
     store = SQLiteStore(tmp_path / "state" / "preprov.db")

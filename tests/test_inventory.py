@@ -1,4 +1,5 @@
-"""The inventory: a SQLite store with group commit that survives a kill -9."""
+"""The SQLite inventory: group commit that survives a kill -9, migrations, budget (the
+contract both backends keep is in test_store_contract.py)."""
 
 from __future__ import annotations
 
@@ -13,24 +14,14 @@ import pytest
 
 from preprov.events import (
     Dhcp4Lease,
-    EventBus,
     FileRefused,
     FileServed,
     PnpNotifySent,
     PnpSubscribe,
     RequestMalformed,
-    ServerStarted,
 )
-from preprov.inventory.store import (
-    NOISE_BURST,
-    PRUNE_CHUNK,
-    SCHEMA,
-    SCHEMA_VERSION,
-    Budget,
-    Recorder,
-    SchemaTooNew,
-    SQLiteStore,
-)
+from preprov.inventory.sqlite import PRUNE_CHUNK, SCHEMA, SCHEMA_VERSION, SQLiteStore
+from preprov.inventory.store import NOISE_BURST, Budget, Recorder, SchemaTooNew
 from serverproc import start_server
 
 
@@ -50,76 +41,6 @@ def served(mac: str, ts: float = 1.0, **kw: object) -> FileServed:
     )
     base.update(kw)
     return FileServed(**base)  # type: ignore[arg-type]
-
-
-def test_device_records_merge_facts_and_keep_history(tmp_path: Path) -> None:
-    store = SQLiteStore(tmp_path / "p.db")
-    store.write(
-        [served("0080F0000001", ts=1.0), served("0080F0000001", ts=2.0, model=None, fwver="02.000")]
-    )
-    store.write(
-        [
-            FileRefused(
-                channel="http",
-                client="198.18.0.3",
-                mac="0080F0000001",
-                path="/y",
-                status=404,
-                reason="no template matches /y",
-                ts=3.0,
-            ),
-            ServerStarted(
-                services=(),
-                listening=(),
-                server_address=None,
-                templates="",
-                state_dir="",
-                config=None,
-            ),
-        ]
-    )
-    d = store.device("0080F0000001")
-    assert d is not None
-    # a refused request (anybody can name a MAC) does not move the phone's address
-    assert (d.model, d.fwver, d.ipv4, d.first_seen, d.last_seen) == (
-        "KX-HDV130",
-        "02.000",
-        "198.18.0.2",
-        1.0,
-        3.0,
-    )
-    assert (d.last_event, d.last_error) == ("file.refused", "file.refused: no template matches /y")
-    evs = store.events("0080F0000001")
-    assert [e["kind"] for e in evs] == ["file.served", "file.served", "file.refused"]
-    assert len(store.events()) == 4
-    store.close()
-
-
-async def test_group_commit_one_transaction_per_loop_turn(tmp_path: Path) -> None:
-    store = SQLiteStore(tmp_path / "p.db")
-    writes: list[int] = []
-    real = store.write
-    store.write = lambda evs: (writes.append(len(evs)), real(evs))[1]  # type: ignore[method-assign]
-    rec = Recorder(store)
-    bus = EventBus()
-    bus.subscribe_durable(rec)
-    for i in range(50):
-        bus.emit(served(f"0080F00000{i:02d}"))
-    await bus.settled()
-    bus.emit(served("0080F0000099"))
-    await bus.settled()
-    assert writes == [50, 1]
-    assert len(store.devices()) == 51
-
-
-async def test_registered_devices(tmp_path: Path) -> None:
-    store = SQLiteStore(tmp_path / "p.db")
-    rec = Recorder(store)
-    rec(served("0080F0000001"))
-    await rec.settled()
-    assert not rec.registered("0080F0000001")
-    rec.register("0080F0000002")
-    assert Recorder(SQLiteStore(tmp_path / "p.db")).registered("0080F0000002")
 
 
 def test_kill_9_in_the_middle_of_writes_loses_nothing_served(tmp_path: Path) -> None:

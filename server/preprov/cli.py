@@ -14,7 +14,7 @@ import uvloop
 
 from .config import Config, ConfigError, build_config, load_config
 from .files.service import FileRequest, fetch, whole_body
-from .inventory.store import SchemaTooNew, SQLiteStore
+from .inventory.store import SchemaTooNew, StoreUnavailable, open_store
 from .macros import expand_macros, normalize_mac
 from .runtime import Runtime, SetupError, build_runtime
 from .server import Server, plan
@@ -43,6 +43,8 @@ def _overrides(**flags: Any) -> dict[str, Any]:
     put("files", "templates", flags.get("templates"))
     put("files", "variables", flags.get("variables"))
     put("admin", "token", flags.get("admin_token"))
+    put("inventory", "database", flags.get("database"))
+    put("server", "name", flags.get("name"))
     return o
 
 
@@ -64,6 +66,11 @@ interface_option = click.option(
     "--interface", "-i", multiple=True, help="phone-facing interface (repeatable)"
 )
 state_option = click.option("--state-dir", help="where the inventory lives (default ./state)")
+database_option = click.option(
+    "--database", envvar="PREPROV_DATABASE", show_envvar=True,
+    help="postgresql://user:password@host:5432/db: an inventory shared with other servers "
+    "(default: SQLite in the state directory)",
+)  # fmt: skip
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -76,13 +83,21 @@ def main() -> None:
 @config_option
 @interface_option
 @state_option
+@database_option
+@click.option("--name", help="this server's name in a shared inventory (default: the host name)")
 @click.option("--http-port", type=int, help="port phones fetch files from (default 8080)")
 @click.option("--admin-port", type=int, help="port of the API and metrics (default 8081; 0: any)")
 @click.option("--address", help="IPv4 address put in URLs (default: the interface's)")
-@click.option("--http-listen", multiple=True,
-              help="address phones fetch files from (repeatable; default: the interfaces')")
-@click.option("--admin-listen", multiple=True,
-              help="address of the API, dashboard and metrics (repeatable; default 127.0.0.1)")
+@click.option(
+    "--http-listen",
+    multiple=True,
+    help="address phones fetch files from (repeatable; default: the interfaces')",
+)
+@click.option(
+    "--admin-listen",
+    multiple=True,
+    help="address of the API, dashboard and metrics (repeatable; default 127.0.0.1)",
+)
 @click.option("--templates", help="template directory (default: the bundled configs/templates)")
 @click.option("--variables", help="per-device variables, CSV or YAML")
 @click.option("--log-format", type=click.Choice(["console", "json"]))
@@ -107,7 +122,7 @@ def serve(config: str | None, **flags: Any) -> None:
     try:
         # uvloop: 44k against 33k answers/s for aiohttp on one core here (README, "Speed")
         uvloop.run(server.run())
-    except (ConfigError, SetupError, SchemaTooNew) as e:
+    except (ConfigError, SetupError, SchemaTooNew, StoreUnavailable) as e:
         _fail(f"preprov: cannot start\n{e}", 1)
     except OSError as e:
         hint = ""
@@ -249,10 +264,25 @@ def _switch(name: str, param: str) -> Callable[[Callable[..., Any]], Callable[..
 @main.command()
 @click.option("--interface", "-i", required=True, help="the interface the phone boots on")
 @click.option("--mac", required=True, help="the phone's MAC, any notation")
-@click.option("--vendor", default="panasonic", show_default=True,
-              type=click.Choice(["panasonic", "yealink", "poly", "cisco", "grandstream", "snom",
-                                 "fanvil", "gigaset", "audiocodes"]),
-              help="whose phone: its PnP dialect, DHCP options, User-Agent and files")
+@click.option(
+    "--vendor",
+    default="panasonic",
+    show_default=True,
+    type=click.Choice(
+        [
+            "panasonic",
+            "yealink",
+            "poly",
+            "cisco",
+            "grandstream",
+            "snom",
+            "fanvil",
+            "gigaset",
+            "audiocodes",
+        ]
+    ),
+    help="whose phone: its PnP dialect, DHCP options, User-Agent and files",
+)
 @click.option("--model", default=None, help="default: KX-HDV130, or the vendor's usual model")
 @click.option("--fwver", default=None, help="default: 01.000, or the vendor's")
 @click.option("--ip-mode", type=click.Choice(["ipv4", "ipv6", "dual"]), default="ipv4",
@@ -390,8 +420,11 @@ def storm(
 
 @main.command()
 @click.option("--phones", default=4, show_default=True, help="how many phones boot (1-250)")
-@click.option("--vendors", default="",
-              help="also one phone of each: all, or a list such as yealink,cisco,snom")
+@click.option(
+    "--vendors",
+    default="",
+    help="also one phone of each: all, or a list such as yealink,cisco,snom",
+)
 def demo(phones: int, vendors: str) -> None:
     """As root: build a lab of network namespaces, start a server with the defaults, boot
     simulated phones against it, print each phone's steps and timings, tear the lab down."""
@@ -409,6 +442,7 @@ def demo(phones: int, vendors: str) -> None:
 @main.command()
 @config_option
 @state_option
+@database_option
 @click.option("--events", "events_of", help="print the event log of this MAC instead")
 @click.option("--stage", type=click.Choice(["seen", "url-sent", "fetching", "provisioned",
                                             "failed"]),
@@ -417,24 +451,27 @@ def demo(phones: int, vendors: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="JSON instead of a table")
 @click.option("--csv", "as_csv", is_flag=True, help="CSV, the columns of the batch reports")
 def inventory(
-    config: str | None, state_dir: str | None, events_of: str | None, stage: str | None,
-    as_json: bool, as_csv: bool,
+    config: str | None, state_dir: str | None, database: str | None, events_of: str | None,
+    stage: str | None, as_json: bool, as_csv: bool,
 ) -> None:  # fmt: skip
     """Show the devices the server has seen, each on its current boot, or one device's
     events. Times are ISO 8601, UTC. --config: the state directory of that file."""
     from .web.dashboard import inventory_csv, iso
 
-    if state_dir is None and config is not None:
+    if config is not None:
         try:
-            state_dir = str(load_config(config).server.state_dir)
+            loaded = load_config(config)
         except ConfigError as e:
             _fail(f"preprov: configuration refused\n{e}", 1)
+            raise  # unreachable
+        state_dir = state_dir or str(loaded.server.state_dir)
+        database = database or loaded.inventory.database
     path = Path(state_dir or "state") / "preprov.db"
-    if not path.exists():
+    if not database and not path.exists():
         _fail(f"no inventory at {path} (start the server first, or pass --state-dir)", 1)
     try:
-        store = SQLiteStore(path)
-    except SchemaTooNew as too_new:
+        store = open_store(database, Path(state_dir or "state"))
+    except (SchemaTooNew, StoreUnavailable) as too_new:
         _fail(f"preprov: {too_new}", 1)
         raise  # unreachable
     try:

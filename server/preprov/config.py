@@ -179,6 +179,11 @@ class ServerSection(Strict):
     )
     address6: ipaddress.IPv6Address | None = None
     state_dir: Path = Path("state")
+    name: str | None = Field(
+        default=None, max_length=64,
+        description="this server's name on the events, devices and leases it writes; "
+        "default: the host name",
+    )  # fmt: skip
 
 
 class HttpSection(Strict):
@@ -234,6 +239,11 @@ class RetentionSection(Strict):
 
 class InventorySection(Strict):
     auto_add: bool = True
+    database: str | None = Field(
+        default=None,
+        description="postgresql://user:password@host:5432/db to share one inventory between "
+        "servers; default: SQLite in the state directory",
+    )
     synchronous: Literal["normal", "full"] = "normal"
     max_bytes: ByteSize = Field(
         default=ByteSize(256 * 1024 * 1024),
@@ -245,6 +255,13 @@ class InventorySection(Strict):
         description="seconds of quiet after which a DISCOVER, SOLICIT, SUBSCRIBE or a fetch of "
         "the pre-provisioning file starts a new boot of the device",
     )
+
+    @field_validator("database")
+    @classmethod
+    def _database(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("postgresql://", "postgres://")):
+            raise ValueError("a postgresql:// URL (leave it out for the embedded SQLite)")
+        return v
 
     @field_validator("max_bytes")
     @classmethod

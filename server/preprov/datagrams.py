@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .events import Event, InternalError
@@ -22,11 +23,13 @@ class Send:
 @dataclass
 class Output:
     """The datagrams to send and the events that happened, for one input; `closed`:
-    transfers that ended, whose sockets the adapter closes."""
+    transfers that ended, whose sockets the adapter closes; `if_lost`: what to answer
+    instead when another server sharing the inventory claimed the lease first."""
 
     sends: list[Send] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
     closed: list[int] = field(default_factory=list)
+    if_lost: Callable[[], Output] | None = None
 
 
 def internal_error(channel: str, source: Addr, error: Exception) -> InternalError:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from .datagrams import Addr, Output, internal_error
-from .events import EventBus
+from .events import ClaimsLost, EventBus
 from .net import Interface
 
 
@@ -210,13 +210,16 @@ class DatagramEndpoint:
         if not out.sends:
             return
         if any(isinstance(ev, self.durable) for ev in out.events):
-            self.bus.after_settled(lambda error: self._send(out, error, started))
+            self.bus.after_settled(lambda error: self._send(out, error, started), claims=True)
         else:
             self._send(out, None, started)  # an OFFER, a NAK, an ADVERTISE binds nothing
 
     def _send(self, out: Output, error: BaseException | None, started: float) -> None:
         if self.observe is not None:
             self.observe(time.monotonic() - started)
+        if isinstance(error, ClaimsLost):
+            out = self._lost(out, error)
+            error = None
         if error is not None or self._reader is None:
             return  # not stored, so not answered: the client will ask again
         for s in out.sends:
@@ -224,6 +227,17 @@ class DatagramEndpoint:
             if host.startswith("fe80") and "%" not in host:
                 host = f"{host}%{self.iface.name}"  # a link-local address needs its interface
             self._reader.sendto(s.data, (host, s.addr[1]))
+
+    def _lost(self, out: Output, lost: ClaimsLost) -> Output:
+        """Another server sharing the inventory claimed this answer's address first: the
+        core's other answer (a NAK), or none."""
+        mine = {getattr(ev, "ip", None) for ev in out.events if isinstance(ev, self.durable)}
+        if not mine & lost.ips:
+            return out
+        other = out.if_lost() if out.if_lost is not None else Output()
+        for ev in other.events:
+            self.bus.emit(ev)
+        return other
 
     def close(self) -> None:
         if self._reader is not None:

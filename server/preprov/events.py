@@ -344,6 +344,22 @@ class TemplateRejected(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
+class InventoryUnavailable(Event):
+    """The shared inventory's database cannot be reached: no lease is answered, files
+    and PnP are, their events wait in memory."""
+
+    kind: ClassVar[str] = "inventory.unavailable"
+    level: ClassVar[str] = "error"
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class InventoryRecovered(Event):
+    kind: ClassVar[str] = "inventory.recovered"
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True)
 class ConfigRejected(Event):
     kind: ClassVar[str] = "config.rejected"
     level: ClassVar[str] = "error"
@@ -381,6 +397,15 @@ class Counts:
         self.by_kind[key] = self.by_kind.get(key, 0) + 1
 
 
+class ClaimsLost(Exception):
+    """What a durable sink tells a caller whose events claim leases: committed, but
+    these addresses were claimed by another server sharing the inventory first."""
+
+    def __init__(self, ips: frozenset[str]) -> None:
+        super().__init__(f"claimed by another server first: {', '.join(sorted(ips))}")
+        self.ips = ips
+
+
 class DurableSink(Protocol):
     def __call__(self, event: Event) -> None: ...
 
@@ -388,8 +413,11 @@ class DurableSink(Protocol):
         """Resolves once every event received so far is stored."""
         ...
 
-    def after_commit(self, callback: Callable[[BaseException | None], None]) -> None:
-        """Calls back once every event received so far is stored (or failed to be)."""
+    def after_commit(
+        self, callback: Callable[[BaseException | None], None], claims: bool = False
+    ) -> None:
+        """Calls back once every event received so far is stored (or failed to be);
+        `claims`: the caller's events claim leases (see inventory.store.Recorder)."""
         ...
 
 
@@ -418,10 +446,12 @@ class EventBus:
         for sink in self._durable:
             await sink.settled()
 
-    def after_settled(self, callback: Callable[[BaseException | None], None]) -> None:
+    def after_settled(
+        self, callback: Callable[[BaseException | None], None], claims: bool = False
+    ) -> None:
         """Call back once every durable sink has stored what it received so far."""
         if len(self._durable) == 1:
-            self._durable[0].after_commit(callback)
+            self._durable[0].after_commit(callback, claims)
             return
         sinks = list(self._durable)
 
@@ -429,6 +459,6 @@ class EventBus:
             if error is not None or not sinks:
                 callback(error)
             else:
-                sinks.pop(0).after_commit(step)
+                sinks.pop(0).after_commit(step, claims)
 
         step(None)

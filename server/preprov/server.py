@@ -8,8 +8,10 @@ import ctypes
 import ctypes.util
 import ipaddress
 import signal
+import socket
 import time
 import uuid
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,12 +30,14 @@ from .events import (
     ConfigReloaded,
     Counts,
     EventBus,
+    InventoryRecovered,
+    InventoryUnavailable,
     ServerStarted,
     ServerStopping,
     TemplateRejected,
 )
 from .ident import Directory
-from .inventory.store import Budget, Recorder, SQLiteStore
+from .inventory.store import Budget, Recorder, Store, StoreUnavailable, open_store
 from .log import LogSink, flush_logs, setup_logging
 from .net import Interface
 from .runtime import Runtime, SetupError, build_runtime
@@ -264,12 +268,14 @@ class Server:
         self.counts = Counts()
         self.bus.subscribe(self.counts)
         self.runtime: Runtime | None = None
-        self.store: SQLiteStore | None = None
+        self.store: Store | None = None
         self.recorder: Recorder | None = None
         self.http: FileServer | None = None
         self.pnp: list[PnpEndpoint] = []
         self.dhcp4: list[Dhcp4Endpoint] = []
         self.leases4: LeaseTable | None = None
+        self.leases6: Leases6 | None = None
+        self.name = ""
         self.dhcp6: list[Dhcp6Endpoint] = []
         self.tftp: list[TftpEndpoint] = []
         self.metrics = Metrics()
@@ -327,12 +333,17 @@ class Server:
         inv = config.inventory
         budget = Budget(int(inv.max_bytes), inv.retention.max_age_days * 86400.0,
                         inv.retention.max_events)  # fmt: skip
-        self.store = SQLiteStore(
-            Path(state) / "preprov.db", inv.synchronous, background_checkpoints=True, budget=budget,
-            boot_gap=inv.new_boot_after,
-        )
+        self.name = config.server.name or socket.gethostname()
+        self.store = open_store(
+            inv.database, Path(state), server=self.name, synchronous=inv.synchronous,
+            budget=budget, boot_gap=inv.new_boot_after, background=True,
+        )  # fmt: skip
+        await self.store.open()
         self.recorder = Recorder(self.store)
+        self.recorder.on_state = self._inventory_state
         self.bus.subscribe_durable(self.recorder)
+        self.store.on_leases = self._learn_leases
+        self.store.on_change = self.stream.changed_elsewhere
         now = time.time()
         for x in self.store.leases():  # the leases held before a restart
             if x["state"] == "bound" and x["expires"] > now and x["mac"]:
@@ -442,6 +453,27 @@ class Server:
         if self._trim is not None:
             asyncio.get_running_loop().call_later(TRIM_EVERY, self._release_memory)
 
+    def _inventory_state(self, down: StoreUnavailable | None) -> None:
+        """The shared database went away or came back: an event, a metric."""
+        self.metrics.inventory_up.set(0 if down else 1)
+        if down is not None:
+            self.bus.emit(InventoryUnavailable(reason=str(down)))
+        else:
+            self.bus.emit(InventoryRecovered(reason="the inventory's database answers again"))
+
+    def _learn_leases(self, leases: list[dict[str, Any]]) -> None:
+        """Leases another server sharing the inventory bound: not offered here."""
+        for x in leases:
+            if ":" in x["ip"]:
+                if self.leases6 is not None:
+                    self.leases6.load([Binding(ipaddress.IPv6Address(x["ip"]), x["client_id"],
+                                               x["mac"], x["state"], x["expires"])])  # fmt: skip
+            elif self.leases4 is not None:
+                self.leases4.learn(ipaddress.IPv4Address(x["ip"]), x["client_id"], x["mac"],
+                                   x["state"], x["expires"])  # fmt: skip
+            if x["state"] == "bound" and x["mac"]:
+                self.directory.bind(x["ip"], x["mac"])
+
     async def _remember(self) -> None:
         assert self.store is not None
         history = await self.store.read(lambda r: r.recent_facts(REMEMBER_EVENTS))
@@ -466,6 +498,11 @@ class Server:
             ]
         )  # fmt: skip
         self.leases4 = table
+        if self.store.shared:
+            # servers sharing one inventory start their pool walks apart: fewer offers of
+            # one address to two clients at once (the claim in the database decides anyway)
+            for sn in table.subnets:
+                sn._cursor = zlib.crc32(self.name.encode()) % sn.size
         for iface in rt.interfaces:
             addr = pnp_local_address(rt, iface)
             if addr is None:
@@ -484,7 +521,7 @@ class Server:
     async def _start_dhcp6(self, rt: Runtime, notes: list[str]) -> None:
         assert self.store is not None
         c = rt.config.dhcp6
-        leases = Leases6(dhcp6_pools(rt))
+        leases = self.leases6 = Leases6(dhcp6_pools(rt))
         now = time.time()
         leases.load(
             [
@@ -585,8 +622,8 @@ class Server:
             self.stream.end()
             await self.admin.cleanup()
         if self.recorder is not None:
-            self.recorder.flush_now()
+            await self.recorder.drain()
         self.log.close()
         flush_logs()
         if self.store is not None:
-            self.store.close()
+            await self.store.aclose()

@@ -207,6 +207,19 @@ class LeaseTable:
         self._put(lease)
         return lease
 
+    def taken_by_other(self, ip: IPv4, expires: float, client: str = "", mac: str = "") -> None:
+        """Another server sharing the inventory bound `ip` (its client and MAC when
+        known): not offered here until it expires, is released or moves."""
+        self._put(Lease(ip, client or f"(another server) {ip}", mac, "bound", expires))
+
+    def learn(self, ip: IPv4, client: str, mac: str, state: str, expires: float) -> None:
+        """A lease change another server committed (inventory notifications)."""
+        held = self.by_ip.get(ip)
+        if held is not None and held.client == client and held.state == state:
+            held.expires = expires
+            return
+        self._put(Lease(ip, client, mac, state, expires))
+
     def release(self, client: str, mac: str, ip: IPv4, now: float) -> Lease | None:
         """Only the holder (client identifier and chaddr) may release a lease."""
         lease = self.by_ip.get(ip)

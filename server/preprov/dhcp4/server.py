@@ -306,6 +306,16 @@ class Dhcp4Server:
         lease = self.leases.bind(client, mac, ip, now, p.lease_time, _text(req, HOSTNAME))
         out.events.append(_lease_event(facts, lease, client))
         self._reply(req, facts, subnet, DHCPMessageType.DHCPACK, lease.ip, now, out)
+        out.if_lost = lambda: self._lost(req, facts, lease)
+
+    def _lost(self, req: Packet, facts: DeviceFacts, lease: Lease) -> Output:
+        """Another server sharing the inventory bound this address first (its REQUEST
+        was committed before ours): it is that server's client's now, ours is told NAK
+        and starts again with a DISCOVER (RFC 2131 §3.1, step 4)."""
+        self.leases.taken_by_other(lease.ip, lease.expires)
+        out = Output()
+        self._nak(req, facts, lease.ip, f"{lease.ip} was bound by another server first", out)
+        return out
 
     def _decline(
         self,

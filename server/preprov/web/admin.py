@@ -9,6 +9,7 @@ Reading is open; changing anything needs `Authorization: Bearer <admin.token>`
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import ipaddress
 import time
@@ -28,7 +29,7 @@ from prometheus_client import (
 )
 
 from ..events import Event, PnpNotifyAcked, is_refusal
-from ..inventory.store import Reads
+from ..inventory.store import Reads, StoreUnavailable
 from ..macros import MacError, normalize_mac
 from .dashboard import (
     PAGE,
@@ -72,6 +73,12 @@ class Metrics:
                            "still queued past the client's retransmission time, or shed past "
                            "capacity", ["channel"],
                            registry=self.registry)  # fmt: skip
+        self.inventory_up = Gauge("preprov_inventory_up", "1 while the inventory's database "
+                                  "answers; 0: no lease is answered", registry=self.registry)
+        self.inventory_up.set(1)
+        self.claims_lost = Gauge("preprov_lease_claims_lost", "Leases another server sharing the "
+                                 "inventory bound first (answered with a NAK) since start",
+                                 registry=self.registry)  # fmt: skip
         self._children: dict[tuple[type, str], list[Callable[[], None]]] = {}
 
     def observer(self, channel: str) -> Callable[[float], None]:
@@ -216,14 +223,17 @@ def make_admin_app(server: Server, metrics: Metrics, stream: Stream) -> web.Appl
 
     async def metrics_view(_: web.Request) -> web.Response:
         now = time.time()
-        counts, in_use = await aggregate(
-            "metrics", lambda r: (r.device_counts(), r.leases_in_use(now))
-        )
-        metrics.devices.clear()
-        for last_event, n in counts.items():
-            metrics.devices.labels(last_event).set(n)
-        for family, n in in_use.items():
-            metrics.leases.labels(family).set(n)
+        with contextlib.suppress(StoreUnavailable):  # the counters still answer
+            counts, in_use = await aggregate(
+                "metrics", lambda r: (r.device_counts(), r.leases_in_use(now))
+            )
+            metrics.devices.clear()
+            for last_event, n in counts.items():
+                metrics.devices.labels(last_event).set(n)
+            for family, n in in_use.items():
+                metrics.leases.labels(family).set(n)
+        if server.recorder is not None:
+            metrics.claims_lost.set(server.recorder.claims_lost)
         for channel, endpoints in (("dhcpv4", server.dhcp4), ("dhcpv6", server.dhcp6),
                                    ("sip-pnp", server.pnp)):  # fmt: skip
             metrics.stale.labels(channel).set(sum(ep.stale for ep in endpoints))
@@ -239,6 +249,8 @@ def make_admin_app(server: Server, metrics: Metrics, stream: Stream) -> web.Appl
 
         stages = await aggregate("stages", lambda r: r.stage_counts())
         body = {
+            "server": server.name, "backend": type(st).__name__,
+            "inventory_up": rec is not None and rec.down is None,
             "devices": sum(stages.values()), "stages": stages,
             "inventory": await aggregate("size", lambda r: r.size()),
             "events_pruned": st.pruned, "devices_forgotten": st.forgotten,
@@ -383,7 +395,10 @@ def make_admin_app(server: Server, metrics: Metrics, stream: Stream) -> web.Appl
         if not host_allowed(request.headers.get("Host"), names):
             why = f"Host {request.headers.get('Host')!r} is not this listener (admin.names)"
             return web.json_response({"error": why}, status=421)
-        return await handler(request)
+        try:
+            return await handler(request)
+        except StoreUnavailable as e:  # the shared database is away: say so, and retry later
+            return web.json_response({"error": str(e)}, status=503, headers={"Retry-After": "1"})
 
     app = web.Application(middlewares=[check_host])
     app.router.add_get("/", page)

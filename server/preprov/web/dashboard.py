@@ -166,6 +166,13 @@ class Stream:
             if q.qsize() < 1000:
                 q.put_nowait(line)
 
+    def changed_elsewhere(self, server: str) -> None:
+        """Another server sharing the inventory committed changes: the pages refresh."""
+        line = json.dumps({"server": server, "kind": "inventory.changed"})
+        for q in self.queues:
+            if q.qsize() < 1000:
+                q.put_nowait(line)
+
     def open(self) -> asyncio.Queue[str]:
         q: asyncio.Queue[str] = asyncio.Queue()
         self.queues.add(q)

@@ -1,0 +1,151 @@
+"""Two servers on one segment sharing one PostgreSQL inventory (README, "Several
+servers"): perfdhcp and ISC dhclient against both at once, one server killed with
+SIGKILL, PostgreSQL restarted; no address is ever held by two clients."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from preprov.lab import Host, Lab
+from serverproc import ServerProc, start_server
+from test_dhcp4_netns import HERE, need, perf_figures
+
+pytestmark = pytest.mark.netns
+
+
+def serve(tmp: Path, host: Host, url: str, name: str) -> ServerProc:
+    d = tmp / name
+    d.mkdir()
+    return start_server(d, "--interface", "eth0", "--database", url, "--name", name,
+                        "--log-level", "info", netns=host.ns, port=8080)  # fmt: skip
+
+
+def held_twice(url: str) -> dict[str, set[str]]:
+    """Addresses bound to two clients at once in the shared event log (every server's
+    lease events, in commit order), with no release between."""
+    with psycopg.connect(url) as db:
+        rows = db.execute("SELECT data FROM events WHERE kind = 'dhcp4.lease' ORDER BY id")
+        holder: dict[str, str] = {}
+        twice: dict[str, set[str]] = {}
+        for (data,) in rows:
+            d = json.loads(data)
+            if d["state"] == "bound":
+                if d["ip"] in holder and holder[d["ip"]] != d["client_id"]:
+                    twice.setdefault(d["ip"], set()).update({holder[d["ip"]], d["client_id"]})
+                holder[d["ip"]] = d["client_id"]
+            else:
+                holder.pop(d["ip"], None)
+    return twice
+
+
+def dhclients(lab: Lab, tmp: Path, n: int, tag: str) -> list[subprocess.Popen[str]]:
+    """n phones without addresses, each running ISC dhclient once (DORA, then it exits)."""
+    need("dhclient")
+    procs = []
+    for i in range(n):
+        phone = lab.host(f"{tag}{i}", addresses=False)
+        lease = tmp / f"{tag}{i}.leases"
+        procs.append(subprocess.Popen(
+            [*phone.prefix(), "dhclient", "-1", "-v", "-cf", str(HERE / "dhclient.conf"),
+             "-lf", str(lease), "-pf", str(tmp / f"{tag}{i}.pid"), "-sf", "/bin/true", "eth0"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))  # fmt: skip
+    return procs
+
+
+def leased(tmp: Path, tag: str, n: int, procs: list[subprocess.Popen[str]]) -> dict[str, str]:
+    """Each phone's address, from its lease file, once its dhclient is done."""
+    out = {}
+    for i, p in enumerate(procs):
+        log, _ = p.communicate(timeout=90)
+        pid = tmp / f"{tag}{i}.pid"
+        if pid.exists():
+            subprocess.run(["kill", pid.read_text().strip()], check=False)
+        assert p.returncode == 0, log[-1500:]
+        text = (tmp / f"{tag}{i}.leases").read_text()
+        addr = [ln.split()[1].rstrip(";") for ln in text.splitlines() if "fixed-address" in ln]
+        out[f"{tag}{i}"] = addr[-1]
+    assert len(out) == n
+    return out
+
+
+def summary(sp: ServerProc, host: Host) -> dict[str, Any]:
+    # the admin listener is on the server's loopback, inside its namespace
+    r = subprocess.run([*host.prefix(), "curl", "-s", f"{sp.admin}/api/status"],
+                       capture_output=True, text=True, check=True)  # fmt: skip
+    rows: list[dict[str, Any]] = json.loads(r.stdout)
+    return {"rows": rows, "servers": {row["server"] for row in rows}}
+
+
+def test_two_servers_one_database_perfdhcp_and_dhclient(
+    lab: Lab, tmp_path: Path, pg_url: str
+) -> None:
+    need("perfdhcp")
+    a_host, b_host, perf = lab.host("srva"), lab.host("srvb"), lab.host("perf")
+    a = serve(tmp_path, a_host, pg_url, "bench-a")
+    b = serve(tmp_path, b_host, pg_url, "bench-b")
+    try:
+        run = subprocess.Popen(
+            [*perf.prefix(), "perfdhcp", "-4", "-r", "50", "-R", "60", "-p", "6", "-l", "eth0",
+             "all"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        procs = dhclients(lab, tmp_path, 12, "p")
+        got = leased(tmp_path, "p", 12, procs)
+        out, _ = run.communicate(timeout=60)
+        rows = summary(a, a_host)
+    finally:
+        assert a.stop() == 0 and b.stop() == 0
+    assert len(set(got.values())) == 12, got  # every dhclient served, no address twice
+    _, ra = perf_figures(out)
+    assert ra["non unique addresses"] == 0 and ra["received packets"] > 0, out[-2000:]
+    assert held_twice(pg_url) == {}
+    # both servers answered, and either one's API shows the whole inventory with names
+    with psycopg.connect(pg_url) as db:
+        servers = {s for (s,) in db.execute("SELECT DISTINCT server FROM leases")}
+    assert servers == {"bench-a", "bench-b"}
+    assert rows["servers"] == {"bench-a", "bench-b"}
+
+
+def test_one_server_killed_and_postgres_restarted_the_other_keeps_serving(
+    lab: Lab, tmp_path: Path, pg_url: str, pg_cluster: Any
+) -> None:
+    import signal
+
+    a_host, b_host = lab.host("srva"), lab.host("srvb")
+    a = serve(tmp_path, a_host, pg_url, "bench-a")
+    b = serve(tmp_path, b_host, pg_url, "bench-b")
+    try:
+        first = leased(tmp_path, "p", 6, dhclients(lab, tmp_path, 6, "p"))
+        with psycopg.connect(pg_url) as db:
+            committed = db.execute("SELECT count(*) FROM leases WHERE state = 'bound'").fetchone()
+        a.proc.send_signal(signal.SIGKILL)
+        a.proc.wait()
+        second = leased(tmp_path, "q", 6, dhclients(lab, tmp_path, 6, "q"))
+        pg_cluster.stop("fast")
+        time.sleep(1.0)
+        # while the database is away: no lease is answered, files still are
+        page = subprocess.run([*b_host.prefix(), "curl", "-s", "-o", "/dev/null", "-w",
+                               "%{http_code}", f"http://{b_host.ipv4.ip}:8080/KX-HDV130.cfg"],
+                              capture_output=True, text=True)  # fmt: skip
+        pg_cluster.start()
+        third = leased(tmp_path, "r", 6, dhclients(lab, tmp_path, 6, "r"))
+        b.wait_event("inventory.recovered", timeout=20)
+    finally:
+        b.stop()
+    assert committed is not None and committed[0] >= 6
+    everyone = {**first, **second, **third}
+    assert len(set(everyone.values())) == 18, everyone
+    assert page.stdout == "200"
+    assert b.wait_event("inventory.unavailable")["reason"]
+    with psycopg.connect(pg_url) as db:
+        after = db.execute("SELECT count(*) FROM leases WHERE state = 'bound'").fetchone()
+        by_b = db.execute("SELECT count(*) FROM leases WHERE server = 'bench-b'").fetchone()
+    assert after is not None and after[0] >= committed[0] + 12  # nothing committed was lost
+    assert by_b is not None and by_b[0] >= 12
+    assert held_twice(pg_url) == {}

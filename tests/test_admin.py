@@ -279,7 +279,7 @@ def test_batches_renamed_deleted_devices_forgotten_inventory_exported(tmp_path: 
         report = json.loads(call(f"{sp.admin}/api/batches/{bid}")[1])
         assert report["name"] == "two" and report["devices"][0]["manifest"] == {"serial": "S1"}
         csv_text = call(f"{sp.admin}/api/batches/{bid}.csv")[1].decode()
-        assert csv_text.splitlines()[0].endswith(",last_error,serial")
+        assert csv_text.splitlines()[0].endswith(",last_error,server,serial")
         inv = call(f"{sp.admin}/api/status.csv")[1].decode().splitlines()
         assert inv[0].startswith("mac,stage,reason,model,fwver,ipv4")
         assert inv[1].startswith("0080F0C571EB,")

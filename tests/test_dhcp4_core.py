@@ -118,6 +118,29 @@ def test_request_binds_and_the_lease_event_comes_before_the_ack() -> None:
     assert reply(out).yiaddr == offer.yiaddr
 
 
+def test_an_address_another_server_bound_first_is_answered_with_a_nak_then_avoided() -> None:
+    """Two servers sharing the inventory offered one address to two clients; the other
+    server's client committed first: our ACK is replaced by a NAK, and the address is
+    not offered again while the other holds it."""
+    s = server()
+    offer = reply(s.datagram_received(msg(DHCPMessageType.DHCPDISCOVER), ("0.0.0.0", 68), T))
+    out = s.datagram_received(
+        msg(DHCPMessageType.DHCPREQUEST, o54=SERVER.packed, o50=offer.yiaddr.packed),
+        ("0.0.0.0", 68), T,
+    )  # fmt: skip
+    assert out.if_lost is not None and opt(reply(out), 53) == b"\x05"
+    nak = out.if_lost()
+    assert opt(reply(nak), 53) == b"\x06" and b"another server" in (opt(reply(nak), 56) or b"")
+    (ev,) = nak.events
+    assert isinstance(ev, Dhcp4Nak) and ev.ip == str(offer.yiaddr)
+    again = reply(s.datagram_received(msg(DHCPMessageType.DHCPDISCOVER), ("0.0.0.0", 68), T + 1))
+    assert again.yiaddr != offer.yiaddr
+    # what another server bound, learnt from the inventory's notifications, is not offered
+    s.leases.learn(again.yiaddr, "c9", "0080F0000009", "bound", T + 3600)
+    third = reply(s.datagram_received(msg(DHCPMessageType.DHCPDISCOVER), ("0.0.0.0", 68), T + 2))
+    assert third.yiaddr not in (offer.yiaddr, again.yiaddr)
+
+
 def test_selecting_another_server_frees_our_offer() -> None:
     s = server()
     first = reply(s.datagram_received(msg(DHCPMessageType.DHCPDISCOVER), ("0.0.0.0", 68), T)).yiaddr

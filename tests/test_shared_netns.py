@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,39 @@ def leased(tmp: Path, tag: str, n: int, procs: list[subprocess.Popen[str]]) -> d
     return out
 
 
+PAGE_SCRIPT = r"""
+import json, sys
+from playwright.sync_api import sync_playwright
+admin, mac = sys.argv[1], sys.argv[2]
+with sync_playwright() as p:
+    b = p.chromium.launch(executable_path="/usr/bin/chromium", args=[
+        "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync"])
+    page = b.new_page(viewport={"width": 1400, "height": 700})
+    page.goto(admin + "/")
+    page.wait_for_selector("#live:has-text('live')", timeout=10000)
+    print("READY", flush=True)
+    sys.stdin.readline()  # the test has the other server serve a phone now
+    page.wait_for_selector(f"tr.device[data-mac='{mac}']", timeout=20000)
+    servers = [o.get_attribute("value") for o in page.locator("#server option").all()]
+    page.select_option("#server", "bench-b")
+    shown = page.eval_on_selector_all("tr.device", "trs => trs.map(t => t.dataset.mac)")
+    cells = page.eval_on_selector_all("tr.device td:nth-child(10)", "tds => tds.map(t => t.textContent)")
+    print(json.dumps({"servers": servers, "shown": shown, "cells": cells}), flush=True)
+    b.close()
+"""
+
+
+def live_page(host: Host, sp: ServerProc, mac: str) -> subprocess.Popen[str]:
+    """Server A's dashboard in chromium, open before the other server serves `mac`."""
+    if not Path("/usr/bin/chromium").exists():
+        pytest.fail("chromium is not installed")
+    page = subprocess.Popen([*host.prefix(), sys.executable, "-c", PAGE_SCRIPT, sp.admin, mac],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert page.stdout is not None and page.stdout.readline().strip() == "READY"
+    return page
+
+
 def summary(sp: ServerProc, host: Host) -> dict[str, Any]:
     # the admin listener is on the server's loopback, inside its namespace
     r = subprocess.run([*host.prefix(), "curl", "-s", f"{sp.admin}/api/status"],
@@ -99,6 +133,14 @@ def test_two_servers_one_database_perfdhcp_and_dhclient(
         got = leased(tmp_path, "p", 12, procs)
         out, _ = run.communicate(timeout=60)
         rows = summary(a, a_host)
+        # A's dashboard, open, sees a phone B serves, live (LISTEN/NOTIFY), with B's name
+        page = live_page(a_host, a, "0080F0B0B0B0")
+        fetch = subprocess.run(
+            [*perf.prefix(), "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-A",
+             "Panasonic_KX-HDV130/01.000 (0080f0b0b0b0)",
+             f"http://{b_host.ipv4.ip}:8080/Config0080F0B0B0B0.cfg"],
+            capture_output=True, text=True)  # fmt: skip
+        seen, _ = page.communicate("go\n", timeout=60)
     finally:
         assert a.stop() == 0 and b.stop() == 0
     assert len(set(got.values())) == 12, got  # every dhclient served, no address twice
@@ -110,6 +152,10 @@ def test_two_servers_one_database_perfdhcp_and_dhclient(
         servers = {s for (s,) in db.execute("SELECT DISTINCT server FROM leases")}
     assert servers == {"bench-a", "bench-b"}
     assert rows["servers"] == {"bench-a", "bench-b"}
+    assert fetch.stdout == "200"
+    view = json.loads(seen)
+    assert {"bench-a", "bench-b"} <= set(view["servers"])
+    assert "0080F0B0B0B0" in view["shown"] and set(view["cells"]) == {"bench-b"}
 
 
 def test_one_server_killed_and_postgres_restarted_the_other_keeps_serving(
@@ -149,3 +195,38 @@ def test_one_server_killed_and_postgres_restarted_the_other_keeps_serving(
     assert after is not None and after[0] >= committed[0] + 12  # nothing committed was lost
     assert by_b is not None and by_b[0] >= 12
     assert held_twice(pg_url) == {}
+
+
+def test_a_lost_claim_is_a_nak_and_dhclient_gets_the_next_address(
+    lab: Lab, tmp_path: Path, pg_url: str
+) -> None:
+    """Another server bound the first address of the pool a moment ago (it is in the
+    database, its notification not yet here): this server offers it, the claim in the
+    database fails, the ACK becomes a NAK, dhclient starts again and gets the next one."""
+    import zlib
+
+    host = lab.host("srva")
+    first = lab.net4[200]
+    # a name whose pool walk starts at the pool's first address (servers start apart)
+    name = next(f"bench-{i}" for i in range(100) if zlib.crc32(f"bench-{i}".encode()) % 2 == 0)
+    config = tmp_path / "lab.yaml"
+    config.write_text(f"server: {{interfaces: [eth0]}}\ninventory: {{database: '{pg_url}'}}\n"
+                      f"dhcp4: {{subnets: [{{subnet: '{lab.net4}', pool: ['{first}', "
+                      f"'{first + 1}']}}]}}\n")  # fmt: skip
+    (tmp_path / name).mkdir()
+    sp = start_server(tmp_path / name, "--config", str(config), "--name", name,
+                      "--log-level", "info", netns=host.ns, port=8080)  # fmt: skip
+    try:
+        with psycopg.connect(pg_url, autocommit=True) as db:
+            db.execute("INSERT INTO leases VALUES (%s, 'ghost', '0080F0FFFFFF', 'bound', %s,"
+                       " NULL, %s, 'elsewhere')", (str(first), time.time() + 600, time.time()))
+        got = leased(tmp_path, "p", 1, dhclients(lab, tmp_path, 1, "p"))
+        nak = sp.wait_event("dhcp4.nak")
+    finally:
+        sp.stop()
+    assert got == {"p0": str(first + 1)}
+    assert nak["ip"] == str(first) and "bound by another server first" in str(nak["reason"])
+    assert held_twice(pg_url) == {}
+    with psycopg.connect(pg_url) as db:
+        rows = db.execute("SELECT ip, client_id, server FROM leases ORDER BY ip").fetchall()
+    assert rows[0] == (str(first), "ghost", "elsewhere") and rows[1][2] == name

@@ -155,6 +155,8 @@ async def test_a_lease_is_claimed_once_across_servers(make_store: MakeStore) -> 
     assert await write(a, [lease(ip, "c1", "0080F0000001")]) == set()  # the holder renews
     (held,) = b.leases()
     assert (held["client_id"], held["server"]) == ("c1", "a")
+    # the event log says the claim was lost, not that the address was bound twice
+    assert [e["state"] for e in b.events("0080F0000002")] == ["lost"]
     assert await write(a, [lease(ip, "c1", "0080F0000001", state="released")]) == set()
     assert await write(b, [lease(ip, "c2", "0080F0000002")]) == set()  # released: free
     gone = time.time() - 1

@@ -199,11 +199,6 @@ class PostgresStore:
                 cur = conn.cursor()
                 await cur.execute("SELECT pg_advisory_xact_lock(%s), nextval('device_changes')",
                                   (_LOCK,))  # fmt: skip
-                await cur.executemany(_EVENT, batch.events)
-                if batch.upserts:
-                    await cur.executemany(_UPSERT, batch.upserts)
-                if batch.updates:
-                    await cur.executemany(_UPDATE, batch.updates)
                 won: set[str] = set()
                 if batch.leases:
                     await cur.executemany(_CLAIM, batch.leases, returning=True)
@@ -211,6 +206,14 @@ class PostgresStore:
                         won.update(r[0] for r in await cur.fetchall())
                         if not cur.nextset():
                             break
+                    lost = {lease[0] for lease in batch.leases} - won
+                    if lost:
+                        batch.lost(lost)
+                await cur.executemany(_EVENT, batch.events)
+                if batch.upserts:
+                    await cur.executemany(_UPSERT, batch.upserts)
+                if batch.updates:
+                    await cur.executemany(_UPDATE, batch.updates)
                 for payload in self._announce(batch, won):
                     await cur.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
         except psycopg.OperationalError as e:

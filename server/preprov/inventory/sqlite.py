@@ -321,13 +321,15 @@ class SQLiteStore:
             raise StoreBusy(str(e)) from None
         lost: set[str] = set()
         try:
+            for lease in batch.leases:
+                if db.execute(CLAIM_LEASE, lease).fetchone() is None:
+                    lost.add(lease[0])
+            if lost:
+                batch.lost(lost)
             db.executemany(INSERT_EVENT, batch.events)
             db.executemany(_UPSERT, batch.upserts)
             if batch.updates:
                 db.executemany(_UPDATE, batch.updates)
-            for lease in batch.leases:
-                if db.execute(CLAIM_LEASE, lease).fetchone() is None:
-                    lost.add(lease[0])
             pruned = self._prune(db)
             db.execute("COMMIT")
         except BaseException:

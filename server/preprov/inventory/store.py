@@ -178,9 +178,19 @@ class Batch:
 
     events: list[tuple[float, str | None, str, str, str]]  # ts, mac, kind, data, server
     leases: list[tuple[Any, ...]]  # CLAIM_LEASE's parameters
+    lease_events: list[int]  # the index in `events` of each lease's event
     upserts: list[dict[str, Any]]  # devices the batch may create
     updates: list[dict[str, Any]]  # devices it only updates (refused datagrams)
     prior: dict[str, tuple[tuple[object, ...], float, int] | None]  # for restore()
+
+    def lost(self, ips: set[str]) -> None:
+        """These claims failed: their events say so (state "lost"), not "bound"."""
+        for lease, i in zip(self.leases, self.lease_events, strict=True):
+            if lease[0] in ips:
+                ts, mac, kind, data, server = self.events[i]
+                d = orjson.loads(data)
+                d.update(state="lost", reason="bound by another server first")
+                self.events[i] = (ts, mac, kind, orjson.dumps(d).decode(), server)
 
 
 class DeviceRows:
@@ -202,6 +212,7 @@ class DeviceRows:
         """`changed`: the change cursor's value for rows with a new fact."""
         rows = []
         leases = []
+        lease_events = []
         devices: dict[str, dict[str, Any]] = {}
         server = self.server
         for ev in events:
@@ -209,6 +220,7 @@ class DeviceRows:
             if isinstance(ev, (Dhcp4Lease, Dhcp6Lease)):
                 leases.append((ev.ip, ev.client_id, ev.mac, ev.state, ev.expires, ev.hostname,
                                ev.ts, server))  # fmt: skip
+                lease_events.append(len(rows))
             mac = data.get("mac") if isinstance(ev, DeviceEvent) else None
             rows.append((ev.ts, mac, ev.kind, orjson.dumps(data, default=str).decode(), server))
             if mac:
@@ -260,7 +272,7 @@ class DeviceRows:
                 self.written[mac] = (written[0], written[1], written[2] + d["files"])
         if len(self.written) > WRITTEN_MAX:
             self.written.clear()  # forgetting costs one more row write per device
-        return Batch(rows, leases, upserts, updates, prior)
+        return Batch(rows, leases, lease_events, upserts, updates, prior)
 
     def restore(self, batch: Batch) -> None:
         """The batch was not written: its rows are as they were before it."""

@@ -12,6 +12,7 @@ import asyncio
 import csv
 import io
 import json
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,8 @@ def iso(ts: float | None) -> str:
 
 
 REPORT_COLUMNS = ("mac", "stage", "reason", "model", "fwver", "ipv4", "ipv6", "pnp", "dhcp",
-                  "files", "boots", "boot_started", "provisioned_at", "last_error")  # fmt: skip
+                  "files", "boots", "boot_started", "provisioned_at", "last_error",
+                  "server")  # fmt: skip
 
 
 class ManifestError(ValueError):
@@ -157,6 +159,7 @@ class Stream:
 
     def __init__(self) -> None:
         self.queues: set[asyncio.Queue[str]] = set()
+        self._elsewhere = 0.0  # when another server's changes were last announced
 
     def __call__(self, event: Event) -> None:
         if not self.queues or not isinstance(event, DeviceEvent) or not event.mac:
@@ -167,7 +170,12 @@ class Stream:
                 q.put_nowait(line)
 
     def changed_elsewhere(self, server: str) -> None:
-        """Another server sharing the inventory committed changes: the pages refresh."""
+        """Another server sharing the inventory committed changes: the pages refresh (at
+        most five times a second: they read what changed since their cursor anyway)."""
+        now = time.monotonic()
+        if now - self._elsewhere < 0.2:
+            return
+        self._elsewhere = now
         line = json.dumps({"server": server, "kind": "inventory.changed"})
         for q in self.queues:
             if q.qsize() < 1000:

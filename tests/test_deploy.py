@@ -38,7 +38,7 @@ def docker_compose() -> str:
 def test_docker_compose_accepts_every_profile() -> None:
     dc = docker_compose()
     env = {k: v for k, v in os.environ.items() if k != "PREPROV_INTERFACE"}
-    for profile in ([], ["--profile", "lan"], ["--profile", "ci"]):
+    for profile in ([], ["--profile", "lan"], ["--profile", "ci"], ["--profile", "scale"]):
         r = subprocess.run([dc, *profile, "config", "-q"], cwd=ROOT, env=env,
                            capture_output=True, text=True)  # fmt: skip
         assert r.returncode == 0, r.stderr
@@ -51,6 +51,7 @@ def test_docker_compose_accepts_every_profile() -> None:
     assert all(svc.get("profiles") for svc in c.values())  # type: ignore[attr-defined]
     assert services("lan") == {"preprov"}
     assert services("ci") == {"server-ci", "phones"}
+    assert services("scale") == {"postgres", "server-1", "server-2", "scale-phones"}
     assert c["preprov"]["network_mode"] == "host"  # type: ignore[index]
     assert c["phones"]["depends_on"]["server-ci"]["condition"] == "service_healthy"  # type: ignore[index]
 
@@ -126,6 +127,40 @@ def test_the_ci_profile_topology_on_a_bridge(lab: Lab, tmp_path: Path) -> None:
         assert "server says: {" in r.stdout
     finally:
         assert sp.stop() == 0
+
+
+def test_the_scale_profile_two_servers_one_postgres(
+    lab: Lab, tmp_path: Path, pg_url: str
+) -> None:
+    """The `scale` profile's servers and phones with their own commands, as namespaces on
+    one bridge, the database the tests' own PostgreSQL (no Docker engine here): every
+    phone provisioned, server 1's API lists them all with the server that answered."""
+    services = compose()["services"]
+    procs = []
+    try:
+        for name in ("server-1", "server-2"):
+            argv = list(services[name]["command"])  # type: ignore[index]
+            for flag in ("--state-dir", "--log-format"):  # start_server sets its own
+                i = argv.index(flag)
+                del argv[i : i + 2]
+            argv[argv.index("--database") + 1] = pg_url
+            host = lab.host(name)
+            (tmp_path / name).mkdir()
+            procs.append((host, start_server(tmp_path / name, *argv[1:], "--admin-port", "8081",
+                                             netns=host.ns, port=8080)))  # fmt: skip
+        script = services["scale-phones"]["command"][0]  # type: ignore[index]
+        script = script.replace("198.18.250.11", str(procs[0][0].ipv4.ip))
+        phone = lab.host("phones")
+        bindir = str(Path(sys.executable).parent)
+        r = subprocess.run([*phone.prefix(), "sh", "-c", script], capture_output=True, text=True,
+                           timeout=240, env=dict(os.environ, PATH=f"{bindir}:{os.environ['PATH']}"))  # fmt: skip
+    finally:
+        for _, sp in procs:
+            assert sp.stop() == 0
+    assert r.returncode == 0, f"{r.stdout[-1500:]}\n{r.stderr[-1500:]}"
+    assert r.stdout.count("provisioned through") == 4
+    said = r.stdout.split("server 1 says provisioned:", 1)[1]
+    assert said.count("0080F00001") == 4 and "bench-" in said
 
 
 def test_the_systemd_install_verifies_rates_and_serves_as_its_user(

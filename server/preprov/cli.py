@@ -181,18 +181,20 @@ def init(folder: str) -> None:
 @main.command()
 @config_option
 @interface_option
+@database_option
 @click.option("--mac", help="sample device MAC (default: the first in the variables file)")
 @click.option("--model", help="sample device model (default: the first configured)")
 def check(
-    config: str | None, interface: tuple[str, ...], mac: str | None, model: str | None
-) -> None:
+    config: str | None, interface: tuple[str, ...], database: str | None, mac: str | None,
+    model: str | None,
+) -> None:  # fmt: skip
     """Validate the configuration, print what `serve` would run, render every template for
     every device and model, lint the Panasonic files, check every rule's URL, models and
     credentials. `serve` refuses to start on the same errors. Exit 0 when there is no
     error, 1 otherwise."""
     from .checks import find_problems
 
-    rt = _runtime(config, _overrides(interface=interface))
+    rt = _runtime(config, _overrides(interface=interface, database=database))
     click.echo(f"configuration: {config or '(built-in defaults)'}: valid")
     for line in plan(rt):
         click.echo(line)

@@ -252,6 +252,13 @@ def plan(rt: Runtime) -> list[str]:
             out.append(f"{name}: off (no interface)")
         else:
             out.append(f"{name}: on {', '.join(names)}{extra}")
+    if c.inventory.database:
+        from .inventory.postgres import redact
+
+        out.append(f"inventory: PostgreSQL {redact(c.inventory.database)}, shared, this server "
+                   f"named {c.server.name or socket.gethostname()}")  # fmt: skip
+    else:
+        out.append(f"inventory: SQLite {Path(c.server.state_dir) / 'preprov.db'}")
     if c.admin.enabled:
         token = "token set" if c.admin.token else "no token: changes refused"
         listen = " ".join(f"{a}:{c.admin.port}" for a in c.admin.listen)

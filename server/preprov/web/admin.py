@@ -195,8 +195,14 @@ def make_admin_app(server: Server, metrics: Metrics, stream: Stream) -> web.Appl
         return web.json_response({"reloaded": True})
 
     async def health(_: web.Request) -> web.Response:
-        """For container health checks and load balancers: the services that run."""
-        return web.json_response({"status": "ok", "services": list(server.services),
+        """For container health checks and load balancers: the services that run. While a
+        shared inventory's database is away the server still serves files and PnP (200),
+        but says "degraded" and why: it answers no lease meanwhile."""
+        down = server.recorder.down if server.recorder is not None else None
+        return web.json_response({"status": "degraded" if down else "ok",
+                                  "services": list(server.services),
+                                  "server": server.name,
+                                  "inventory": str(down) if down else "up",
                                   "uptime": round(time.time() - server.started, 1)})  # fmt: skip
 
     async def register(request: web.Request) -> web.Response:

@@ -238,3 +238,33 @@ async def _open_and_close(url: str, tmp_path: Path) -> None:
     await store.open()
     await write(store, [served(MAC)])
     await store.aclose()
+
+
+async def test_servers_hear_each_others_leases_registrations_and_changes(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """LISTEN/NOTIFY (PostgreSQL only: one SQLite inventory has one server)."""
+    a = open_store(pg_url, tmp_path, server="a")
+    b = open_store(pg_url, tmp_path, server="b")
+    await a.open()
+    await b.open()
+    heard: dict[str, list[Any]] = {"leases": [], "registered": [], "changed": []}
+    b.on_leases = heard["leases"].extend
+    b.on_registered = heard["registered"].append
+    b.on_change = heard["changed"].append
+    a.on_change = heard["changed"].append  # a does not hear itself
+    await asyncio.sleep(0.3)  # the listeners are listening
+    try:
+        await write(a, [lease("198.18.0.200", "c1", "0080F0000001")])
+        a.add_device("0080F0000009", 1.0)
+        for _ in range(100):
+            if heard["leases"] and heard["registered"]:
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        await a.aclose()
+        await b.aclose()
+    (got,) = heard["leases"]
+    assert (got["ip"], got["client_id"], got["state"]) == ("198.18.0.200", "c1", "bound")
+    assert heard["registered"] == ["0080F0000009"]
+    assert heard["changed"] and set(heard["changed"]) == {"a"}

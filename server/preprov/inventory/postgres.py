@@ -141,6 +141,7 @@ class PostgresStore:
         # told of what other servers committed: their leases, that rows changed
         self.on_leases: Callable[[list[dict[str, Any]]], None] = lambda leases: None
         self.on_change: Callable[[str], None] = lambda server: None
+        self.on_registered: Callable[[str], None] = lambda mac: None
         if background:
             self._pruner = threading.Thread(target=self._prune_loop, name="preprov-prune",
                                             daemon=True)  # fmt: skip
@@ -261,6 +262,8 @@ class PostgresStore:
                         leases = [dict(zip(keys, x, strict=True)) for x in msg.get("leases", [])]
                         if leases:
                             self.on_leases(leases)
+                        for mac in msg.get("registered", []):
+                            self.on_registered(str(mac))
                         self.on_change(str(msg.get("server")))
             except asyncio.CancelledError:
                 raise
@@ -314,13 +317,21 @@ class PostgresStore:
         return self._run(forget) > 0
 
     def add_device(self, mac: str, now: float) -> None:
-        self._run(lambda db: db.execute(
-            "INSERT INTO devices (mac, first_seen, last_seen, registered, changed, server)"
-            " VALUES (%s, %s, %s, 1, nextval('device_changes'), %s)"
-            " ON CONFLICT (mac) DO UPDATE SET registered = 1,"
-            " changed = nextval('device_changes')",
-            (mac, now, now, self.server),
-        ))  # fmt: skip
+        """Registered (served with auto-add off): the other servers are told at once."""
+
+        def add(db: psycopg.Connection[Any]) -> None:
+            with db.transaction():
+                db.execute(
+                    "INSERT INTO devices (mac, first_seen, last_seen, registered, changed, server)"
+                    " VALUES (%s, %s, %s, 1, nextval('device_changes'), %s)"
+                    " ON CONFLICT (mac) DO UPDATE SET registered = 1,"
+                    " changed = nextval('device_changes')",
+                    (mac, now, now, self.server),
+                )
+                note = orjson.dumps({"server": self.server, "registered": [mac]}).decode()
+                db.execute("SELECT pg_notify(%s, %s)", (CHANNEL, note))
+
+        self._run(add)
 
     def registered(self) -> set[str]:
         rows = self._run(lambda db: db.execute(

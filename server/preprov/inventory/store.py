@@ -123,6 +123,7 @@ class Store(Protocol):
     # told of what other servers sharing the inventory committed (PostgreSQL)
     on_leases: Callable[[list[dict[str, Any]]], None]
     on_change: Callable[[str], None]
+    on_registered: Callable[[str], None]
 
     async def open(self) -> None: ...
     def write(self, events: Sequence[Event]) -> set[str] | Awaitable[set[str]]:
@@ -210,9 +211,9 @@ class DeviceRows:
 
     def prepare(self, events: Sequence[Event], changed: int) -> Batch:
         """`changed`: the change cursor's value for rows with a new fact."""
-        rows = []
-        leases = []
-        lease_events = []
+        rows: list[tuple[float, str | None, str, str, str]] = []
+        leases: list[tuple[Any, ...]] = []
+        lease_events: list[int] = []
         devices: dict[str, dict[str, Any]] = {}
         server = self.server
         for ev in events:
@@ -369,6 +370,10 @@ class Recorder:
         if mac not in self._registered:
             self.store.add_device(mac, time.time())
             self._registered.add(mac)
+
+    def registered_elsewhere(self, mac: str) -> None:
+        """Another server sharing the inventory registered it."""
+        self._registered.add(mac)
 
     def after_commit(self, callback: Callback, claims: bool = False) -> None:
         """Call back once every event received so far is committed (at once if none

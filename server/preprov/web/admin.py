@@ -269,15 +269,17 @@ def make_admin_app(server: Server, metrics: Metrics, stream: Stream) -> web.Appl
 
     async def status_view(request: web.Request) -> web.Response:
         """Each device's stages: by MAC a page at a time (?after=, ?limit=), or those
-        changed since a cursor (?since=; X-Cursor says the cursor to ask with next)."""
+        changed since a cursor (?since=; X-Cursor says the cursor to ask with next);
+        ?server=: only those a given server last heard from (a shared inventory)."""
         limit, after, since = (
             _limit(request, 1000),
             request.query.get("after", ""),
             _int(request, "since"),
         )
+        only = request.query.get("server") or None
 
         def query(r: Reads) -> tuple[int, list[dict[str, Any]]]:
-            return r.cursor(), r.status(after, limit, since or 0)
+            return r.cursor(), r.status(after, limit, since or 0, server=only)
 
         cursor, rows = await store().read(query)
         headers = {"X-Cursor": str(cursor)}
@@ -493,7 +495,7 @@ def _list(name: str) -> dict[str, Any]:
 _PAGE = (("limit", "query", "integer"), ("after", "query", "string"))
 _DEVICE = dict(mac="string", model="string", fwver="string", vendor="string", ipv4="string",
                ipv6="string", first_seen="number", last_seen="number", last_event="string",
-               last_error="string")  # fmt: skip
+               last_error="string", server="string")  # fmt: skip
 OPENAPI: dict[str, Any] = {
     "openapi": "3.0.3",
     "info": {"title": "preprov administration API", "version": "1"},
@@ -506,7 +508,7 @@ OPENAPI: dict[str, Any] = {
             "Event": _obj(id="integer", ts="number", mac="string", kind="string")
             | {"additionalProperties": True},
             "Lease": _obj(ip="string", client_id="string", mac="string", state="string",
-                          expires="number", hostname="string"),
+                          expires="number", hostname="string", server="string"),
             "Batch": _obj({"missing": {"type": "array", "items": _obj(
                 mac="string", stage="string", reason="string")}}, id="integer", name="string",
                 expected="integer", provisioned="integer"),
@@ -551,7 +553,8 @@ OPENAPI: dict[str, Any] = {
             errors={"422": "refused: {reloaded: false, problems: [Problem]}"})},
         "/api/status": {"get": _op(
             "Each device's stage per channel (the dashboard); ?since= a cursor (X-Cursor)",
-            "list", _list("Status"), params=(*_PAGE, ("since", "query", "integer")))},
+            "list", _list("Status"), params=(*_PAGE, ("since", "query", "integer"),
+                                             ("server", "query", "string")))},
         "/api/stream": {"get": _op("Server-sent events: one per device event", "stream",
                                    {"type": "string"}, ctype="text/event-stream")},
         "/api/batches": {

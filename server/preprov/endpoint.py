@@ -97,11 +97,13 @@ class DatagramReader:
     def __init__(
         self, sock: socket.socket, received: Callable[[bytes, Addr], None],
         stale_after: float | None, shed: Shed | None = None,
+        lag: Callable[[], float] = lambda: 0.0,
     ) -> None:  # fmt: skip
         self.sock = sock
         self.received = received
         self.stale_after = stale_after
         self.shed = shed
+        self.lag = lag  # seconds the answers already decided wait for their commit
         self.stale = 0  # datagrams dropped for their age, or shed under a backlog
         if stale_after is not None:
             sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
@@ -142,8 +144,11 @@ class DatagramReader:
                     waited = waited or age
             else:
                 batch.append((data, (str(addr[0]), int(addr[1]))))
-        if self.shed is not None and len(batch) == BATCH and waited > SHED_AFTER:
-            # a backlog: a full batch, more waiting, and requests queued for a while
+        if self.shed is not None and batch and (
+            (len(batch) == BATCH and waited > SHED_AFTER) or self.lag() > SHED_AFTER
+        ):
+            # a backlog: a full batch, more waiting, and requests queued for a while; or
+            # the inventory behind (a shared database slower than the requests come)
             kept = self.shed(batch)
             self.stale += len(batch) - len(kept)
             batch = kept
@@ -189,7 +194,8 @@ class DatagramEndpoint:
 
     async def start(self) -> None:
         sock = self.make_socket(self.iface, self.port)
-        self._reader = DatagramReader(sock, self.received, self.stale_after, self.shed)
+        self._reader = DatagramReader(sock, self.received, self.stale_after, self.shed,
+                                      self.bus.lag)  # fmt: skip
 
     @property
     def stale(self) -> int:

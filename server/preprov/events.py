@@ -446,6 +446,11 @@ class EventBus:
         for sink in self._durable:
             await sink.settled()
 
+    def lag(self) -> float:
+        """Seconds the durable sinks' oldest commit in flight has taken (0: none, or
+        sinks that commit on the loop and so never fall behind it)."""
+        return max((getattr(sink, "lag", lambda: 0.0)() for sink in self._durable), default=0.0)
+
     def after_settled(
         self, callback: Callable[[BaseException | None], None], claims: bool = False
     ) -> None:

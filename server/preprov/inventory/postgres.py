@@ -35,7 +35,6 @@ from ..events import Event
 from .queries import (
     CLAIM_LEASE,
     FORGETTABLE,
-    INSERT_EVENT,
     UPDATE_DEVICE,
     UPSERT_DEVICE,
     Device,
@@ -50,7 +49,8 @@ T = TypeVar("T")
 _CHANGED = "currval('device_changes')"
 _UPSERT = for_postgres(UPSERT_DEVICE.format(changed=_CHANGED))
 _UPDATE = for_postgres(UPDATE_DEVICE.format(changed=_CHANGED))
-_EVENT = for_postgres(INSERT_EVENT)
+_EVENTS = ("INSERT INTO events (ts, mac, kind, data, server) SELECT * FROM"
+           " unnest(%b::float8[], %b::text[], %b::text[], %b::text[], %b::text[])")
 _CLAIM = for_postgres(CLAIM_LEASE)
 _LOCK = 0x70726570  # "prep": the advisory lock that orders the group commits
 CHANNEL = "preprov"
@@ -210,7 +210,9 @@ class PostgresStore:
                     lost = {lease[0] for lease in batch.leases} - won
                     if lost:
                         batch.lost(lost)
-                await cur.executemany(_EVENT, batch.events)
+                # the events in one statement: a row each was the most of the statements
+                # a commit sent, and the database's one backend ran them one by one
+                await cur.execute(_EVENTS, [list(c) for c in zip(*batch.events, strict=True)])
                 if batch.upserts:
                     await cur.executemany(_UPSERT, batch.upserts)
                 if batch.updates:

@@ -326,6 +326,7 @@ class Recorder:
         self._pending: list[Event] = []
         self._callbacks: list[tuple[Callback, bool]] = []
         self._inflight: list[tuple[Callback, bool]] | None = None  # a write awaited
+        self._inflight_since = 0.0
         self._scheduled = False
         self._since = 0.0
         self._seen = 0
@@ -361,6 +362,12 @@ class Recorder:
             asyncio.get_running_loop().call_soon(self._maybe_flush)
         else:
             self._flush()
+
+    def lag(self) -> float:
+        """Seconds the commit in flight has taken: past SHED_AFTER the DHCP servers start
+        no new exchange (endpoint.DatagramReader), so that the answers waiting for
+        the database are not joined by more than it can write."""
+        return time.monotonic() - self._inflight_since if self._inflight is not None else 0.0
 
     def registered(self, mac: str) -> bool:
         """Listed by the operator: served even when auto-add is off."""
@@ -433,6 +440,7 @@ class Recorder:
             return
         if inspect.isawaitable(result):
             self._inflight = callbacks
+            self._inflight_since = time.monotonic()
             task = asyncio.ensure_future(result)
             task.add_done_callback(lambda t: self._written(t, events))
             return

@@ -259,7 +259,9 @@ class InventorySection(Strict):
     @field_validator("database")
     @classmethod
     def _database(cls, v: str | None) -> str | None:
-        if v is not None and not v.startswith(("postgresql://", "postgres://")):
+        if not v:  # an empty PREPROV_DATABASE: the default
+            return None
+        if not v.startswith(("postgresql://", "postgres://")):
             raise ValueError("a postgresql:// URL (leave it out for the embedded SQLite)")
         return v
 

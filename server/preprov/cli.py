@@ -503,12 +503,12 @@ def inventory(
             click.echo(json.dumps(rows, indent=2))
             return
         click.echo(f"{'MAC':<13} {'MODEL':<12} {'FW':<8} {'IP':<16} {'STAGE':<12} "
-                   f"{'BOOT STARTED':<21} LAST ERROR")  # fmt: skip
+                   f"{'BOOT STARTED':<21} {'SERVER':<12} LAST ERROR")  # fmt: skip
         for r in rows:
             click.echo(
                 f"{r['mac']:<13} {r['model'] or '-':<12} {r['fwver'] or '-':<8} "
                 f"{r['ipv4'] or r['ipv6'] or '-':<16} {r['stage']:<12} "
-                f"{r['boot_started'] or '-':<21} {r['last_error'] or ''}"
+                f"{r['boot_started'] or '-':<21} {r['server'] or '-':<12} {r['last_error'] or ''}"
             )
     finally:
         store.close()

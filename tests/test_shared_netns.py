@@ -230,3 +230,37 @@ def test_a_lost_claim_is_a_nak_and_dhclient_gets_the_next_address(
     with psycopg.connect(pg_url) as db:
         rows = db.execute("SELECT ip, client_id, server FROM leases ORDER BY ip").fetchall()
     assert rows[0] == (str(first), "ghost", "elsewhere") and rows[1][2] == name
+
+
+def test_two_servers_one_database_dhcpv6(lab: Lab, tmp_path: Path, pg_url: str) -> None:
+    """DHCPv6 on the shared inventory: six dhclient -6 at once against two servers on
+    the link; every phone gets an address, no address is bound to two of them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from test_dhcp6_netns import dhclient6
+
+    a_host, b_host = lab.host("srva"), lab.host("srvb")
+    a = serve(tmp_path, a_host, pg_url, "bench-a")
+    b = serve(tmp_path, b_host, pg_url, "bench-b")
+    phones = [lab.host(f"v{i}", addresses=False) for i in range(6)]
+    for i in range(6):
+        (tmp_path / f"v{i}").mkdir()
+    try:
+        with ThreadPoolExecutor(6) as pool:
+            got = list(pool.map(lambda i: dhclient6(phones[i], tmp_path / f"v{i}", False)
+                                ["new_ip6_address"], range(6)))  # fmt: skip
+    finally:
+        assert a.stop() == 0 and b.stop() == 0
+    assert len(set(got)) == 6, got
+    with psycopg.connect(pg_url) as db:
+        rows = db.execute("SELECT data FROM events WHERE kind = 'dhcp6.lease' ORDER BY id")
+        holder: dict[str, str] = {}
+        for (data,) in rows:
+            d = json.loads(data)
+            if d["state"] == "bound":
+                assert holder.get(d["ip"], d["client_id"]) == d["client_id"], d
+                holder[d["ip"]] = d["client_id"]
+            else:
+                holder.pop(d["ip"], None)
+        servers = {s for (s,) in db.execute("SELECT DISTINCT server FROM leases")}
+    assert set(got) <= set(holder) and servers <= {"bench-a", "bench-b"}

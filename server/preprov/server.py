@@ -530,6 +530,9 @@ class Server:
         assert self.store is not None
         c = rt.config.dhcp6
         leases = self.leases6 = Leases6(dhcp6_pools(rt))
+        if self.store.shared:  # as for DHCPv4: servers on one inventory start apart
+            for pool in leases.pools:
+                pool.cursor = zlib.crc32(self.name.encode()) % pool.size
         now = time.time()
         leases.load(
             [

@@ -268,3 +268,26 @@ async def test_servers_hear_each_others_leases_registrations_and_changes(
     assert (got["ip"], got["client_id"], got["state"]) == ("198.18.0.200", "c1", "bound")
     assert heard["registered"] == ["0080F0000009"]
     assert heard["changed"] and set(heard["changed"]) == {"a"}
+
+
+async def test_postgres_retention_prunes_oldest_events_and_forgets_idle_devices(
+    pg_url: str, tmp_path: Path
+) -> None:
+    from preprov.inventory.store import Budget
+
+    store = open_store(pg_url, tmp_path, server="a",
+                       budget=Budget(max_events=100, max_age=3600.0))  # fmt: skip
+    await store.open()
+    now = time.time()
+    try:
+        await write(store, [served("0080F0000001", ts=now - 7200)])  # idle for two hours
+        await write(store, [lease("198.18.0.9", "c2", "0080F0000002", ts=now - 7200)])  # leased
+        await write(store, [served(f"0080F00001{i:02X}", ts=now) for i in range(250)])
+        store.prune(store.sync, now)  # type: ignore[attr-defined]
+        ids = [e["id"] for e in store.events(limit=1000)]
+        assert len(ids) == 100 and ids == sorted(ids) and min(ids) == 153  # the oldest went
+        assert store.device("0080F0000001") is None  # forgotten
+        assert store.device("0080F0000002") is not None  # it holds a lease
+        assert store.pruned == 152 and store.forgotten == 1  # type: ignore[attr-defined]
+    finally:
+        await store.aclose()

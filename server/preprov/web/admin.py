@@ -261,6 +261,8 @@ def make_admin_app(server: Server, metrics: Metrics, stream: Stream) -> web.Appl
             "inventory": await aggregate("size", lambda r: r.size()),
             "events_pruned": st.pruned, "devices_forgotten": st.forgotten,
             "refusals_not_stored": dict(rec.unsampled) if rec else {},
+            "events_dropped_while_unavailable": rec.dropped if rec else 0,
+            "lease_claims_lost": rec.claims_lost if rec else 0,
         }  # fmt: skip
         return web.json_response(body)
 

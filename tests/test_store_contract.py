@@ -291,3 +291,51 @@ async def test_postgres_retention_prunes_oldest_events_and_forgets_idle_devices(
         assert store.pruned == 152 and store.forgotten == 1  # type: ignore[attr-defined]
     finally:
         await store.aclose()
+
+
+async def test_recorder_while_the_database_is_away_answers_files_not_leases() -> None:
+    """A store whose writes fail as PostgreSQL's do when it cannot be reached: the
+    events wait, an answer claiming a lease is refused, the others go at once; when
+    the database is back the waiting events are written and the state says so."""
+    from preprov.inventory import store as store_module
+    from preprov.inventory.store import StoreUnavailable
+
+    written: list[list[Event]] = []
+    away = True
+
+    class Flaky:
+        def registered(self) -> set[str]:
+            return set()
+
+        def write(self, events: Sequence[Event]) -> Awaitable[set[str]]:
+            async def go() -> set[str]:
+                if away:
+                    raise StoreUnavailable("PostgreSQL at db cannot be reached: refused")
+                written.append(list(events))
+                return set()
+
+            return go()
+
+    states: list[object] = []
+    rec = Recorder(Flaky())  # type: ignore[arg-type]
+    rec.on_state = states.append
+    old_retry, store_module.RETRY_UNAVAILABLE = store_module.RETRY_UNAVAILABLE, 0.05
+    try:
+        got: dict[str, BaseException | None] = {}
+        rec(served(MAC))
+        rec.after_commit(lambda e: got.setdefault("first", e))
+        await asyncio.sleep(0.02)
+        assert got["first"] is None and isinstance(rec.down, StoreUnavailable)
+        rec(lease("198.18.0.9", "c1", MAC))
+        rec.after_commit(lambda e: got.setdefault("lease", e), claims=True)
+        rec.after_commit(lambda e: got.setdefault("file", e))
+        assert isinstance(got["lease"], StoreUnavailable) and got["file"] is None
+        away = False
+        for _ in range(50):
+            if written:
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        store_module.RETRY_UNAVAILABLE = old_retry
+    assert [e.kind for batch in written for e in batch] == ["file.served", "dhcp4.lease"]
+    assert rec.down is None and len(states) == 2 and states[-1] is None

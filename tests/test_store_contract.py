@@ -341,3 +341,42 @@ async def test_recorder_while_the_database_is_away_answers_files_not_leases() ->
         store_module.RETRY_UNAVAILABLE = old_retry
     assert [e.kind for batch in written for e in batch] == ["file.served", "dhcp4.lease"]
     assert rec.down is None and len(states) == 2 and states[-1] is None
+
+
+async def test_facts_told_to_one_server_reach_the_others_directory(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """Option 60 a phone sent to server a, and its model from a file a served, reach
+    server b's device directory (its rules decide on them), SUBSCRIBE addresses too."""
+    from preprov.events import Dhcp4Answered
+    from preprov.ident import Directory
+
+    a = open_store(pg_url, tmp_path, server="a")
+    b = open_store(pg_url, tmp_path, server="b")
+    await a.open()
+    await b.open()
+    directory = Directory()
+    b.on_told = directory.told_elsewhere
+    await asyncio.sleep(0.3)
+    try:
+        await write(a, [
+            Dhcp4Answered(channel="dhcpv4", client=None, mac=MAC, message="DHCPACK",
+                          request="DHCPREQUEST", xid="1", ip="198.18.0.9",
+                          vendor_class="Panasonic SIP Phone", relay="198.18.7.1"),
+            served(MAC, model="KX-HDV430"),
+            PnpSubscribe(channel="sip-pnp", client="198.18.0.77", mac="0080F0000002",
+                         model="KX-HDV130", call_id="c1"),
+        ])  # fmt: skip
+        await write(b, [served("0080F0000003")])  # b's own: not read back
+        for _ in range(100):
+            if directory.known(MAC).model:
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        await a.aclose()
+        await b.aclose()
+    facts = directory.known(MAC)
+    assert (facts.vendor_class, facts.relay, facts.model) == (
+        "Panasonic SIP Phone", "198.18.7.1", "KX-HDV430")  # fmt: skip
+    assert directory.holder("198.18.0.77") == "0080F0000002"
+    assert directory.known("0080F0000003").model is None

@@ -171,6 +171,19 @@ class Directory:
                 learned += 1
         return learned
 
+    def told_elsewhere(self, told: list[tuple[str, str, dict[str, object]]]) -> None:
+        """What devices told another server sharing the inventory, oldest first: learnt
+        as if this server had heard it (its facts; the address of a SUBSCRIBE or an
+        INFORM)."""
+        for mac, kind, data in told:
+            self.learn(mac, told_by(kind, data))
+            client = data.get("client")
+            if isinstance(client, str) and client and (
+                kind == "pnp.subscribe"
+                or (kind == "dhcp4.answered" and data.get("request") == "DHCPINFORM")
+            ):
+                self.bind(client, mac)
+
     def learn(self, mac: str, facts: DeviceFacts) -> None:
         """What the device said last wins; what it did not say now is kept."""
         old = self._facts.get(mac)

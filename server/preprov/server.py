@@ -352,6 +352,7 @@ class Server:
         self.store.on_leases = self._learn_leases
         self.store.on_change = self.stream.changed_elsewhere
         self.store.on_registered = self.recorder.registered_elsewhere
+        self.store.on_told = self.directory.told_elsewhere
         now = time.time()
         for x in self.store.leases():  # the leases held before a restart
             if x["state"] == "bound" and x["expires"] > now and x["mac"]:

@@ -26,6 +26,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any, TypeVar
 
 import orjson
@@ -94,6 +95,8 @@ MIGRATIONS: list[tuple[int, str]] = [(1, _V1)]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 PRUNE_EVERY = 5.0  # seconds between two looks at the retention
+TELL_EVERY = 0.2  # seconds: the other servers' new facts are read at most this often
+TELL_MAX = 20_000  # events read at once
 PRUNE_CHUNK = 5000  # events deleted per statement
 
 
@@ -142,6 +145,9 @@ class PostgresStore:
         self.on_leases: Callable[[list[dict[str, Any]]], None] = lambda leases: None
         self.on_change: Callable[[str], None] = lambda server: None
         self.on_registered: Callable[[str], None] = lambda mac: None
+        self.on_told: Callable[[list[tuple[str, str, dict[str, Any]]]], None] = lambda told: None
+        self._told_after = 0  # the id of the last event of another server read for on_told
+        self._telling: asyncio.Future[None] | None = None
         if background:
             self._pruner = threading.Thread(target=self._prune_loop, name="preprov-prune",
                                             daemon=True)  # fmt: skip
@@ -179,6 +185,8 @@ class PostgresStore:
             await self._connection()
         except psycopg.Error as e:
             raise unavailable(self.url, e) from None
+        row = self._run(lambda db: db.execute("SELECT COALESCE(max(id), 0) FROM events").fetchone())
+        self._told_after = int(row[0]) if row else 0  # what the start learnt (Server._remember)
         self._listener = asyncio.ensure_future(self._listen())
 
     async def _connection(self) -> psycopg.AsyncConnection[Any]:
@@ -267,10 +275,30 @@ class PostgresStore:
                         for mac in msg.get("registered", []):
                             self.on_registered(str(mac))
                         self.on_change(str(msg.get("server")))
+                        self._tell_soon()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 await asyncio.sleep(1.0)
+
+    def _tell_soon(self) -> None:
+        """What the other servers' devices told (option 60, relay, model): read from their
+        new events in the reader thread, at most every TELL_EVERY seconds, and handed
+        to `on_told`, so that this server's rules decide on them too."""
+        if self._telling is None or self._telling.done():
+            self._telling = asyncio.ensure_future(self._tell())
+
+    async def _tell(self) -> None:
+        await asyncio.sleep(TELL_EVERY)
+        while not self._closing.is_set():
+            query = partial(Reads.told_since, after=self._told_after, me=self.server,
+                            limit=TELL_MAX)  # fmt: skip
+            rows = await self.read(query)
+            if rows:
+                self._told_after = rows[-1][0]
+                self.on_told([(m, k, d) for _, m, k, d in rows])
+            if len(rows) < TELL_MAX:
+                return
 
     # -- operator's writes and the plain connection ------------------------------------
 
@@ -416,6 +444,10 @@ class PostgresStore:
 
     async def aclose(self) -> None:
         self._closing.set()
+        if self._telling is not None:
+            self._telling.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._telling
         if self._listener is not None:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

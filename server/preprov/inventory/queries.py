@@ -247,6 +247,19 @@ class Reads:
         ).fetchall()
         return [(m, k, orjson.loads(d)) for m, k, d in rows]
 
+    def told_since(
+        self, after: int, me: str, limit: int
+    ) -> list[tuple[int, str, str, dict[str, Any]]]:
+        """(id, mac, kind, data) of the events after `after` that told a device's facts,
+        written by servers other than `me`, oldest first (a shared inventory)."""
+        rows = self.q(
+            "SELECT id, mac, kind, data FROM events WHERE id > ? AND mac IS NOT NULL AND kind IN "
+            "('pnp.subscribe', 'dhcp4.answered', 'file.served') AND server <> ? ORDER BY id"
+            " LIMIT ?",
+            (after, me, limit),
+        ).fetchall()
+        return [(i, m, k, orjson.loads(d)) for i, m, k, d in rows]
+
     def leases_in_use(self, now: float) -> dict[str, int]:
         rows = self.q(
             "SELECT CASE WHEN ip LIKE ? THEN 1 ELSE 0 END, count(*) FROM leases"

@@ -178,6 +178,7 @@ class SQLiteStore:
         self.on_leases: Callable[[list[dict[str, Any]]], None] = lambda leases: None
         self.on_change: Callable[[str], None] = lambda server: None
         self.on_registered: Callable[[str], None] = lambda mac: None
+        self.on_told: Callable[[list[tuple[str, str, dict[str, Any]]]], None] = lambda t: None
         self._changed = self.reads.cursor()
         first = self.db.execute("SELECT min(id) FROM events").fetchone()[0]
         self._oldest = int(first or 0)  # no event below this id

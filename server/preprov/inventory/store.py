@@ -124,6 +124,7 @@ class Store(Protocol):
     on_leases: Callable[[list[dict[str, Any]]], None]
     on_change: Callable[[str], None]
     on_registered: Callable[[str], None]
+    on_told: Callable[[list[tuple[str, str, dict[str, Any]]]], None]
 
     async def open(self) -> None: ...
     def write(self, events: Sequence[Event]) -> set[str] | Awaitable[set[str]]:

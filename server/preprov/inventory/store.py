@@ -520,24 +520,3 @@ class Recorder:
             raise
         self.down = None
         self.on_state(None)
-
-    def flush_now(self) -> None:
-        """Write what is pending at once (on shutdown), for a store written on the loop."""
-        deadline = time.monotonic() + BUSY_MAX
-        while self._pending or self._callbacks:
-            events, callbacks = self._pending, self._callbacks
-            self._pending, self._callbacks = [], []
-            try:
-                if events:
-                    result = self.store.write(events)
-                    if inspect.isawaitable(result):
-                        result.close()  # type: ignore[attr-defined]
-                        self._pending, self._callbacks = events, callbacks
-                        raise RuntimeError("flush_now: this store is written with drain()")
-            except StoreBusy:
-                self._pending, self._callbacks = events, callbacks
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(BUSY_RETRY)
-                continue
-            self._deliver(callbacks, None)

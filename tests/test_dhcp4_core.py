@@ -129,7 +129,7 @@ def test_an_address_another_server_bound_first_is_answered_with_a_nak_then_avoid
         ("0.0.0.0", 68), T,
     )  # fmt: skip
     assert out.if_lost is not None and opt(reply(out), 53) == b"\x05"
-    nak = out.if_lost()
+    nak = out.if_lost(frozenset({str(offer.yiaddr)}))
     assert opt(reply(nak), 53) == b"\x06" and b"another server" in (opt(reply(nak), 56) or b"")
     (ev,) = nak.events
     assert isinstance(ev, Dhcp4Nak) and ev.ip == str(offer.yiaddr)

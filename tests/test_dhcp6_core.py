@@ -161,6 +161,21 @@ def test_solicit_advertise_request_reply() -> None:
     assert other.sends == [] and isinstance(other.events[0], Dhcp6Ignored)
 
 
+def test_an_address_another_server_bound_first_is_not_answered_then_avoided() -> None:
+    """Two servers sharing the inventory: the other's client committed this address
+    first. Our REPLY is not sent, and the client's next REQUEST gets another address."""
+    s = server()
+    req = msg(c.REQUEST, (c.SERVERID, SERVER_DUID), ia(7, "fd00:1::1000"))
+    out = s.datagram_received(req, CLIENT, T)
+    assert out.if_lost is not None and answer(out).msg_type == c.REPLY
+    lost = out.if_lost(frozenset({"fd00:1::1000"}))
+    assert lost.sends == [] and isinstance(lost.events[0], Dhcp6Ignored)
+    assert "bound by another server first" in lost.events[0].reason
+    again = answer(s.datagram_received(req, CLIENT, T + 1))
+    (addr,) = c.IaNa.decode(again.get(c.IA_NA) or b"").addresses
+    assert str(addr.address) != "fd00:1::1000"
+
+
 def test_rapid_commit_binds_at_once_unless_disabled() -> None:
     out = server().datagram_received(msg(c.SOLICIT, ia(), (c.RAPID_COMMIT, b"")), CLIENT, T)
     rep = answer(out)

@@ -264,3 +264,37 @@ def test_two_servers_one_database_dhcpv6(lab: Lab, tmp_path: Path, pg_url: str) 
                 holder.pop(d["ip"], None)
         servers = {s for (s,) in db.execute("SELECT DISTINCT server FROM leases")}
     assert set(got) <= set(holder) and servers <= {"bench-a", "bench-b"}
+
+
+def test_a_lost_dhcpv6_claim_is_not_answered_and_dhclient6_gets_the_next_address(
+    lab: Lab, tmp_path: Path, pg_url: str
+) -> None:
+    """As the DHCPv4 one: another server bound the pool's first address a moment ago;
+    this server's REPLY for it is not sent, dhclient -6 asks again and is given the
+    next address."""
+    import zlib
+
+    from test_dhcp6_netns import dhclient6
+
+    host = lab.host("srva")
+    first = lab.net6[0x2000]
+    name = next(f"bench-{i}" for i in range(100) if zlib.crc32(f"bench-{i}".encode()) % 2 == 0)
+    config = tmp_path / "lab.yaml"
+    config.write_text(f"server: {{interfaces: [eth0]}}\ninventory: {{database: '{pg_url}'}}\n"
+                      f"dhcp6: {{subnets: [{{prefix: '{lab.net6}', pool: ['{first}', "
+                      f"'{first + 1}']}}]}}\n")  # fmt: skip
+    (tmp_path / name).mkdir()
+    sp = start_server(tmp_path / name, "--config", str(config), "--name", name,
+                      netns=host.ns, port=8080)  # fmt: skip
+    phone = lab.host("v0", addresses=False)
+    (tmp_path / "v0").mkdir()
+    try:
+        with psycopg.connect(pg_url, autocommit=True) as db:
+            db.execute("INSERT INTO leases VALUES (%s, 'ghost/1', '0080F0FFFFFF', 'bound', %s,"
+                       " NULL, %s, 'elsewhere')", (str(first), time.time() + 600, time.time()))
+        got = dhclient6(phone, tmp_path / "v0", stateless=False)["new_ip6_address"]
+        lost = sp.wait_event("dhcp6.ignored")
+    finally:
+        sp.stop()
+    assert got == str(first + 1)
+    assert "bound by another server first" in str(lost["reason"])

@@ -24,12 +24,12 @@ class Send:
 class Output:
     """The datagrams to send and the events that happened, for one input; `closed`:
     transfers that ended, whose sockets the adapter closes; `if_lost`: what to answer
-    instead when another server sharing the inventory claimed the lease first."""
+    instead when another server sharing the inventory claimed these addresses first."""
 
     sends: list[Send] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
     closed: list[int] = field(default_factory=list)
-    if_lost: Callable[[], Output] | None = None
+    if_lost: Callable[[frozenset[str]], Output] | None = None
 
 
 def internal_error(channel: str, source: Addr, error: Exception) -> InternalError:

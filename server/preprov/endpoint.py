@@ -240,7 +240,7 @@ class DatagramEndpoint:
         mine = {getattr(ev, "ip", None) for ev in out.events if isinstance(ev, self.durable)}
         if not mine & lost.ips:
             return out
-        other = out.if_lost() if out.if_lost is not None else Output()
+        other = out.if_lost(lost.ips & mine) if out.if_lost is not None else Output()
         for ev in other.events:
             self.bus.emit(ev)
         return other

@@ -306,7 +306,7 @@ class Dhcp4Server:
         lease = self.leases.bind(client, mac, ip, now, p.lease_time, _text(req, HOSTNAME))
         out.events.append(_lease_event(facts, lease, client))
         self._reply(req, facts, subnet, DHCPMessageType.DHCPACK, lease.ip, now, out)
-        out.if_lost = lambda: self._lost(req, facts, lease)
+        out.if_lost = lambda ips: self._lost(req, facts, lease)
 
     def _lost(self, req: Packet, facts: DeviceFacts, lease: Lease) -> Output:
         """Another server sharing the inventory bound this address first (its REQUEST

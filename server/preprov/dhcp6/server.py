@@ -242,6 +242,23 @@ class Dhcp6Server:
                 out.events[i] = Dhcp6Answered(
                     **{**ev.fields(), "to": f"[{source[0]}]:{source[1]}", "relayed": len(relays)}
                 )
+        if any(isinstance(ev, Dhcp6Lease) and ev.state == "bound" for ev in out.events):
+            out.if_lost = lambda ips: self._lost(ips, dev)
+
+    def _lost(self, ips: frozenset[str], dev: DeviceFields) -> Output:
+        """Another server sharing the inventory bound these addresses first: they are its
+        client's now; ours gets no REPLY and asks again, then is given others."""
+        out = Output()
+        for ip in ips:
+            held = self.leases.by_ip.get(IPv6(ip))
+            if held is not None:
+                self.leases.by_client.pop(held.client, None)
+                self.leases.load([Binding(held.ip, f"(another server) {ip}", None, "bound",
+                                          held.expires)])  # fmt: skip
+            out.events.append(Dhcp6Ignored(
+                **dev, request="REQUEST",
+                reason=f"{ip} was bound by another server first: not answered"))  # fmt: skip
+        return out
 
     # -- answers -------------------------------------------------------------------
 

@@ -293,7 +293,10 @@ class PostgresStore:
         while not self._closing.is_set():
             query = partial(Reads.told_since, after=self._told_after, me=self.server,
                             limit=TELL_MAX)  # fmt: skip
-            rows = await self.read(query)
+            try:
+                rows = await self.read(query)
+            except StoreUnavailable:
+                return  # the next notification tries again, from the same event
             if rows:
                 self._told_after = rows[-1][0]
                 self.on_told([(m, k, d) for _, m, k, d in rows])

@@ -226,6 +226,7 @@ async def test_events_and_devices_carry_their_server(make_store: MakeStore) -> N
     assert {(r["mac"], r["server"]) for r in rows} == {(MAC, "bench-1"),
                                                         ("0080F0000002", "bench-2")}  # fmt: skip
     assert [r["mac"] for r in a.reads.status(server="bench-2")] == ["0080F0000002"]
+    assert b.reads.server_counts() == {"bench-1": 1, "bench-2": 1}
     bid = a.add_batch("shipment", [MAC, "0080F0000002"], 1.0)  # batches are shared
     assert [x["id"] for x in b.batches()] == [bid]
 

@@ -192,6 +192,11 @@ class Reads:
                       "SELECT DISTINCT server FROM leases WHERE server IS NOT NULL")  # fmt: skip
         return sorted(r[0] for r in rows.fetchall())
 
+    def server_counts(self) -> dict[str, int]:
+        """Devices by the server that last heard from them (a shared inventory)."""
+        rows = self.q("SELECT COALESCE(server, ''), count(*) FROM devices GROUP BY 1")
+        return {k: n for k, n in rows.fetchall()}
+
     def device_counts(self) -> dict[str, int]:
         """Devices by their last event."""
         rows = self.q("SELECT COALESCE(last_event, 'none'), count(*) FROM devices GROUP BY 1")

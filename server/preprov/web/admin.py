@@ -254,10 +254,11 @@ def make_admin_app(server: Server, metrics: Metrics, stream: Stream) -> web.Appl
         rec = server.recorder
 
         stages = await aggregate("stages", lambda r: r.stage_counts())
+        by_server = await aggregate("servers", lambda r: r.server_counts())
         body = {
             "server": server.name, "backend": type(st).__name__,
             "inventory_up": rec is not None and rec.down is None,
-            "devices": sum(stages.values()), "stages": stages,
+            "devices": sum(stages.values()), "stages": stages, "devices_by_server": by_server,
             "inventory": await aggregate("size", lambda r: r.size()),
             "events_pruned": st.pruned, "devices_forgotten": st.forgotten,
             "refusals_not_stored": dict(rec.unsampled) if rec else {},

@@ -4,6 +4,7 @@ SIGKILL, PostgreSQL restarted; no address is ever held by two clients."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import subprocess
 import sys
@@ -210,39 +211,48 @@ def test_one_server_killed_and_postgres_restarted_the_other_keeps_serving(
     assert held_twice(pg_url) == {}
 
 
+def ghost_server(lab: Lab, tmp_path: Path, pg_url: str, family: int) -> tuple[ServerProc, str]:
+    """A server whose pool is two addresses, the first of them bound a moment ago by
+    another server (in the database, its notification never sent): the server, and
+    that address. Its name makes its pool walk start at that address."""
+    import zlib
+
+    host = lab.host("srva")
+    first = lab.net4[200] if family == 4 else lab.net6[0x2000]
+    name = next(f"bench-{i}" for i in range(100) if zlib.crc32(f"bench-{i}".encode()) % 2 == 0)
+    section = (f"dhcp4: {{subnets: [{{subnet: '{lab.net4}', " if family == 4
+               else f"dhcp6: {{subnets: [{{prefix: '{lab.net6}', ")  # fmt: skip
+    config = tmp_path / "lab.yaml"
+    config.write_text(f"server: {{interfaces: [eth0]}}\ninventory: {{database: '{pg_url}'}}\n"
+                      f"{section}pool: ['{first}', '{first + 1}']}}]}}\n")  # fmt: skip
+    (tmp_path / name).mkdir()
+    sp = start_server(tmp_path / name, "--config", str(config), "--name", name,
+                      netns=host.ns, port=8080)  # fmt: skip
+    with psycopg.connect(pg_url, autocommit=True) as db:
+        db.execute("INSERT INTO leases VALUES (%s, 'ghost/1', '0080F0FFFFFF', 'bound', %s,"
+                   " NULL, %s, 'elsewhere')", (str(first), time.time() + 600, time.time()))
+    return sp, str(first)
+
+
 def test_a_lost_claim_is_a_nak_and_dhclient_gets_the_next_address(
     lab: Lab, tmp_path: Path, pg_url: str
 ) -> None:
     """Another server bound the first address of the pool a moment ago (it is in the
     database, its notification not yet here): this server offers it, the claim in the
     database fails, the ACK becomes a NAK, dhclient starts again and gets the next one."""
-    import zlib
-
-    host = lab.host("srva")
-    first = lab.net4[200]
-    # a name whose pool walk starts at the pool's first address (servers start apart)
-    name = next(f"bench-{i}" for i in range(100) if zlib.crc32(f"bench-{i}".encode()) % 2 == 0)
-    config = tmp_path / "lab.yaml"
-    config.write_text(f"server: {{interfaces: [eth0]}}\ninventory: {{database: '{pg_url}'}}\n"
-                      f"dhcp4: {{subnets: [{{subnet: '{lab.net4}', pool: ['{first}', "
-                      f"'{first + 1}']}}]}}\n")  # fmt: skip
-    (tmp_path / name).mkdir()
-    sp = start_server(tmp_path / name, "--config", str(config), "--name", name,
-                      "--log-level", "info", netns=host.ns, port=8080)  # fmt: skip
+    sp, first = ghost_server(lab, tmp_path, pg_url, 4)
     try:
-        with psycopg.connect(pg_url, autocommit=True) as db:
-            db.execute("INSERT INTO leases VALUES (%s, 'ghost', '0080F0FFFFFF', 'bound', %s,"
-                       " NULL, %s, 'elsewhere')", (str(first), time.time() + 600, time.time()))
         got = leased(tmp_path, "p", 1, dhclients(lab, tmp_path, 1, "p"))
         nak = sp.wait_event("dhcp4.nak")
     finally:
         sp.stop()
-    assert got == {"p0": str(first + 1)}
-    assert nak["ip"] == str(first) and "bound by another server first" in str(nak["reason"])
+    nxt = str(ipaddress.IPv4Address(first) + 1)
+    assert got == {"p0": nxt}
+    assert nak["ip"] == first and "bound by another server first" in str(nak["reason"])
     assert held_twice(pg_url) == {}
     with psycopg.connect(pg_url) as db:
         rows = db.execute("SELECT ip, client_id, server FROM leases ORDER BY ip").fetchall()
-    assert rows[0] == (str(first), "ghost", "elsewhere") and rows[1][2] == name
+    assert rows[0] == (first, "ghost/1", "elsewhere") and rows[1][0] == nxt
 
 
 def test_two_servers_one_database_dhcpv6(lab: Lab, tmp_path: Path, pg_url: str) -> None:
@@ -285,29 +295,15 @@ def test_a_lost_dhcpv6_claim_is_not_answered_and_dhclient6_gets_the_next_address
     """As the DHCPv4 one: another server bound the pool's first address a moment ago;
     this server's REPLY for it is not sent, dhclient -6 asks again and is given the
     next address."""
-    import zlib
-
     from test_dhcp6_netns import dhclient6
 
-    host = lab.host("srva")
-    first = lab.net6[0x2000]
-    name = next(f"bench-{i}" for i in range(100) if zlib.crc32(f"bench-{i}".encode()) % 2 == 0)
-    config = tmp_path / "lab.yaml"
-    config.write_text(f"server: {{interfaces: [eth0]}}\ninventory: {{database: '{pg_url}'}}\n"
-                      f"dhcp6: {{subnets: [{{prefix: '{lab.net6}', pool: ['{first}', "
-                      f"'{first + 1}']}}]}}\n")  # fmt: skip
-    (tmp_path / name).mkdir()
-    sp = start_server(tmp_path / name, "--config", str(config), "--name", name,
-                      netns=host.ns, port=8080)  # fmt: skip
+    sp, first = ghost_server(lab, tmp_path, pg_url, 6)
     phone = lab.host("v0", addresses=False)
     (tmp_path / "v0").mkdir()
     try:
-        with psycopg.connect(pg_url, autocommit=True) as db:
-            db.execute("INSERT INTO leases VALUES (%s, 'ghost/1', '0080F0FFFFFF', 'bound', %s,"
-                       " NULL, %s, 'elsewhere')", (str(first), time.time() + 600, time.time()))
         got = dhclient6(phone, tmp_path / "v0", stateless=False)["new_ip6_address"]
         lost = sp.wait_event("dhcp6.ignored")
     finally:
         sp.stop()
-    assert got == str(first + 1)
+    assert got == str(ipaddress.IPv6Address(first) + 1)
     assert "bound by another server first" in str(lost["reason"])

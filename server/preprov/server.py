@@ -475,8 +475,8 @@ class Server:
         for x in leases:
             if ":" in x["ip"]:
                 if self.leases6 is not None:
-                    self.leases6.load([Binding(ipaddress.IPv6Address(x["ip"]), x["client_id"],
-                                               x["mac"], x["state"], x["expires"])])  # fmt: skip
+                    self.leases6.learn(ipaddress.IPv6Address(x["ip"]), x["client_id"], x["mac"],
+                                       x["state"], x["expires"])  # fmt: skip
             elif self.leases4 is not None:
                 self.leases4.learn(ipaddress.IPv4Address(x["ip"]), x["client_id"], x["mac"],
                                    x["state"], x["expires"])  # fmt: skip

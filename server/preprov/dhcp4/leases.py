@@ -207,13 +207,9 @@ class LeaseTable:
         self._put(lease)
         return lease
 
-    def taken_by_other(self, ip: IPv4, expires: float, client: str = "", mac: str = "") -> None:
-        """Another server sharing the inventory bound `ip` (its client and MAC when
-        known): not offered here until it expires, is released or moves."""
-        self._put(Lease(ip, client or f"(another server) {ip}", mac, "bound", expires))
-
     def learn(self, ip: IPv4, client: str, mac: str, state: str, expires: float) -> None:
-        """A lease change another server committed (inventory notifications)."""
+        """A lease change another server sharing the inventory committed (its
+        notification, or a claim it won against ours)."""
         held = self.by_ip.get(ip)
         if held is not None and held.client == client and held.state == state:
             held.expires = expires

@@ -312,7 +312,7 @@ class Dhcp4Server:
         """Another server sharing the inventory bound this address first (its REQUEST
         was committed before ours): it is that server's client's now, ours is told NAK
         and starts again with a DISCOVER (RFC 2131 §3.1, step 4)."""
-        self.leases.taken_by_other(lease.ip, lease.expires)
+        self.leases.learn(lease.ip, f"(another server) {lease.ip}", "", "bound", lease.expires)
         out = Output()
         self._nak(req, facts, lease.ip, f"{lease.ip} was bound by another server first", out)
         return out

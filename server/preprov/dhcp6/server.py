@@ -121,12 +121,20 @@ class Leases6:
 
     def _put(self, b: Binding) -> Binding:
         self.offers.note(b.ip, b)
+        old = self.by_ip.get(b.ip)
+        if old is not None and old is not b and self.by_client.get(old.client) is old:
+            del self.by_client[old.client]  # the address changed hands
         self.by_ip[b.ip] = b
         if b.state in ("offered", "bound"):
             self.by_client[b.client] = b
         elif self.by_client.get(b.client) is b:
             del self.by_client[b.client]
         return b
+
+    def learn(self, ip: IPv6, client: str, mac: str | None, state: str, expires: float) -> None:
+        """A binding another server sharing the inventory committed (its notification,
+        or a claim it won against ours)."""
+        self._put(Binding(ip, client, mac, state, expires))
 
     def bind(self, b: Binding, now: float, valid: float) -> Binding:
         b.state = "bound"
@@ -252,9 +260,7 @@ class Dhcp6Server:
         for ip in ips:
             held = self.leases.by_ip.get(IPv6(ip))
             if held is not None:
-                self.leases.by_client.pop(held.client, None)
-                self.leases.load([Binding(held.ip, f"(another server) {ip}", None, "bound",
-                                          held.expires)])  # fmt: skip
+                self.leases.learn(held.ip, f"(another server) {ip}", None, "bound", held.expires)
             out.events.append(Dhcp6Ignored(
                 **dev, request="REQUEST",
                 reason=f"{ip} was bound by another server first: not answered"))  # fmt: skip

@@ -305,21 +305,34 @@ class PostgresStore:
 
     # -- operator's writes and the plain connection ------------------------------------
 
+    def _twice(self, call: Callable[[], T], drop: Callable[[], None]) -> T:
+        """`call`, tried again once on a fresh connection when the database dropped the
+        connection (`drop` forgets it); StoreUnavailable when it fails again."""
+        try:
+            return call()
+        except psycopg.OperationalError:
+            drop()
+        try:
+            return call()
+        except psycopg.OperationalError as e:
+            drop()
+            raise unavailable(self.url, e) from None
+
     def _run(self, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
         """On the plain connection, reconnected once if it broke."""
+
+        def call() -> T:
+            if self.sync.closed:
+                self.sync = psycopg.connect(self.url, autocommit=True, connect_timeout=5)
+                self.reads.db = self.sync
+            return fn(self.sync)
+
+        def drop() -> None:
+            with contextlib.suppress(Exception):
+                self.sync.close()
+
         with self._lock:
-            for attempt in (1, 2):
-                try:
-                    if self.sync.closed:
-                        self.sync = psycopg.connect(self.url, autocommit=True, connect_timeout=5)
-                        self.reads.db = self.sync
-                    return fn(self.sync)
-                except psycopg.OperationalError as e:
-                    with contextlib.suppress(Exception):
-                        self.sync.close()
-                    if attempt == 2:
-                        raise unavailable(self.url, e) from None
-        raise AssertionError("unreachable")
+            return self._twice(call, drop)
 
     def add_batch(
         self, name: str, macs: list[str], now: float, extra: dict[str, dict[str, str]] | None = None
@@ -391,20 +404,15 @@ class PostgresStore:
         if self._executor is None:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="preprov-reader")
 
-        def run() -> T:
-            for attempt in (1, 2):
-                try:
-                    if self._reader is None:
-                        db = psycopg.connect(self.url, autocommit=True, connect_timeout=2)
-                        self._reader = Reads(db, postgres=True)
-                    return query(self._reader)
-                except psycopg.OperationalError as e:
-                    self._close_reader()
-                    if attempt == 2:
-                        raise unavailable(self.url, e) from None
-            raise AssertionError("unreachable")
+        def call() -> T:
+            if self._reader is None:
+                db = psycopg.connect(self.url, autocommit=True, connect_timeout=2)
+                self._reader = Reads(db, postgres=True)
+            return query(self._reader)
 
-        return await asyncio.get_running_loop().run_in_executor(self._executor, run)
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor, self._twice, call, self._close_reader
+        )
 
     def _close_reader(self) -> None:
         if self._reader is not None:

@@ -186,12 +186,6 @@ class Reads:
     def cursor(self) -> int:
         return int(self.q("SELECT COALESCE(max(changed), 0) FROM devices").fetchone()[0])
 
-    def servers(self) -> list[str]:
-        """The servers the inventory heard of (devices and leases)."""
-        rows = self.q("SELECT DISTINCT server FROM devices WHERE server IS NOT NULL UNION "
-                      "SELECT DISTINCT server FROM leases WHERE server IS NOT NULL")  # fmt: skip
-        return sorted(r[0] for r in rows.fetchall())
-
     def server_counts(self) -> dict[str, int]:
         """Devices by the server that last heard from them (a shared inventory)."""
         rows = self.q("SELECT COALESCE(server, ''), count(*) FROM devices GROUP BY 1")
@@ -233,12 +227,6 @@ class Reads:
             f"SELECT {', '.join(LEASE_KEYS)} FROM leases WHERE ip > ? ORDER BY ip LIMIT ?",
             (after, ALL if limit < 0 else limit),
         )
-        return [dict(zip(LEASE_KEYS, row, strict=True)) for row in cur.fetchall()]
-
-    def leases_changed(self, since: float) -> list[dict[str, Any]]:
-        """Leases changed at or after `since` (by any server): what a server sharing the
-        database learns of the others' bindings."""
-        cur = self.q(f"SELECT {', '.join(LEASE_KEYS)} FROM leases WHERE updated >= ?", (since,))
         return [dict(zip(LEASE_KEYS, row, strict=True)) for row in cur.fetchall()]
 
     def recent_facts(self, limit: int) -> list[tuple[str, str, dict[str, Any]]]:

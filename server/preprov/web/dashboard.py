@@ -164,7 +164,9 @@ class Stream:
     def __call__(self, event: Event) -> None:
         if not self.queues or not isinstance(event, DeviceEvent) or not event.mac:
             return
-        line = json.dumps({"mac": event.mac, "kind": event.kind, "ts": event.ts})
+        self._push(json.dumps({"mac": event.mac, "kind": event.kind, "ts": event.ts}))
+
+    def _push(self, line: str) -> None:
         for q in self.queues:
             if q.qsize() < 1000:
                 q.put_nowait(line)
@@ -176,10 +178,7 @@ class Stream:
         if now - self._elsewhere < 0.2:
             return
         self._elsewhere = now
-        line = json.dumps({"server": server, "kind": "inventory.changed"})
-        for q in self.queues:
-            if q.qsize() < 1000:
-                q.put_nowait(line)
+        self._push(json.dumps({"server": server, "kind": "inventory.changed"}))
 
     def open(self) -> asyncio.Queue[str]:
         q: asyncio.Queue[str] = asyncio.Queue()

@@ -4,6 +4,7 @@ contract both backends keep is in test_store_contract.py)."""
 from __future__ import annotations
 
 import http.client
+import os
 import signal
 import sqlite3
 import threading
@@ -106,6 +107,41 @@ def test_kill_9_in_the_middle_of_writes_loses_nothing_served(tmp_path: Path) -> 
     store = SQLiteStore(sp.state_dir / "preprov.db")
     assert set(answered) | {"0080F0FFFFFF"} <= {d.mac for d in store.devices()}
     store.close()
+
+
+def test_writer_process_killed_the_server_answers_and_loses_no_event(tmp_path: Path) -> None:
+    """The group commits run in a writer process (inventory/writer.py). SIGKILLed, its
+    commit in flight fails as "inventory unavailable": the server keeps answering
+    files, keeps their events, starts a new writer and writes them all, without a
+    restart."""
+    sp = start_server(tmp_path)
+    try:
+
+        def fetch(mac: str) -> int:
+            conn = http.client.HTTPConnection("127.0.0.1", sp.port, timeout=5)
+            ua = f"Panasonic_KX-HDV130/01.000 ({mac.lower()})"
+            conn.request("GET", f"/Config{mac}.cfg", headers={"User-Agent": ua})
+            status = conn.getresponse().status
+            conn.close()
+            return status
+
+        assert fetch("0080F0A00000") == 200
+        children = Path(f"/proc/{sp.proc.pid}/task/{sp.proc.pid}/children").read_text().split()
+        writers = [int(c) for c in children
+                   if b"preprov.inventory.writer" in Path(f"/proc/{c}/cmdline").read_bytes()]
+        assert len(writers) == 1, children
+        os.kill(writers[0], signal.SIGKILL)
+        macs = [f"0080F0A0{i:04X}" for i in range(1, 41)]
+        assert [fetch(m) for m in macs] == [200] * 40
+        sp.wait_event("inventory.recovered")
+        status = Path(f"/proc/{sp.proc.pid}/task/{sp.proc.pid}/children").read_text().split()
+        assert [c for c in status if c not in children], "no new writer process"
+    finally:
+        assert sp.stop() == 0
+    db = sqlite3.connect(sp.state_dir / "preprov.db")
+    recorded = {m for (m,) in db.execute("SELECT mac FROM events WHERE kind = 'file.served'")}
+    db.close()
+    assert set(macs) | {"0080F0A00000"} <= recorded
 
 
 def refused(mac: str | None, ts: float = 1.0, channel: str = "tftp") -> FileRefused:

@@ -30,13 +30,16 @@ MAC = "0080F0000001"
 MakeStore = Callable[..., Store]
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", "sqlite-writer", "postgres"])
 async def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[MakeStore]:
-    """Stores of one inventory (several may share it, as several servers do)."""
+    """Stores of one inventory (several may share it, as several servers do).
+    "sqlite-writer": SQLite as the server runs it, its commits in a writer process."""
     url = request.getfixturevalue("pg_url") if request.param == "postgres" else None
     made: list[Store] = []
 
     def make(server: str = "a", **kw: Any) -> Store:
+        if request.param == "sqlite-writer":
+            kw.setdefault("background", True)
         store = open_store(url, tmp_path / "state", server=server, **kw)
         made.append(store)
         return store
@@ -187,9 +190,11 @@ async def test_group_commits_and_registered(make_store: MakeStore) -> None:
     writes: list[int] = []
     real = store.write
 
-    def counting(evs: Sequence[Event]) -> set[str] | Awaitable[set[str]]:
+    def counting(
+        evs: Sequence[Event], handed: Callable[[], None] | None = None
+    ) -> set[str] | Awaitable[set[str]]:
         writes.append(len(evs))
-        return real(evs)
+        return real(evs, handed)
 
     store.write = counting  # type: ignore[method-assign]
     rec = Recorder(store)
@@ -307,10 +312,14 @@ async def test_recorder_while_the_database_is_away_answers_files_not_leases() ->
     away = True
 
     class Flaky:
+        pipeline = 2  # as SQLite's writer process: two writes fail in order
+
         def registered(self) -> set[str]:
             return set()
 
-        def write(self, events: Sequence[Event]) -> Awaitable[set[str]]:
+        def write(
+            self, events: Sequence[Event], handed: Callable[[], None] | None = None
+        ) -> Awaitable[set[str]]:
             async def go() -> set[str]:
                 if away:
                     raise StoreUnavailable("PostgreSQL at db cannot be reached: refused")

@@ -606,9 +606,11 @@ class Server:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        await self.start()
+        # before start: a stop asked while it starts (its listeners already answer) is
+        # kept, and the server stops once started, cleanly
         loop.add_signal_handler(signal.SIGINT, self.request_stop, "SIGINT")
         loop.add_signal_handler(signal.SIGTERM, self.request_stop, "SIGTERM")
+        await self.start()
         loop.add_signal_handler(signal.SIGHUP, self.reload)  # problems are logged
         try:
             await self._stop.wait()

@@ -126,6 +126,7 @@ class PostgresStore:
         self.budget = budget or Budget()
         self.rows = DeviceRows(server, boot_gap)
         self.shared = True  # other servers may write to this inventory
+        self.pipeline = 1  # one transaction in flight on the writer's connection
         try:
             self.sync = psycopg.connect(url, autocommit=True, connect_timeout=5)
         except psycopg.Error as e:
@@ -196,7 +197,9 @@ class PostgresStore:
             )
         return self._conn
 
-    def write(self, events: Sequence[Event]) -> Awaitable[set[str]]:
+    def write(
+        self, events: Sequence[Event], handed: Callable[[], None] | None = None
+    ) -> Awaitable[set[str]]:
         """The batch is prepared now, in the order the events came; its transaction is
         awaited (the Recorder keeps one in flight)."""
         return self._write(self.rows.prepare(events, 1))

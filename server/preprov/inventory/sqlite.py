@@ -2,9 +2,10 @@
 
 With synchronous=NORMAL a committed transaction survives a kill -9 of the process
 (it is in the WAL, in the OS's cache); synchronous=FULL also survives a power cut,
-at one fsync per commit. The writer runs on the event loop (a group commit takes
-microseconds); the API reads in a thread of its own; a maintenance thread
-checkpoints the WAL and plans the pruning.
+at one fsync per commit. The server's group commits run in a process of their own
+(writer.py: SQLite's work there was a fifth of the event loop's time under load),
+with a maintenance thread that checkpoints the WAL and plans the pruning; the API
+reads in a thread of the server; the CLI and the tests commit in their own process.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import contextlib
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -31,7 +32,8 @@ from .queries import (
     Device,
     Reads,
 )
-from .store import BOOT_GAP, Budget, DeviceRows, SchemaTooNew, StoreBusy, _stage_of
+from .store import BOOT_GAP, Budget, DeviceRows, SchemaTooNew, StoreBusy, _stage_of, mark_lost
+from .writer import WriterProcess
 
 T = TypeVar("T")
 
@@ -138,6 +140,183 @@ PRUNE_CHUNK = 2000  # events deleted at most per group commit, while over the bu
 _UPSERT = UPSERT_DEVICE.format(changed=":changed")
 _CLAIM_MANY = CLAIM_LEASE.replace("RETURNING ip", "")
 _UPDATE = UPDATE_DEVICE.format(changed=":changed")
+NEXT_CHANGED = "SELECT coalesce(max(changed), 0) + 1 FROM devices"
+
+
+def connect(path: Path, synchronous: str, wal_limit: int) -> sqlite3.Connection:
+    """A connection that writes: WAL, the configured durability, a big page cache."""
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
+    db.execute("PRAGMA cache_size=-65536")  # 64 MiB: the hot index pages stay in memory
+    db.execute(f"PRAGMA journal_size_limit={wal_limit}")
+    return db
+
+
+# One group commit as the writer receives it (plain tuples: it crosses a pipe):
+# CLAIM_LEASE's parameters, the index of each lease's event, the events' rows, the
+# devices' UPSERT_DEVICE and UPDATE_DEVICE parameters.
+Parts = tuple[
+    list[tuple[Any, ...]], list[int], list[tuple[float, str | None, str, str, str]],
+    list[dict[str, Any]], list[dict[str, Any]],
+]  # fmt: skip
+
+
+class Committer:
+    """Writes group commits on one connection, and prunes within them what its
+    maintenance (`plan_pruning`, `maintain`) planned. The server runs it in the
+    writer process (writer.py); the CLI and the tests in their own."""
+
+    def __init__(self, db: sqlite3.Connection, path: Path, budget: Budget) -> None:
+        self.db = db
+        self.path = path
+        self.budget = budget
+        first = db.execute("SELECT min(id) FROM events").fetchone()[0]
+        self._oldest = int(first or 0)  # no event below this id
+        self.prune_below = 0  # set by the maintenance
+        self.forget: tuple[int, list[str]] = (0, [])  # the change cursor, devices to forget
+        self.forgotten = 0
+        self.pruned = 0  # events pruned since start
+
+    def commit(self, parts: Parts) -> tuple[set[str], int]:
+        """One transaction: the addresses whose claims failed (another process on the
+        same file bound them first), and how many devices it forgot."""
+        leases, lease_events, events, upserts, updates = parts
+        db = self.db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as e:
+            raise StoreBusy(str(e)) from None
+        lost: set[str] = set()
+        try:
+            if leases:
+                # all claimed (the one server's own leases: always, but for a second
+                # process on the same file): one statement for them all
+                before = db.total_changes
+                db.executemany(_CLAIM_MANY, leases)
+                if db.total_changes - before != len(leases):
+                    ips = [x[0] for x in leases]
+                    marks = ",".join("?" * len(ips))
+                    held = dict(
+                        db.execute(f"SELECT ip, client_id FROM leases WHERE ip IN ({marks})", ips)
+                    )
+                    lost = {x[0] for x in leases if held.get(x[0]) != x[1]}
+                    mark_lost(events, leases, lease_events, lost)
+            db.executemany(INSERT_EVENT, events)
+            if any(d["changed"] is not None for d in (*upserts, *updates)):
+                # the change cursor's next value, taken inside the write lock: in
+                # commit order, whichever connection commits
+                (changed,) = db.execute(NEXT_CHANGED).fetchone()
+                for d in (*upserts, *updates):
+                    if d["changed"] is not None:
+                        d["changed"] = changed
+            db.executemany(_UPSERT, upserts)
+            if updates:
+                db.executemany(_UPDATE, updates)
+            pruned, forgot = self._prune(db)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self._oldest, self.pruned = pruned, self.pruned + max(0, pruned - self._oldest)
+        self.forgotten += forgot
+        return lost, forgot
+
+    def _prune(self, db: sqlite3.Connection) -> tuple[int, int]:
+        """Part of the pruning the maintenance planned, inside the group commit (no
+        second writer, so a commit never waits on a lock for it). Returns the id
+        below which no event is left, and how many devices were forgotten."""
+        below = min(self.prune_below, self._oldest + PRUNE_CHUNK)
+        if below > self._oldest:
+            db.execute("DELETE FROM events WHERE id < ?", (below,))
+        cursor, victims = self.forget
+        forgot = 0
+        if victims:
+            chunk, rest = victims[:FORGET_CHUNK], victims[FORGET_CHUNK:]
+            self.forget = (cursor, rest)
+            marks = ",".join("?" * len(chunk))
+            # spared if a new fact came since the plan, or it is registered or leased now
+            db.execute(
+                f"DELETE FROM devices WHERE mac IN ({marks}) AND changed <= ? AND {FORGETTABLE}",
+                (*chunk, cursor, time.time()),
+            )
+            forgot = db.execute("SELECT changes()").fetchone()[0]
+        return max(below, self._oldest), forgot
+
+    # -- maintenance (its own thread and connection) -----------------------------------
+
+    def maintain(self, closing: threading.Event) -> None:
+        """Until `closing` is set: checkpoint the WAL every CHECKPOINT_INTERVAL (done
+        by the writer, a checkpoint stalls its commits for milliseconds), truncate it
+        when it outgrows its share, plan the pruning every PLAN_EVERY turns."""
+        db = sqlite3.connect(self.path, isolation_level=None)
+        wal = Path(f"{self.path}-wal")
+        turns = 0
+        try:
+            while not closing.wait(CHECKPOINT_INTERVAL):
+                turns += 1
+                with contextlib.suppress(sqlite3.Error, OSError):
+                    db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                    if wal.exists() and wal.stat().st_size > self.budget.wal_limit:
+                        self._truncate_wal(db)
+                    if turns % PLAN_EVERY == 0:
+                        self.plan_pruning(db, time.time())
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            db.close()
+
+    @staticmethod
+    def _truncate_wal(db: sqlite3.Connection) -> None:
+        """Under steady writes a PASSIVE checkpoint never catches up with the writer,
+        so the WAL is never reset and grows without end (1 GB in the issue's flood).
+        A TRUNCATE checkpoint resets it, but holds the writer off while it copies
+        what is left: PASSIVE passes first bring that down to what a few
+        milliseconds of writes add (measured: the last pass ~3 ms; a TRUNCATE on
+        its own held the writer 100-160 ms)."""
+        for _ in range(4):
+            started = time.monotonic()
+            db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            if time.monotonic() - started < 0.005:
+                break
+        db.execute("PRAGMA busy_timeout=1000")
+        try:
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            db.execute("PRAGMA busy_timeout=0")
+
+    def plan_pruning(self, db: sqlite3.Connection, now: float) -> None:
+        """Decide what the writer prunes (prune_below, forget): reads only, in the
+        maintenance's thread, so that the commits delete by key and never scan."""
+        b = self.budget
+        lo, hi = db.execute("SELECT min(id), max(id) FROM events").fetchone()
+        target = 0
+        events = 0 if lo is None else hi - lo + 1
+        if lo is not None:
+            if events > b.max_events:
+                target = hi - b.max_events + 1
+            young = db.execute("SELECT id FROM events WHERE ts >= ? LIMIT 1", (now - b.max_age,))
+            first_young = young.fetchone()
+            target = max(target, first_young[0] if first_young else hi + 1)
+        over = Reads(db).size()["database"] > b.db_limit * 0.9
+        if over and lo is not None:
+            target = max(target, lo + max(events // 5, 1))  # the oldest fifth
+        self.prune_below = max(self.prune_below, target)
+        cursor = Reads(db).cursor()
+        keep = FORGET_PLAN
+        victims = [m for (m,) in db.execute(
+            f"SELECT mac FROM devices WHERE last_seen < ? AND {FORGETTABLE} LIMIT ?",
+            (now - b.max_age, now, keep))]  # fmt: skip
+        devices = db.execute("SELECT count(*) FROM devices").fetchone()[0]
+        if over and events < devices:
+            # Over the budget and the events no longer dominate: devices go too, the
+            # longest unchanged first, those that never fetched a file before any
+            # other (a flood of spoofed SUBSCRIBEs invents those).
+            for which in ("stage <= 1 AND ", ""):
+                victims += [m for (m,) in db.execute(
+                    f"SELECT mac FROM devices WHERE {which}{FORGETTABLE} ORDER BY changed"
+                    " LIMIT ?", (now, keep - len(victims)))]  # fmt: skip
+        self.forget = (cursor, list(dict.fromkeys(victims))[:keep])
 
 
 class SQLiteStore:
@@ -146,12 +325,15 @@ class SQLiteStore:
     Bounded (Budget): the event log is pruned oldest first when the database
     nears its share of `max_bytes`, or past `max_events` or `max_age`; devices
     not registered and without a bound lease are forgotten after `max_age`;
-    leases are never pruned. The WAL is checkpointed every 5 s and truncated when
-    it outgrows its share, while the server runs.
+    leases are never pruned. With `writer_process` (the server) the group commits
+    and the maintenance (the WAL checkpointed every second and truncated when it
+    outgrows its share, the pruning planned) run in the writer process; without
+    it (the CLI, the tests) the commits run in the caller and nothing is
+    maintained in the background.
     """
 
     def __init__(
-        self, path: Path, synchronous: str = "normal", background_checkpoints: bool = False,
+        self, path: Path, synchronous: str = "normal", writer_process: bool = False,
         budget: Budget | None = None, boot_gap: float = BOOT_GAP, server: str = "",
     ) -> None:  # fmt: skip
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -159,47 +341,32 @@ class SQLiteStore:
         self.server = server
         self.boot_gap = boot_gap
         self.budget = budget or Budget()
-        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
-        # No busy wait on the writer: it runs on the event loop, and SQLite's busy
-        # handler sleeps in steps of up to 100 ms (measured: a phone's p99 went from
-        # 7 to 100 ms while the WAL was truncated). A busy write raises StoreBusy and
-        # the Recorder tries again a millisecond later, the loop free meanwhile.
+        self.db = connect(path, synchronous, self.budget.wal_limit)
         self.db.execute("PRAGMA busy_timeout=5000")
-        self.db.execute("PRAGMA cache_size=-65536")  # 64 MiB: the hot index pages stay in memory
-        self.db.execute(f"PRAGMA journal_size_limit={self.budget.wal_limit}")
         self._migrate()
+        # No busy wait on this connection: it runs on the event loop, and SQLite's
+        # busy handler sleeps in steps of up to 100 ms. A busy group commit raises
+        # StoreBusy and the Recorder tries again a millisecond later, the loop free
+        # meanwhile; the rare operator writes retry by themselves (_execute).
         self.db.execute("PRAGMA busy_timeout=0")
         self.reads = Reads(self.db)
         self.rows = DeviceRows(server, boot_gap)
         self.shared = False  # other servers may write to this inventory
+        # commits in flight to the writer process: it commits one while the next comes
+        self.pipeline = 2
         # one SQLite inventory, one server: nobody else commits
         self.on_leases: Callable[[list[dict[str, Any]]], None] = lambda leases: None
         self.on_change: Callable[[str], None] = lambda server: None
         self.on_registered: Callable[[str], None] = lambda mac: None
         self.on_told: Callable[[list[tuple[str, str, dict[str, Any]]]], None] = lambda t: None
-        self._changed = self.reads.cursor()
-        first = self.db.execute("SELECT min(id) FROM events").fetchone()[0]
-        self._oldest = int(first or 0)  # no event below this id
-        self.prune_below = 0  # set by the maintenance thread
-        self.forget: tuple[int, list[str]] = (0, [])  # the change cursor, devices to forget
-        self.forgotten = 0
-        self.pruned = 0  # events pruned since start
+        self.committer = Committer(self.db, path, self.budget)
+        self.writer = WriterProcess(path, synchronous, self.budget) if writer_process else None
+        if self.writer is not None:
+            # the writer process's maintenance checkpoints; an operator's write on this
+            # connection would otherwise copy the WAL on the event loop
+            self.db.execute("PRAGMA wal_autocheckpoint=0")
         self._reader: Reads | None = None
         self._executor: ThreadPoolExecutor | None = None
-        self._checkpointer: threading.Thread | None = None
-        self._closing = threading.Event()
-        if background_checkpoints:
-            # A checkpoint copies the WAL into the database and fsyncs both; done
-            # by the writer it stalls the event loop for milliseconds (measured:
-            # half the server's time under load went to waiting on it). A thread
-            # with its own connection does it instead, every CHECKPOINT_INTERVAL.
-            self.db.execute("PRAGMA wal_autocheckpoint=0")
-            self._checkpointer = threading.Thread(
-                target=self._maintenance_loop, name="preprov-checkpoint", daemon=True
-            )
-            self._checkpointer.start()
 
     def _migrate(self) -> None:
         db = self.db
@@ -233,142 +400,56 @@ class SQLiteStore:
                     raise
                 version = target
 
-    # -- maintenance (its own thread and connection) -----------------------------------
+    @property
+    def pruned(self) -> int:
+        """Events pruned since start."""
+        return (self.writer or self.committer).pruned
 
-    def _maintenance_loop(self) -> None:
-        db = sqlite3.connect(self.path, isolation_level=None)
-        wal = Path(f"{self.path}-wal")
-        turns = 0
-        try:
-            while not self._closing.wait(CHECKPOINT_INTERVAL):
-                turns += 1
-                with contextlib.suppress(sqlite3.Error, OSError):
-                    db.execute("PRAGMA wal_checkpoint(PASSIVE)")
-                    if wal.exists() and wal.stat().st_size > self.budget.wal_limit:
-                        self._truncate_wal(db)
-                    if turns % PLAN_EVERY == 0:
-                        self.plan_pruning(db, time.time())
-            with contextlib.suppress(sqlite3.Error):
-                db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        finally:
-            db.close()
-
-    @staticmethod
-    def _truncate_wal(db: sqlite3.Connection) -> None:
-        """Under steady writes a PASSIVE checkpoint never catches up with the writer,
-        so the WAL is never reset and grows without end (1 GB in the issue's flood).
-        A TRUNCATE checkpoint resets it, but holds the writer off while it copies
-        what is left: PASSIVE passes first bring that down to what a few
-        milliseconds of writes add (measured: the last pass ~3 ms; a TRUNCATE on
-        its own held the writer 100-160 ms)."""
-        for _ in range(4):
-            started = time.monotonic()
-            db.execute("PRAGMA wal_checkpoint(PASSIVE)")
-            if time.monotonic() - started < 0.005:
-                break
-        db.execute("PRAGMA busy_timeout=1000")
-        try:
-            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        finally:
-            db.execute("PRAGMA busy_timeout=0")
+    @property
+    def forgotten(self) -> int:
+        """Devices forgotten since start."""
+        return (self.writer or self.committer).forgotten
 
     def plan_pruning(self, db: sqlite3.Connection, now: float) -> None:
-        """Decide what the writer prunes (prune_below, forget): reads only, in this
-        thread, so that the writer deletes by key and never scans on the loop."""
-        b = self.budget
-        lo, hi = db.execute("SELECT min(id), max(id) FROM events").fetchone()
-        target = 0
-        events = 0 if lo is None else hi - lo + 1
-        if lo is not None:
-            if events > b.max_events:
-                target = hi - b.max_events + 1
-            young = db.execute("SELECT id FROM events WHERE ts >= ? LIMIT 1", (now - b.max_age,))
-            first_young = young.fetchone()
-            target = max(target, first_young[0] if first_young else hi + 1)
-        over = Reads(db).size()["database"] > b.db_limit * 0.9
-        if over and lo is not None:
-            target = max(target, lo + max(events // 5, 1))  # the oldest fifth
-        self.prune_below = max(self.prune_below, target)
-        cursor = Reads(db).cursor()
-        keep = FORGET_PLAN
-        victims = [m for (m,) in db.execute(
-            f"SELECT mac FROM devices WHERE last_seen < ? AND {FORGETTABLE} LIMIT ?",
-            (now - b.max_age, now, keep))]  # fmt: skip
-        devices = db.execute("SELECT count(*) FROM devices").fetchone()[0]
-        if over and events < devices:
-            # Over the budget and the events no longer dominate: devices go too, the
-            # longest unchanged first, those that never fetched a file before any
-            # other (a flood of spoofed SUBSCRIBEs invents those).
-            for which in ("stage <= 1 AND ", ""):
-                victims += [m for (m,) in db.execute(
-                    f"SELECT mac FROM devices WHERE {which}{FORGETTABLE} ORDER BY changed"
-                    " LIMIT ?", (now, keep - len(victims)))]  # fmt: skip
-        self.forget = (cursor, list(dict.fromkeys(victims))[:keep])
+        self.committer.plan_pruning(db, now)
 
     # -- writing -----------------------------------------------------------------------
 
     async def open(self) -> None:
-        pass
+        if self.writer is not None:
+            await self.writer.start()
 
-    def write(self, events: Sequence[Event]) -> set[str]:
-        """One group commit; the addresses whose claims failed (none here: one server
-        decides every lease of its file)."""
-        self._changed += 1
-        batch = self.rows.prepare(events, self._changed)
-        db = self.db
+    def write(
+        self, events: Sequence[Event], handed: Callable[[], None] | None = None
+    ) -> set[str] | Awaitable[set[str]]:
+        """One group commit; the addresses whose claims failed (none but with a second
+        process on the same file: one server decides every lease of its file).
+        `handed` is called once the writer process has the rows (not without one)."""
+        batch = self.rows.prepare(events, 1)  # 1: the commit takes the cursor's value
+        parts: Parts = (batch.leases, batch.lease_events, batch.events, batch.upserts,
+                        batch.updates)  # fmt: skip
+        if self.writer is not None:
+            return self._committed(self.writer.commit(parts, handed))
         try:
-            db.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as e:
-            self.rows.restore(batch)
-            self._changed -= 1
-            raise StoreBusy(str(e)) from None
-        lost: set[str] = set()
-        try:
-            if batch.leases:
-                # all claimed (the one server's own leases: always, but for a second
-                # process on the same file): one statement for them all
-                before = db.total_changes
-                db.executemany(_CLAIM_MANY, batch.leases)
-                if db.total_changes - before != len(batch.leases):
-                    ips = [x[0] for x in batch.leases]
-                    marks = ",".join("?" * len(ips))
-                    held = dict(db.execute(
-                        f"SELECT ip, client_id FROM leases WHERE ip IN ({marks})", ips))
-                    lost = {x[0] for x in batch.leases if held.get(x[0]) != x[1]}
-                    batch.lost(lost)
-            db.executemany(INSERT_EVENT, batch.events)
-            db.executemany(_UPSERT, batch.upserts)
-            if batch.updates:
-                db.executemany(_UPDATE, batch.updates)
-            pruned = self._prune(db)
-            db.execute("COMMIT")
+            lost, forgot = self.committer.commit(parts)
         except BaseException:
-            db.execute("ROLLBACK")
             self.rows.restore(batch)
             raise
-        self._oldest, self.pruned = pruned, self.pruned + max(0, pruned - self._oldest)
+        if forgot:
+            self.rows.written.clear()
         return lost
 
-    def _prune(self, db: sqlite3.Connection) -> int:
-        """Part of the pruning the maintenance thread planned, inside the group commit
-        (no second writer, so the event loop never waits on a lock for it). Returns
-        the id below which no event is left."""
-        below = min(self.prune_below, self._oldest + PRUNE_CHUNK)
-        if below > self._oldest:
-            db.execute("DELETE FROM events WHERE id < ?", (below,))
-        cursor, victims = self.forget
-        if victims:
-            chunk, rest = victims[:FORGET_CHUNK], victims[FORGET_CHUNK:]
-            self.forget = (cursor, rest)
-            marks = ",".join("?" * len(chunk))
-            # spared if a new fact came since the plan, or it is registered or leased now
-            db.execute(
-                f"DELETE FROM devices WHERE mac IN ({marks}) AND changed <= ? AND {FORGETTABLE}",
-                (*chunk, cursor, time.time()),
-            )
-            self.forgotten += db.execute("SELECT changes()").fetchone()[0]
+    async def _committed(self, reply: Awaitable[tuple[set[str], int]]) -> set[str]:
+        try:
+            lost, forgot = await reply
+        except BaseException:
+            # the next batch may have been prepared on this one's rows already: every
+            # device's row is written in full next time instead (restore() undoes one)
             self.rows.written.clear()
-        return max(below, self._oldest)
+            raise
+        if forgot:
+            self.rows.written.clear()
+        return lost
 
     def _execute(self, sql: str, args: Sequence[Any]) -> sqlite3.Cursor:
         """One statement outside the group commit, retried while the database is busy
@@ -405,11 +486,11 @@ class SQLiteStore:
         return self._execute("DELETE FROM devices WHERE mac = ?", (mac,)).rowcount > 0
 
     def add_device(self, mac: str, now: float) -> None:
-        self._changed += 1
         self._execute(
             "INSERT INTO devices (mac, first_seen, last_seen, registered, changed)"
-            " VALUES (?, ?, ?, 1, ?) ON CONFLICT (mac) DO UPDATE SET registered = 1",
-            (mac, now, now, self._changed),
+            f" VALUES (?, ?, ?, 1, ({NEXT_CHANGED}))"
+            " ON CONFLICT (mac) DO UPDATE SET registered = 1",
+            (mac, now, now),
         )
 
     def registered(self) -> set[str]:
@@ -445,9 +526,8 @@ class SQLiteStore:
         )
 
     def close(self) -> None:
-        self._closing.set()
-        if self._checkpointer is not None:
-            self._checkpointer.join()
+        if self.writer is not None:
+            self.writer.close()
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             assert self._reader is not None
@@ -455,4 +535,6 @@ class SQLiteStore:
         self.db.close()
 
     async def aclose(self) -> None:
+        if self.writer is not None:
+            await self.writer.aclose()
         self.close()

@@ -6,8 +6,9 @@ leases, the batches; one interface (`Store`), two backends.
   (`inventory.database: postgresql://...`), with the leases claimed in it.
 
 What a batch of events does to the device rows (`DeviceRows`) is the same for
-both; they differ in SQL and in how a write waits (SQLite on the loop, it
-takes microseconds; PostgreSQL over a connection, awaited). `Recorder`
+both; they differ in SQL and in where a commit runs (SQLite's in a writer
+process of the server's own, PostgreSQL's in the database server); the server
+awaits either. `Recorder`
 subscribes to the event bus and writes events in group commits: all events
 emitted during one turn of the event loop go into one transaction, and
 `settled()` resolves once they are committed, so a handler can wait for its
@@ -19,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,9 +119,14 @@ class Store(Protocol):
 
     server: str  # this server's name, on every event and device row it writes
     shared: bool  # other servers may write to the same inventory
+    pipeline: int  # awaited writes in flight at once, at most (committed in order)
     reads: Reads  # the queries on the loop's own connection (start, command line)
-    pruned: int  # events pruned since start
-    forgotten: int  # devices forgotten since start
+
+    @property
+    def pruned(self) -> int: ...  # events pruned since start
+    @property
+    def forgotten(self) -> int: ...  # devices forgotten since start
+
     # told of what other servers sharing the inventory committed (PostgreSQL)
     on_leases: Callable[[list[dict[str, Any]]], None]
     on_change: Callable[[str], None]
@@ -127,9 +134,13 @@ class Store(Protocol):
     on_told: Callable[[list[tuple[str, str, dict[str, Any]]]], None]
 
     async def open(self) -> None: ...
-    def write(self, events: Sequence[Event]) -> set[str] | Awaitable[set[str]]:
+    def write(
+        self, events: Sequence[Event], handed: Callable[[], None] | None = None
+    ) -> set[str] | Awaitable[set[str]]:
         """Store the events in one transaction; the addresses whose lease claims
-        another server won (none with one server)."""
+        another server won (none with one server). `handed`, if the store calls
+        it, says the events are safe from this process's end before the commit
+        (in the writer process's pipe)."""
         ...
 
     def leases(self) -> list[dict[str, Any]]: ...
@@ -164,7 +175,7 @@ def open_store(
     from .sqlite import SQLiteStore
 
     path = Path(database) if database else state_dir / "preprov.db"
-    return SQLiteStore(path, synchronous, background_checkpoints=background, budget=budget,
+    return SQLiteStore(path, synchronous, writer_process=background, budget=budget,
                        boot_gap=boot_gap, server=server)  # fmt: skip
 
 
@@ -186,13 +197,20 @@ class Batch:
     prior: dict[str, tuple[tuple[object, ...], float, int] | None]  # for restore()
 
     def lost(self, ips: set[str]) -> None:
-        """These claims failed: their events say so (state "lost"), not "bound"."""
-        for lease, i in zip(self.leases, self.lease_events, strict=True):
-            if lease[0] in ips:
-                ts, mac, kind, data, server = self.events[i]
-                d = orjson.loads(data)
-                d.update(state="lost", reason="bound by another server first")
-                self.events[i] = (ts, mac, kind, orjson.dumps(d).decode(), server)
+        mark_lost(self.events, self.leases, self.lease_events, ips)
+
+
+def mark_lost(
+    events: list[tuple[float, str | None, str, str, str]], leases: list[tuple[Any, ...]],
+    lease_events: list[int], ips: set[str],
+) -> None:  # fmt: skip
+    """These claims failed: their events say so (state "lost"), not "bound"."""
+    for lease, i in zip(leases, lease_events, strict=True):
+        if lease[0] in ips:
+            ts, mac, kind, data, server = events[i]
+            d = orjson.loads(data)
+            d.update(state="lost", reason="bound by another server first")
+            events[i] = (ts, mac, kind, orjson.dumps(d).decode(), server)
 
 
 class DeviceRows:
@@ -300,15 +318,46 @@ SPOOL_MAX = 100_000  # events kept in memory while it cannot: then the oldest ar
 Callback = Callable[[BaseException | None], None]
 
 
+class _InFlight:
+    """A write awaited, and the callbacks waiting for it. A store that hands its
+    commits to another process (SQLite's writer) calls `handed` once the events
+    are there: they are then committed even if this process dies at once (a kill
+    -9), so the callbacks that claim no lease are called (an answer leaves without
+    waiting for SQLite); those that claim one wait for the commit's verdict."""
+
+    __slots__ = ("callbacks", "is_handed", "since")
+
+    def __init__(self, callbacks: list[tuple[Callback, bool]]) -> None:
+        self.since = time.monotonic()
+        self.callbacks = callbacks
+        self.is_handed = False
+
+    def handed(self) -> None:
+        self.is_handed = True
+        waiting, self.callbacks = self.callbacks, []
+        for cb, claims in waiting:
+            if claims:
+                self.callbacks.append((cb, claims))
+            else:
+                cb(None)
+
+    def wait(self, callback: Callback, claims: bool) -> None:
+        if self.is_handed and not claims:
+            callback(None)
+        else:
+            self.callbacks.append((callback, claims))
+
+
 class Recorder:
     """The inventory's subscription to the event bus, with group commit.
 
     Events are written in one transaction (see FLUSH_MAX); callbacks registered
     with after_commit run once that transaction is committed (or failed), so an
     answer can wait for its event to be stored without a task or a future per
-    request. A store whose write is awaited (PostgreSQL) has one transaction in
-    flight; the events of the turns meanwhile make the next one, so the group
-    grows with the load.
+    request. A store whose write is awaited has up to `store.pipeline`
+    transactions in flight (SQLite's writer process 2: it commits one while the
+    next travels to it, so the loop never waits for it; PostgreSQL 1); the events
+    of the turns meanwhile make the next one, so the group grows with the load.
 
     While the database cannot be reached (StoreUnavailable), files and PnP are
     answered and their events wait in memory (at most SPOOL_MAX, then the oldest
@@ -326,8 +375,8 @@ class Recorder:
         self.unsampled: dict[str, int] = {}  # refusals not stored, by kind/channel
         self._pending: list[Event] = []
         self._callbacks: list[tuple[Callback, bool]] = []
-        self._inflight: list[tuple[Callback, bool]] | None = None  # a write awaited
-        self._inflight_since = 0.0
+        self._inflight: deque[_InFlight] = deque()  # the writes awaited, oldest first
+        self._requeued = 0  # events of failed writes put back, in order, since the last
         self._scheduled = False
         self._since = 0.0
         self._seen = 0
@@ -368,7 +417,7 @@ class Recorder:
         """Seconds the commit in flight has taken: past SHED_AFTER the DHCP servers start
         no new exchange (endpoint.DatagramReader), so that the answers waiting for
         the database are not joined by more than it can write."""
-        return time.monotonic() - self._inflight_since if self._inflight is not None else 0.0
+        return time.monotonic() - self._inflight[0].since if self._inflight else 0.0
 
     def registered(self, mac: str) -> bool:
         """Listed by the operator: served even when auto-add is off."""
@@ -392,8 +441,8 @@ class Recorder:
             callback(self.down if claims else None)
         elif self._pending:
             self._callbacks.append((callback, claims))
-        elif self._inflight is not None:
-            self._inflight.append((callback, claims))
+        elif self._inflight:
+            self._inflight[-1].wait(callback, claims)
         else:
             callback(None)
 
@@ -409,15 +458,17 @@ class Recorder:
 
     def _flush(self) -> None:
         self._scheduled = False
-        if self._inflight is not None:
-            return  # the write in flight schedules the next when it is done
+        if len(self._inflight) >= self.store.pipeline:
+            return  # the oldest write in flight schedules the next when it is done
         events, self._pending = self._pending, []
+        self._requeued = 0
         callbacks, self._callbacks = self._callbacks, []
         if not events:
             self._deliver(callbacks, None)
             return
+        w = _InFlight(callbacks)
         try:
-            result = self.store.write(events)
+            result = self.store.write(events, handed=w.handed)
             self._busy_since = None
         except StoreBusy as e:
             now = time.monotonic()
@@ -440,10 +491,9 @@ class Recorder:
             self._deliver(callbacks, e)
             return
         if inspect.isawaitable(result):
-            self._inflight = callbacks
-            self._inflight_since = time.monotonic()
+            self._inflight.append(w)
             task = asyncio.ensure_future(result)
-            task.add_done_callback(lambda t: self._written(t, events))
+            task.add_done_callback(lambda t: self._written(t, events, w))
             return
         self._deliver(callbacks, None, result)
 
@@ -452,8 +502,9 @@ class Recorder:
             self._scheduled = True
             asyncio.get_running_loop().call_later(delay, self._flush)
 
-    def _written(self, task: asyncio.Future[set[str]], events: list[Event]) -> None:
-        callbacks, self._inflight = self._inflight or [], None
+    def _written(self, task: asyncio.Future[set[str]], events: list[Event], w: _InFlight) -> None:
+        self._inflight.remove(w)  # the oldest: the writes complete in order
+        callbacks = w.callbacks
         error = task.exception()
         if isinstance(error, StoreUnavailable):
             self._unavailable(events, callbacks, error)
@@ -462,6 +513,7 @@ class Recorder:
             self.failures += 1
             self._deliver(callbacks, error)
         else:
+            self._requeued = 0
             if self.down is not None:
                 self.down = None
                 self.on_state(None)
@@ -472,8 +524,11 @@ class Recorder:
     def _unavailable(
         self, events: list[Event], callbacks: list[tuple[Callback, bool]], why: StoreUnavailable
     ) -> None:
-        """Keep the events for the next try; answer what claims no lease."""
-        self._pending = events + self._pending
+        """Keep the events for the next try (after those of the writes that failed
+        before it, in order); answer what claims no lease."""
+        at = self._requeued
+        self._pending[at:at] = events
+        self._requeued += len(events)
         if self.down is None:
             self.down = why
             self.on_state(why)
@@ -483,29 +538,37 @@ class Recorder:
         self._schedule(RETRY_UNAVAILABLE)
 
     async def settled(self) -> None:
-        if not self._pending and self._inflight is None:
+        """Once every event received so far is committed: a read then sees what the
+        answers before it said (most answers leave when their events are handed
+        to the writer process, before the commit: see _InFlight). Raises what made
+        the commit fail; not a lost claim, nor a database away (the events wait)."""
+        if not self._pending and not self._inflight:
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
         def done(error: BaseException | None) -> None:
-            if not fut.done():
-                fut.set_exception(error) if error else fut.set_result(None)
+            if fut.done():
+                return
+            if error is None or isinstance(error, (ClaimsLost, StoreUnavailable)):
+                fut.set_result(None)
+            else:
+                fut.set_exception(error)
 
-        self.after_commit(done)
+        self.after_commit(done, claims=True)  # claims: at the commit, not at the handover
         await fut
 
     async def drain(self) -> None:
         """Write what is pending (on shutdown); gives up while the database cannot be
         reached, or after BUSY_MAX seconds."""
         deadline = time.monotonic() + BUSY_MAX
-        while (self._pending or self._inflight is not None) and time.monotonic() < deadline:
+        while (self._pending or self._inflight) and time.monotonic() < deadline:
             if self.down is not None:
                 try:
                     await asyncio.wait_for(self._retry_once(), 1.0)
                 except (StoreUnavailable, TimeoutError):
                     return
                 continue
-            if self._inflight is None and not self._scheduled:
+            if not self._inflight and not self._scheduled:
                 self._flush()
             await asyncio.sleep(0.001)
 

@@ -1,0 +1,218 @@
+"""The SQLite inventory's writer process.
+
+The server prepares each group commit on its event loop (the rows, as plain
+tuples) and hands it to this process, which runs the transaction and answers;
+the server awaits the answer as it awaits a PostgreSQL commit, so an answer
+still leaves only once its event is committed. SQLite's work (the statements,
+the B-trees, the WAL writes) took a fifth of the event loop's time under load;
+here it runs on another core. The process also runs the maintenance (the WAL's
+checkpoints, the pruning's plan) in a thread of its own.
+
+Written here rather than with multiprocessing: one pipe each way, a frame per
+commit (4-byte length, a pickle of plain tuples), nothing shared. The process
+ends when its input ends: when the server closes it, or exits for any reason
+(a kill -9 included), after the commit it is in. It ignores SIGINT and SIGTERM
+(a terminal's Ctrl-C reaches the whole process group; the server drains its
+events into it first, then closes it). If it dies, the commits in flight fail
+as "inventory unavailable" (the Recorder keeps their events and tries again
+every second) and the next commit starts a new one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import pickle
+import signal
+import sqlite3
+import struct
+import sys
+import threading
+from collections import deque
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+from .store import Budget, StoreBusy, StoreUnavailable
+
+if TYPE_CHECKING:
+    from .sqlite import Parts
+
+_LEN = struct.Struct(">I")
+PIPE_SIZE = 1 << 20
+
+
+class WriterProcess:
+    """The server's side: starts the process, sends commits, matches the answers
+    (in order: one pipe, one process, one transaction at a time)."""
+
+    def __init__(self, path: Path, synchronous: str, budget: Budget) -> None:
+        self.args = [str(path), synchronous, str(budget.max_bytes), str(budget.max_age),
+                     str(budget.max_events)]  # fmt: skip
+        self.proc: asyncio.subprocess.Process | None = None
+        self._waiting: deque[asyncio.Future[tuple[set[str], int]]] = deque()
+        self._reader_task: asyncio.Task[None] | None = None
+        self.pruned = 0  # as the process last said
+        self.forgotten = 0
+
+    async def start(self) -> None:
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "preprov.inventory.writer", *self.args,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        assert self.proc.stdin is not None
+        # drain() returns only once every byte is in the pipe, and the pipe holds a
+        # whole group commit (a MiB where the system allows: F_SETPIPE_SZ)
+        self.proc.stdin.transport.set_write_buffer_limits(high=0)
+        pipe = self.proc.stdin.transport.get_extra_info("pipe")
+        with contextlib.suppress(OSError, AttributeError):
+            fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+        self._reader_task = asyncio.ensure_future(self._answers(self.proc))
+
+    def commit(
+        self, parts: Parts, handed: Callable[[], None] | None = None
+    ) -> Awaitable[tuple[set[str], int]]:
+        """The commit's answer, awaitable; `handed` is called as soon as the whole
+        frame is in the pipe (at once, mostly): from there the process commits it
+        even if the server dies."""
+        fut: asyncio.Future[tuple[set[str], int]] = asyncio.get_running_loop().create_future()
+        proc = self.proc
+        if proc is None or proc.returncode is not None or proc.stdin is None:
+            return self._restart(fut, parts, handed)
+        data = pickle.dumps(parts, protocol=pickle.HIGHEST_PROTOCOL)
+        self._waiting.append(fut)
+        proc.stdin.write(_LEN.pack(len(data)) + data)
+        if handed is None:
+            return fut
+        if not proc.stdin.transport.get_write_buffer_size():
+            handed()
+            return fut
+        return self._drained(proc.stdin, fut, handed)
+
+    async def _drained(
+        self, stdin: asyncio.StreamWriter, fut: asyncio.Future[tuple[set[str], int]],
+        handed: Callable[[], None],
+    ) -> tuple[set[str], int]:  # fmt: skip
+        await stdin.drain()  # the limits are 0: drained means all in the pipe
+        handed()
+        return await fut
+
+    async def _restart(
+        self, fut: asyncio.Future[tuple[set[str], int]], parts: Parts,
+        handed: Callable[[], None] | None,
+    ) -> tuple[set[str], int]:  # fmt: skip
+        await self.start()
+        return await self.commit(parts, handed)
+
+    async def _answers(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stdout is not None
+        why = "the inventory's writer process ended"
+        try:
+            while True:
+                (n,) = _LEN.unpack(await proc.stdout.readexactly(4))
+                answer = pickle.loads(await proc.stdout.readexactly(n))
+                fut = self._waiting.popleft()
+                if answer[0] == "ok":
+                    _, lost, forgot, self.pruned, self.forgotten = answer
+                    if not fut.done():
+                        fut.set_result((lost, forgot))
+                elif not fut.done():
+                    _, kind, message = answer
+                    error = {"busy": StoreBusy, "operational": sqlite3.OperationalError}.get(
+                        kind, sqlite3.DatabaseError
+                    )
+                    fut.set_exception(error(message))
+        except (asyncio.IncompleteReadError, ConnectionError) as e:
+            code = await proc.wait()
+            why = f"the inventory's writer process ended (exit status {code}): {e}"
+        finally:
+            if self.proc is proc:
+                self.proc = None
+            while self._waiting:
+                fut = self._waiting.popleft()
+                if not fut.done():
+                    fut.set_exception(StoreUnavailable(why))
+
+    async def aclose(self) -> None:
+        proc = self.proc
+        if proc is None:
+            return
+        self.proc = None
+        assert proc.stdin is not None
+        proc.stdin.close()  # its input ends: it finishes, checkpoints and exits
+        try:
+            await asyncio.wait_for(proc.wait(), 30)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+        if self._reader_task is not None:
+            await self._reader_task
+
+    def close(self) -> None:
+        """Without a loop (after aclose, nothing is left to do)."""
+        proc = self.proc
+        if proc is not None and proc.returncode is None:
+            proc.kill()
+
+
+def _read(stream: BinaryIO, n: int) -> bytes | None:
+    data = b""
+    while len(data) < n:
+        chunk = stream.read(n - len(data))
+        if not chunk:
+            return None
+        data += chunk
+    return data
+
+
+def main(argv: list[str]) -> int:
+    from .sqlite import Committer, connect
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    path, synchronous = Path(argv[0]), argv[1]
+    budget = Budget(int(argv[2]), float(argv[3]), int(argv[4]))
+    # answers go to the pipe the server reads; anything printed by mistake to the log
+    out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    inp = sys.stdin.buffer
+    db = connect(path, synchronous, budget.wal_limit)
+    # This process waits for the lock if another connection holds it (an operator's
+    # write, a checkpoint): nothing else waits on it but the commit's own answers.
+    db.execute("PRAGMA busy_timeout=5000")
+    db.execute("PRAGMA wal_autocheckpoint=0")  # the maintenance thread checkpoints
+    committer = Committer(db, path, budget)
+    closing = threading.Event()
+    maintenance = threading.Thread(target=committer.maintain, args=(closing,),
+                                   name="preprov-checkpoint", daemon=True)  # fmt: skip
+    maintenance.start()
+    try:
+        while True:
+            head = _read(inp, 4)
+            body = _read(inp, _LEN.unpack(head)[0]) if head else None
+            if body is None:
+                return 0
+            parts = pickle.loads(body)
+            answer: tuple[Any, ...]
+            try:
+                lost, forgot = committer.commit(parts)
+                answer = ("ok", lost, forgot, committer.pruned, committer.forgotten)
+            except StoreBusy as e:
+                answer = ("busy", "busy", str(e))
+            except sqlite3.OperationalError as e:
+                answer = ("error", "operational", str(e))
+            except sqlite3.Error as e:
+                answer = ("error", "database", f"{type(e).__name__}: {e}")
+            data = pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL)
+            out.write(_LEN.pack(len(data)) + data)
+            out.flush()
+    finally:
+        closing.set()
+        maintenance.join()
+        db.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

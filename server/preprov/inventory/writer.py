@@ -44,6 +44,23 @@ _LEN = struct.Struct(">I")
 PIPE_SIZE = 1 << 20
 
 
+class _Pipe(asyncio.Protocol):
+    """The write end of the writer's input: with write limits of 0, pause_writing
+    means bytes wait in this process and resume_writing that all are in the pipe."""
+
+    def __init__(self) -> None:
+        self.waiting: list[asyncio.Future[None]] = []
+
+    def resume_writing(self) -> None:
+        for fut in self.waiting:
+            if not fut.done():
+                fut.set_result(None)
+        self.waiting.clear()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.resume_writing()  # nothing more goes in: the answers say what happened
+
+
 class WriterProcess:
     """The server's side: starts the process, sends commits, matches the answers
     (in order: one pipe, one process, one transaction at a time)."""
@@ -52,23 +69,35 @@ class WriterProcess:
         self.args = [str(path), synchronous, str(budget.max_bytes), str(budget.max_age),
                      str(budget.max_events)]  # fmt: skip
         self.proc: asyncio.subprocess.Process | None = None
+        self._input: asyncio.WriteTransport | None = None
+        self._pipe = _Pipe()
         self._waiting: deque[asyncio.Future[tuple[set[str], int]]] = deque()
         self._reader_task: asyncio.Task[None] | None = None
         self.pruned = 0  # as the process last said
         self.forgotten = 0
 
     async def start(self) -> None:
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "preprov.inventory.writer", *self.args,
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        assert self.proc.stdin is not None
-        # drain() returns only once every byte is in the pipe, and the pipe holds a
-        # whole group commit (a MiB where the system allows: F_SETPIPE_SZ)
-        self.proc.stdin.transport.set_write_buffer_limits(high=0)
-        pipe = self.proc.stdin.transport.get_extra_info("pipe")
-        with contextlib.suppress(OSError, AttributeError):
-            fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+        # the input pipe made here, to make it hold a whole group commit (a MiB where
+        # the system allows it): the process reads what it holds even after we die
+        r, w = os.pipe()
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+        try:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "preprov.inventory.writer", *self.args,
+                stdin=r, stdout=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+        except BaseException:
+            os.close(w)
+            raise
+        finally:
+            os.close(r)
+        self._pipe = _Pipe()
+        transport, _ = await asyncio.get_running_loop().connect_write_pipe(
+            lambda: self._pipe, os.fdopen(w, "wb", buffering=0)
+        )
+        transport.set_write_buffer_limits(high=0)
+        self._input = transport
         self._reader_task = asyncio.ensure_future(self._answers(self.proc))
 
     def commit(
@@ -78,31 +107,32 @@ class WriterProcess:
         frame is in the pipe (at once, mostly): from there the process commits it
         even if the server dies."""
         fut: asyncio.Future[tuple[set[str], int]] = asyncio.get_running_loop().create_future()
-        proc = self.proc
-        if proc is None or proc.returncode is not None or proc.stdin is None:
-            return self._restart(fut, parts, handed)
+        proc, pipe = self.proc, self._input
+        if proc is None or proc.returncode is not None or pipe is None or pipe.is_closing():
+            return self._restart(parts, handed)
         data = pickle.dumps(parts, protocol=pickle.HIGHEST_PROTOCOL)
         self._waiting.append(fut)
-        proc.stdin.write(_LEN.pack(len(data)) + data)
+        pipe.write(_LEN.pack(len(data)) + data)
         if handed is None:
             return fut
-        if not proc.stdin.transport.get_write_buffer_size():
+        if not pipe.get_write_buffer_size():
             handed()
             return fut
-        return self._drained(proc.stdin, fut, handed)
+        drained: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pipe.waiting.append(drained)
+        return self._drained(drained, fut, handed)
 
     async def _drained(
-        self, stdin: asyncio.StreamWriter, fut: asyncio.Future[tuple[set[str], int]],
+        self, drained: asyncio.Future[None], fut: asyncio.Future[tuple[set[str], int]],
         handed: Callable[[], None],
     ) -> tuple[set[str], int]:  # fmt: skip
-        await stdin.drain()  # the limits are 0: drained means all in the pipe
+        await drained
         handed()
         return await fut
 
     async def _restart(
-        self, fut: asyncio.Future[tuple[set[str], int]], parts: Parts,
-        handed: Callable[[], None] | None,
-    ) -> tuple[set[str], int]:  # fmt: skip
+        self, parts: Parts, handed: Callable[[], None] | None
+    ) -> tuple[set[str], int]:
         await self.start()
         return await self.commit(parts, handed)
 
@@ -130,6 +160,9 @@ class WriterProcess:
         finally:
             if self.proc is proc:
                 self.proc = None
+                if self._input is not None:
+                    self._input.close()
+                    self._input = None
             while self._waiting:
                 fut = self._waiting.popleft()
                 if not fut.done():
@@ -140,8 +173,9 @@ class WriterProcess:
         if proc is None:
             return
         self.proc = None
-        assert proc.stdin is not None
-        proc.stdin.close()  # its input ends: it finishes, checkpoints and exits
+        if self._input is not None:
+            self._input.close()  # its input ends: it finishes, checkpoints and exits
+            self._input = None
         try:
             await asyncio.wait_for(proc.wait(), 30)
         except TimeoutError:

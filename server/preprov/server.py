@@ -610,8 +610,12 @@ class Server:
         # kept, and the server stops once started, cleanly
         loop.add_signal_handler(signal.SIGINT, self.request_stop, "SIGINT")
         loop.add_signal_handler(signal.SIGTERM, self.request_stop, "SIGTERM")
+        hup: list[int] = []  # a reload asked while it starts: done once started
+        loop.add_signal_handler(signal.SIGHUP, hup.append, 1)
         await self.start()
         loop.add_signal_handler(signal.SIGHUP, self.reload)  # problems are logged
+        if hup:
+            self.reload()
         try:
             await self._stop.wait()
         finally:

@@ -42,7 +42,7 @@ from .queries import (
     Reads,
     for_postgres,
 )
-from .store import BOOT_GAP, Batch, Budget, DeviceRows, SchemaTooNew, StoreUnavailable
+from .store import BOOT_GAP, Batch, Budget, DeviceRows, SchemaTooNew, StoreUnavailable, records
 
 T = TypeVar("T")
 
@@ -202,7 +202,8 @@ class PostgresStore:
     ) -> Awaitable[set[str]]:
         """The batch is prepared now, in the order the events came; its transaction is
         awaited (the Recorder keeps one in flight)."""
-        return self._write(self.rows.prepare(events, 1))
+        recs, datas = records(events)
+        return self._write(self.rows.prepare(recs, 1, datas))
 
     async def _write(self, batch: Batch) -> set[str]:
         try:

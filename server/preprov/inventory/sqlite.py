@@ -32,7 +32,17 @@ from .queries import (
     Device,
     Reads,
 )
-from .store import BOOT_GAP, Budget, DeviceRows, SchemaTooNew, StoreBusy, _stage_of, mark_lost
+from .store import (
+    BOOT_GAP,
+    Budget,
+    DeviceRows,
+    Record,
+    SchemaTooNew,
+    StoreBusy,
+    _stage_of,
+    mark_lost,
+    records,
+)
 from .writer import WriterProcess
 
 T = TypeVar("T")
@@ -153,9 +163,8 @@ def connect(path: Path, synchronous: str, wal_limit: int) -> sqlite3.Connection:
     return db
 
 
-# One group commit as the writer receives it (plain tuples: it crosses a pipe):
-# CLAIM_LEASE's parameters, the index of each lease's event, the events' rows, the
-# devices' UPSERT_DEVICE and UPDATE_DEVICE parameters.
+# One group commit's statements' parameters: CLAIM_LEASE's, the index of each
+# lease's event, the events' rows, the devices' UPSERT_DEVICE and UPDATE_DEVICE.
 Parts = tuple[
     list[tuple[Any, ...]], list[int], list[tuple[float, str | None, str, str, str]],
     list[dict[str, Any]], list[dict[str, Any]],
@@ -177,6 +186,23 @@ class Committer:
         self.forget: tuple[int, list[str]] = (0, [])  # the change cursor, devices to forget
         self.forgotten = 0
         self.pruned = 0  # events pruned since start
+
+    def write(
+        self, rows: DeviceRows, recs: Sequence[Record], datas: Sequence[dict[str, Any]] = ()
+    ) -> set[str]:
+        """The records in one transaction, their device rows as `rows` says: the
+        addresses whose claims failed (another process on the same file bound them
+        first)."""
+        batch = rows.prepare(recs, 1, datas)  # 1: the commit takes the cursor's value
+        try:
+            lost, forgot = self.commit((batch.leases, batch.lease_events, batch.events,
+                                        batch.upserts, batch.updates))  # fmt: skip
+        except BaseException:
+            rows.restore(batch)
+            raise
+        if forgot:
+            rows.written.clear()
+        return lost
 
     def commit(self, parts: Parts) -> tuple[set[str], int]:
         """One transaction: the addresses whose claims failed (another process on the
@@ -360,7 +386,8 @@ class SQLiteStore:
         self.on_registered: Callable[[str], None] = lambda mac: None
         self.on_told: Callable[[list[tuple[str, str, dict[str, Any]]]], None] = lambda t: None
         self.committer = Committer(self.db, path, self.budget)
-        self.writer = WriterProcess(path, synchronous, self.budget) if writer_process else None
+        self.writer = (WriterProcess(path, synchronous, self.budget, server, boot_gap)
+                       if writer_process else None)  # fmt: skip
         if self.writer is not None:
             # the writer process's maintenance checkpoints; an operator's write on this
             # connection would otherwise copy the WAL on the event loop
@@ -424,32 +451,11 @@ class SQLiteStore:
     ) -> set[str] | Awaitable[set[str]]:
         """One group commit; the addresses whose claims failed (none but with a second
         process on the same file: one server decides every lease of its file).
-        `handed` is called once the writer process has the rows (not without one)."""
-        batch = self.rows.prepare(events, 1)  # 1: the commit takes the cursor's value
-        parts: Parts = (batch.leases, batch.lease_events, batch.events, batch.upserts,
-                        batch.updates)  # fmt: skip
+        `handed` is called once the writer process has the records (not without one)."""
+        recs, datas = records(events)
         if self.writer is not None:
-            return self._committed(self.writer.commit(parts, handed))
-        try:
-            lost, forgot = self.committer.commit(parts)
-        except BaseException:
-            self.rows.restore(batch)
-            raise
-        if forgot:
-            self.rows.written.clear()
-        return lost
-
-    async def _committed(self, reply: Awaitable[tuple[set[str], int]]) -> set[str]:
-        try:
-            lost, forgot = await reply
-        except BaseException:
-            # the next batch may have been prepared on this one's rows already: every
-            # device's row is written in full next time instead (restore() undoes one)
-            self.rows.written.clear()
-            raise
-        if forgot:
-            self.rows.written.clear()
-        return lost
+            return self.writer.write(recs, handed)
+        return self.committer.write(self.rows, recs, datas)
 
     def _execute(self, sql: str, args: Sequence[Any]) -> sqlite3.Cursor:
         """One statement outside the group commit, retried while the database is busy
@@ -481,6 +487,8 @@ class SQLiteStore:
     def forget_device(self, mac: str) -> bool:
         """The device and its events, as if never seen (its leases stay: the address is
         still held). It shows up again when it next sends something."""
+        if self.writer is not None:
+            self.writer.forget(mac)
         self.rows.written.pop(mac, None)
         self._execute("DELETE FROM events WHERE mac = ?", (mac,))
         return self._execute("DELETE FROM devices WHERE mac = ?", (mac,)).rowcount > 0

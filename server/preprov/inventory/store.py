@@ -213,6 +213,28 @@ def mark_lost(
             events[i] = (ts, mac, kind, orjson.dumps(d).decode(), server)
 
 
+# One event as the inventory writes it, in plain values (it crosses a pipe to the
+# SQLite writer process): its time, its device's MAC (a device event's), kind,
+# fields as JSON, level "info", a refusal (is_refusal), and for a lease event
+# CLAIM_LEASE's parameters but the server's name.
+Record = tuple[float, str | None, str, str, bool, bool, tuple[Any, ...] | None]
+
+
+def records(events: Sequence[Event]) -> tuple[list[Record], list[dict[str, Any]]]:
+    """The events as records, and their fields as dicts (DeviceRows.prepare's `datas`)."""
+    out: list[Record] = []
+    datas: list[dict[str, Any]] = []
+    for ev in events:
+        data = ev.fields()
+        lease = ((ev.ip, ev.client_id, ev.mac, ev.state, ev.expires, ev.hostname, ev.ts)
+                 if isinstance(ev, (Dhcp4Lease, Dhcp6Lease)) else None)  # fmt: skip
+        out.append((ev.ts, data.get("mac") if isinstance(ev, DeviceEvent) else None, ev.kind,
+                    orjson.dumps(data, default=str).decode(), ev.level == "info",
+                    is_refusal(ev), lease))  # fmt: skip
+        datas.append(data)
+    return out, datas
+
+
 class DeviceRows:
     """What a batch of events does to the device rows: one dict of parameters per
     device for UPSERT_DEVICE / UPDATE_DEVICE, boots and stages folded in.
@@ -228,35 +250,35 @@ class DeviceRows:
         # per device: what its row says, when it was written, files served since
         self.written: dict[str, tuple[tuple[object, ...], float, int]] = {}
 
-    def prepare(self, events: Sequence[Event], changed: int) -> Batch:
-        """`changed`: the change cursor's value for rows with a new fact."""
+    def prepare(
+        self, records: Sequence[Record], changed: int, datas: Sequence[dict[str, Any]] = ()
+    ) -> Batch:
+        """`changed`: the change cursor's value for rows with a new fact; `datas`, the
+        records' fields as dicts where the caller has them (else read from the JSON)."""
         rows: list[tuple[float, str | None, str, str, str]] = []
         leases: list[tuple[Any, ...]] = []
         lease_events: list[int] = []
         devices: dict[str, dict[str, Any]] = {}
         server = self.server
-        for ev in events:
-            data = ev.fields()
-            if isinstance(ev, (Dhcp4Lease, Dhcp6Lease)):
-                leases.append((ev.ip, ev.client_id, ev.mac, ev.state, ev.expires, ev.hostname,
-                               ev.ts, server))  # fmt: skip
+        for i, (ts, mac, kind, text, info, refused, lease) in enumerate(records):
+            if lease is not None:
+                leases.append((*lease, server))
                 lease_events.append(len(rows))
-            mac = data.get("mac") if isinstance(ev, DeviceEvent) else None
-            rows.append((ev.ts, mac, ev.kind, orjson.dumps(data, default=str).decode(), server))
+            rows.append((ts, mac, kind, text, server))
             if mac:
+                data = datas[i] if datas else orjson.loads(text)
                 d = devices.get(mac)
                 if d is None:
                     d = devices[mac] = dict.fromkeys(_UPSERT_KEYS)
-                    d["mac"], d["first"], d["files"], d["stage"] = mac, ev.ts, 0, 0
+                    d["mac"], d["first"], d["files"], d["stage"] = mac, ts, 0, 0
                     d["create"], d["boot_sure"], d["server"] = False, 0, server
-                elif _starts_boot(ev.kind, data) and ev.ts - d["last"] >= self.boot_gap:
+                elif _starts_boot(kind, data) and ts - d["last"] >= self.boot_gap:
                     # a new boot within this batch: what came before it is the old one's
                     d.update(pnp=None, dhcp=None, files=0, stage=0, error=None, prov=None,
                              boot=None, boot_sure=1)  # fmt: skip
-                if d["boot"] is None and _starts_boot(ev.kind, data):
-                    d["boot"] = ev.ts
-                d["last"], d["kind"] = ev.ts, ev.kind
-                refused = is_refusal(ev)
+                if d["boot"] is None and _starts_boot(kind, data):
+                    d["boot"] = ts
+                d["last"], d["kind"] = ts, kind
                 prefix = "g" if refused else ""
                 for k in ("model", "fwver", "vendor"):
                     if data[k]:
@@ -264,13 +286,13 @@ class DeviceRows:
                 client = data["client"]
                 if client:
                     d[prefix + ("ipv6" if ":" in client else "ipv4")] = client
-                if ev.level != "info":
-                    d["error"] = f"{ev.kind}: {data.get('reason', '')}"
+                if not info:
+                    d["error"] = f"{kind}: {data.get('reason', '')}"
                 if not refused or data["channel"] in ("http", "https"):
                     d["create"] = True
-                _stage_of(d, ev.kind, data)
+                _stage_of(d, kind, data)
                 if d["stage"] >= 3 and d["prov"] is None:
-                    d["prov"] = ev.ts
+                    d["prov"] = ts
         upserts: list[dict[str, Any]] = []
         updates: list[dict[str, Any]] = []
         prior: dict[str, tuple[tuple[object, ...], float, int] | None] = {}

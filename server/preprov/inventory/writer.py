@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from .store import Budget, StoreBusy, StoreUnavailable
 
 if TYPE_CHECKING:
-    from .sqlite import Parts
+    from .store import Record
 
 _LEN = struct.Struct(">I")
 PIPE_SIZE = 1 << 20
@@ -65,13 +65,15 @@ class WriterProcess:
     """The server's side: starts the process, sends commits, matches the answers
     (in order: one pipe, one process, one transaction at a time)."""
 
-    def __init__(self, path: Path, synchronous: str, budget: Budget) -> None:
+    def __init__(
+        self, path: Path, synchronous: str, budget: Budget, server: str, boot_gap: float
+    ) -> None:
         self.args = [str(path), synchronous, str(budget.max_bytes), str(budget.max_age),
-                     str(budget.max_events)]  # fmt: skip
+                     str(budget.max_events), server, str(boot_gap)]  # fmt: skip
         self.proc: asyncio.subprocess.Process | None = None
         self._input: asyncio.WriteTransport | None = None
         self._pipe = _Pipe()
-        self._waiting: deque[asyncio.Future[tuple[set[str], int]]] = deque()
+        self._waiting: deque[asyncio.Future[set[str]]] = deque()
         self._reader_task: asyncio.Task[None] | None = None
         self.pruned = 0  # as the process last said
         self.forgotten = 0
@@ -100,17 +102,27 @@ class WriterProcess:
         self._input = transport
         self._reader_task = asyncio.ensure_future(self._answers(self.proc))
 
-    def commit(
-        self, parts: Parts, handed: Callable[[], None] | None = None
-    ) -> Awaitable[tuple[set[str], int]]:
-        """The commit's answer, awaitable; `handed` is called as soon as the whole
-        frame is in the pipe (at once, mostly): from there the process commits it
-        even if the server dies."""
-        fut: asyncio.Future[tuple[set[str], int]] = asyncio.get_running_loop().create_future()
+    def write(
+        self, recs: list[Record], handed: Callable[[], None] | None = None
+    ) -> Awaitable[set[str]]:
+        """The records' group commit: the claims it lost, awaitable. `handed` is called
+        as soon as the whole frame is in the pipe (at once, mostly): from there the
+        process commits it even if the server dies."""
+        return self._send(("write", recs), handed)
+
+    def forget(self, mac: str) -> None:
+        """The device is deleted: its row is written in full when it comes back."""
+        if self.proc is not None:
+            self._send(("forget", mac), None)
+
+    def _send(
+        self, frame: tuple[str, Any], handed: Callable[[], None] | None
+    ) -> Awaitable[set[str]]:
+        fut: asyncio.Future[set[str]] = asyncio.get_running_loop().create_future()
         proc, pipe = self.proc, self._input
         if proc is None or proc.returncode is not None or pipe is None or pipe.is_closing():
-            return self._restart(parts, handed)
-        data = pickle.dumps(parts, protocol=pickle.HIGHEST_PROTOCOL)
+            return self._restart(frame, handed)
+        data = pickle.dumps(frame, protocol=pickle.HIGHEST_PROTOCOL)
         self._waiting.append(fut)
         pipe.write(_LEN.pack(len(data)) + data)
         if handed is None:
@@ -123,18 +135,18 @@ class WriterProcess:
         return self._drained(drained, fut, handed)
 
     async def _drained(
-        self, drained: asyncio.Future[None], fut: asyncio.Future[tuple[set[str], int]],
+        self, drained: asyncio.Future[None], fut: asyncio.Future[set[str]],
         handed: Callable[[], None],
-    ) -> tuple[set[str], int]:  # fmt: skip
+    ) -> set[str]:  # fmt: skip
         await drained
         handed()
         return await fut
 
     async def _restart(
-        self, parts: Parts, handed: Callable[[], None] | None
-    ) -> tuple[set[str], int]:
+        self, frame: tuple[str, Any], handed: Callable[[], None] | None
+    ) -> set[str]:
         await self.start()
-        return await self.commit(parts, handed)
+        return await self._send(frame, handed)
 
     async def _answers(self, proc: asyncio.subprocess.Process) -> None:
         assert proc.stdout is not None
@@ -145,9 +157,9 @@ class WriterProcess:
                 answer = pickle.loads(await proc.stdout.readexactly(n))
                 fut = self._waiting.popleft()
                 if answer[0] == "ok":
-                    _, lost, forgot, self.pruned, self.forgotten = answer
+                    _, lost, self.pruned, self.forgotten = answer
                     if not fut.done():
-                        fut.set_result((lost, forgot))
+                        fut.set_result(lost)
                 elif not fut.done():
                     _, kind, message = answer
                     error = {"busy": StoreBusy, "operational": sqlite3.OperationalError}.get(
@@ -203,11 +215,13 @@ def _read(stream: BinaryIO, n: int) -> bytes | None:
 
 def main(argv: list[str]) -> int:
     from .sqlite import Committer, connect
+    from .store import DeviceRows
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     path, synchronous = Path(argv[0]), argv[1]
     budget = Budget(int(argv[2]), float(argv[3]), int(argv[4]))
+    rows = DeviceRows(argv[5], float(argv[6]))  # what the device rows say, here only
     # answers go to the pipe the server reads; anything printed by mistake to the log
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
@@ -228,11 +242,15 @@ def main(argv: list[str]) -> int:
             body = _read(inp, _LEN.unpack(head)[0]) if head else None
             if body is None:
                 return 0
-            parts = pickle.loads(body)
+            what, arg = pickle.loads(body)
             answer: tuple[Any, ...]
             try:
-                lost, forgot = committer.commit(parts)
-                answer = ("ok", lost, forgot, committer.pruned, committer.forgotten)
+                lost: set[str] = set()
+                if what == "write":
+                    lost = committer.write(rows, arg)
+                elif what == "forget":
+                    rows.written.pop(arg, None)
+                answer = ("ok", lost, committer.pruned, committer.forgotten)
             except StoreBusy as e:
                 answer = ("busy", "busy", str(e))
             except sqlite3.OperationalError as e:

@@ -379,7 +379,7 @@ class SQLiteStore:
         self.rows = DeviceRows(server, boot_gap)
         self.shared = False  # other servers may write to this inventory
         # commits in flight to the writer process: it commits one while the next comes
-        self.pipeline = 2
+        self.pipeline = 16
         # one SQLite inventory, one server: nobody else commits
         self.on_leases: Callable[[list[dict[str, Any]]], None] = lambda leases: None
         self.on_change: Callable[[str], None] = lambda server: None

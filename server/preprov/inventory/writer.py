@@ -35,9 +35,10 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from .store import Budget, StoreBusy, StoreUnavailable
+from .store import Budget, DeviceRows, StoreBusy, StoreUnavailable
 
 if TYPE_CHECKING:
+    from .sqlite import Committer
     from .store import Record
 
 _LEN = struct.Struct(">I")
@@ -203,19 +204,75 @@ class WriterProcess:
             proc.kill()
 
 
-def _read(stream: BinaryIO, n: int) -> bytes | None:
-    data = b""
-    while len(data) < n:
-        chunk = stream.read(n - len(data))
-        if not chunk:
-            return None
-        data += chunk
-    return data
+def _frames(buf: bytearray) -> list[tuple[str, Any]]:
+    """The whole frames at the head of `buf`, taken out of it."""
+    frames = []
+    at = 0
+    while len(buf) - at >= 4:
+        (n,) = _LEN.unpack_from(buf, at)
+        if len(buf) - at - 4 < n:
+            break
+        frames.append(pickle.loads(memoryview(buf)[at + 4 : at + 4 + n]))
+        at += 4 + n
+    del buf[:at]
+    return frames
+
+
+def _answer(error: BaseException) -> tuple[Any, ...]:
+    if isinstance(error, StoreBusy):
+        return ("busy", "busy", str(error))
+    if isinstance(error, sqlite3.OperationalError):
+        return ("error", "operational", str(error))
+    return ("error", "database", f"{type(error).__name__}: {error}")
+
+
+def serve(
+    inp: int, out: BinaryIO, committer: Committer, rows: DeviceRows
+) -> None:
+    """Until the input ends: everything that has arrived is committed together (the
+    group commits that queued while the last one ran make one transaction), and
+    each frame answered in order."""
+    buf = bytearray()
+    while chunk := os.read(inp, PIPE_SIZE):
+        buf += chunk
+        answers: list[tuple[Any, ...]] = []
+        group: list[list[Record]] = []
+        for what, arg in [*_frames(buf), ("end", None)]:
+            if what == "write":
+                group.append(arg)
+                continue
+            if group:
+                answers += _commit(committer, rows, group)
+                group = []
+            if what == "forget":
+                rows.written.pop(arg, None)
+                answers.append(("ok", set(), committer.pruned, committer.forgotten))
+        if answers:
+            out.write(b"".join(_LEN.pack(len(d)) + d for d in
+                               (pickle.dumps(a, protocol=pickle.HIGHEST_PROTOCOL)
+                                for a in answers)))  # fmt: skip
+            out.flush()
+
+
+def _commit(
+    committer: Committer, rows: DeviceRows, group: list[list[Record]]
+) -> list[tuple[Any, ...]]:
+    """One transaction for the group; an answer per frame, with the claims it lost."""
+    try:
+        lost = committer.write(rows, [r for recs in group for r in recs])
+    except sqlite3.Error as e:
+        return [_answer(e)] * len(group)
+    except StoreBusy as e:
+        return [_answer(e)] * len(group)
+    pruned, forgotten = committer.pruned, committer.forgotten
+    if not lost:
+        return [("ok", set(), pruned, forgotten)] * len(group)
+    return [("ok", {r[6][0] for r in recs if r[6] is not None} & lost, pruned, forgotten)
+            for recs in group]  # fmt: skip
 
 
 def main(argv: list[str]) -> int:
     from .sqlite import Committer, connect
-    from .store import DeviceRows
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -225,7 +282,6 @@ def main(argv: list[str]) -> int:
     # answers go to the pipe the server reads; anything printed by mistake to the log
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
-    inp = sys.stdin.buffer
     db = connect(path, synchronous, budget.wal_limit)
     # This process waits for the lock if another connection holds it (an operator's
     # write, a checkpoint): nothing else waits on it but the commit's own answers.
@@ -237,29 +293,8 @@ def main(argv: list[str]) -> int:
                                    name="preprov-checkpoint", daemon=True)  # fmt: skip
     maintenance.start()
     try:
-        while True:
-            head = _read(inp, 4)
-            body = _read(inp, _LEN.unpack(head)[0]) if head else None
-            if body is None:
-                return 0
-            what, arg = pickle.loads(body)
-            answer: tuple[Any, ...]
-            try:
-                lost: set[str] = set()
-                if what == "write":
-                    lost = committer.write(rows, arg)
-                elif what == "forget":
-                    rows.written.pop(arg, None)
-                answer = ("ok", lost, committer.pruned, committer.forgotten)
-            except StoreBusy as e:
-                answer = ("busy", "busy", str(e))
-            except sqlite3.OperationalError as e:
-                answer = ("error", "operational", str(e))
-            except sqlite3.Error as e:
-                answer = ("error", "database", f"{type(e).__name__}: {e}")
-            data = pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL)
-            out.write(_LEN.pack(len(data)) + data)
-            out.flush()
+        serve(0, out, committer, rows)
+        return 0
     finally:
         closing.set()
         maintenance.join()

@@ -184,8 +184,16 @@ def store_with_leases(state: Path, n: int) -> None:
 
 
 def rss_mib(pid: int) -> float:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return int(status.split("VmRSS:")[1].split()[0]) / 1024
+    """The server's resident memory and its children's (its inventory's writer)."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    total = 0
+    for p in (pid, *children):
+        status = Path(f"/proc/{p}/status").read_text()
+        total += int(status.split("VmRSS:")[1].split()[0])
+    return total / 1024
 
 
 def main() -> int:
@@ -273,7 +281,8 @@ def main() -> int:
         ratio = best_pp / best_kea if best_kea else float("nan")
         print(f"highest rate with <= 2.5 % drops: preprov {best_pp}/s, kea {best_kea}/s, "
               f"ratio {ratio:.2f} (target >= 0.5)")  # fmt: skip
-        print(f"preprov resident memory with 100,000 leases: {rss:.0f} MiB (target <= 250)")
+        print(f"preprov resident memory with 100,000 leases (with its writer process): "
+              f"{rss:.0f} MiB (target <= 250)")
         results = {"preprov": rows_pp, "kea": rows_kea, "best_preprov": best_pp,
                    "best_kea": best_kea, "ratio": ratio, "rss_mib_100k": rss}  # fmt: skip
         out = HERE / "results"

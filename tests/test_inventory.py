@@ -144,6 +144,55 @@ def test_writer_process_killed_the_server_answers_and_loses_no_event(tmp_path: P
     assert set(macs) | {"0080F0A00000"} <= recorded
 
 
+def test_a_failed_commit_keeps_its_events_until_the_database_takes_them(
+    tmp_path: Path,
+) -> None:
+    """A file's answer leaves once its event is handed to the writer process; if the
+    commit then fails (here: the events table renamed away under it, as a full disk
+    or an I/O error would fail it), the events wait and are written once it works
+    again, and the server says so (inventory.unavailable, inventory.recovered)."""
+    sp = start_server(tmp_path)
+    path = sp.state_dir / "preprov.db"
+
+    def fetch(mac: str) -> int:
+        conn = http.client.HTTPConnection("127.0.0.1", sp.port, timeout=5)
+        ua = f"Panasonic_KX-HDV130/01.000 ({mac.lower()})"
+        conn.request("GET", f"/Config{mac}.cfg", headers={"User-Agent": ua})
+        status = conn.getresponse().status
+        conn.close()
+        return status
+
+    def rename(a: str, b: str) -> None:
+        db = sqlite3.connect(path, timeout=10)
+        db.execute(f"ALTER TABLE {a} RENAME TO {b}")
+        db.commit()
+        db.close()
+
+    macs = [f"0080F0B0{i:04X}" for i in range(6)]
+    try:
+        assert fetch(macs[0]) == 200
+        deadline = time.monotonic() + 10  # the writer is up: it committed that one
+        while time.monotonic() < deadline:
+            db = sqlite3.connect(path, timeout=10)
+            (n,) = db.execute("SELECT count(*) FROM events WHERE mac = ?", (macs[0],)).fetchone()
+            db.close()
+            if n:
+                break
+            time.sleep(0.05)
+        rename("events", "events_away")
+        assert [fetch(m) for m in macs[1:]] == [200] * 5
+        down = sp.wait_event("inventory.unavailable")
+        assert "writer: OperationalError: no such table: events" in str(down["reason"]), down
+        rename("events_away", "events")
+        sp.wait_event("inventory.recovered")
+    finally:
+        assert sp.stop() == 0
+    db = sqlite3.connect(path)
+    recorded = {m for (m,) in db.execute("SELECT mac FROM events WHERE kind = 'file.served'")}
+    db.close()
+    assert set(macs) <= recorded
+
+
 def refused(mac: str | None, ts: float = 1.0, channel: str = "tftp") -> FileRefused:
     return FileRefused(channel=channel, client="198.18.0.9", mac=mac, path="/x", status=404,
                        reason="no template", ts=ts)  # fmt: skip

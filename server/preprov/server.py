@@ -7,6 +7,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import ipaddress
+import logging
 import signal
 import socket
 import time
@@ -485,7 +486,11 @@ class Server:
 
     async def _remember(self) -> None:
         assert self.store is not None
-        history = await self.store.read(lambda r: r.recent_facts(REMEMBER_EVENTS))
+        try:
+            history = await self.store.read(lambda r: r.recent_facts(REMEMBER_EVENTS))
+        except Exception as e:  # the inventory unreadable now: learnt again as phones ask
+            logging.getLogger("preprov").warning("devices' facts not read at start: %s", e)
+            return
         self.directory.remember(history)
 
     def _release_memory(self) -> None:

@@ -26,7 +26,6 @@ import fcntl
 import os
 import pickle
 import signal
-import sqlite3
 import struct
 import sys
 import threading
@@ -35,7 +34,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from .store import Budget, DeviceRows, StoreBusy, StoreUnavailable
+from .store import Budget, DeviceRows, StoreUnavailable
 
 if TYPE_CHECKING:
     from .sqlite import Committer
@@ -156,17 +155,19 @@ class WriterProcess:
             while True:
                 (n,) = _LEN.unpack(await proc.stdout.readexactly(4))
                 answer = pickle.loads(await proc.stdout.readexactly(n))
+                if answer[0] == "fatal":  # it could not start: the next commit tries again
+                    why = f"the inventory's writer could not start: {answer[1]}"
+                    break
                 fut = self._waiting.popleft()
                 if answer[0] == "ok":
                     _, lost, self.pruned, self.forgotten = answer
                     if not fut.done():
                         fut.set_result(lost)
                 elif not fut.done():
-                    _, kind, message = answer
-                    error = {"busy": StoreBusy, "operational": sqlite3.OperationalError}.get(
-                        kind, sqlite3.DatabaseError
-                    )
-                    fut.set_exception(error(message))
+                    # a commit that failed (a full disk, an I/O error, the lock held past
+                    # 5 s): its events wait and are written again, as while a database
+                    # cannot be reached; their answers may have left already
+                    fut.set_exception(StoreUnavailable(f"the inventory's writer: {answer[1]}"))
         except (asyncio.IncompleteReadError, ConnectionError) as e:
             code = await proc.wait()
             why = f"the inventory's writer process ended (exit status {code}): {e}"
@@ -218,14 +219,6 @@ def _frames(buf: bytearray) -> list[tuple[str, Any]]:
     return frames
 
 
-def _answer(error: BaseException) -> tuple[Any, ...]:
-    if isinstance(error, StoreBusy):
-        return ("busy", "busy", str(error))
-    if isinstance(error, sqlite3.OperationalError):
-        return ("error", "operational", str(error))
-    return ("error", "database", f"{type(error).__name__}: {error}")
-
-
 def serve(
     inp: int, out: BinaryIO, committer: Committer, rows: DeviceRows
 ) -> None:
@@ -260,10 +253,8 @@ def _commit(
     """One transaction for the group; an answer per frame, with the claims it lost."""
     try:
         lost = committer.write(rows, [r for recs in group for r in recs])
-    except sqlite3.Error as e:
-        return [_answer(e)] * len(group)
-    except StoreBusy as e:
-        return [_answer(e)] * len(group)
+    except Exception as e:  # told to the server, which keeps the events
+        return [("error", f"{type(e).__name__}: {e}")] * len(group)
     pruned, forgotten = committer.pruned, committer.forgotten
     if not lost:
         return [("ok", set(), pruned, forgotten)] * len(group)
@@ -282,12 +273,18 @@ def main(argv: list[str]) -> int:
     # answers go to the pipe the server reads; anything printed by mistake to the log
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
-    db = connect(path, synchronous, budget.wal_limit)
-    # This process waits for the lock if another connection holds it (an operator's
-    # write, a checkpoint): nothing else waits on it but the commit's own answers.
-    db.execute("PRAGMA busy_timeout=5000")
-    db.execute("PRAGMA wal_autocheckpoint=0")  # the maintenance thread checkpoints
-    committer = Committer(db, path, budget)
+    try:
+        db = connect(path, synchronous, budget.wal_limit)
+        # This process waits for the lock if another connection holds it (an operator's
+        # write, a checkpoint): nothing else waits on it but the commit's own answers.
+        db.execute("PRAGMA busy_timeout=5000")
+        db.execute("PRAGMA wal_autocheckpoint=0")  # the maintenance thread checkpoints
+        committer = Committer(db, path, budget)
+    except Exception as e:  # told to the server: its inventory is unavailable, and why
+        data = pickle.dumps(("fatal", f"{type(e).__name__}: {e}"))
+        out.write(_LEN.pack(len(data)) + data)
+        out.flush()
+        return 1
     closing = threading.Event()
     maintenance = threading.Thread(target=committer.maintain, args=(closing,),
                                    name="preprov-checkpoint", daemon=True)  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import sys
 import time
@@ -18,6 +19,8 @@ from .inventory.store import SchemaTooNew, StoreUnavailable, open_store
 from .macros import expand_macros, normalize_mac
 from .runtime import Runtime, SetupError, build_runtime
 from .server import Server, plan
+
+GC_YOUNG = 10_000  # see serve()
 
 SAMPLE_MAC = "0080F0000001"
 
@@ -119,6 +122,12 @@ def serve(config: str | None, **flags: Any) -> None:
     except ConfigError as e:
         _fail(f"preprov: configuration refused\n{e}", 1)
     server = Server(load)
+    # The cyclic garbage collector's young generation at 10,000 objects instead of 700:
+    # every packet allocates events and dicts, and at 700 the collector ran about
+    # fifty times a second, its older generations in proportion (pauses up to 77 ms
+    # over the growing lease tables). Measured: DHCPv4 sustained 3,500 exchanges/s
+    # with the defaults, 4,000 with this (README, "Speed"); HTTP the same.
+    gc.set_threshold(GC_YOUNG, 10, 10)
     try:
         # uvloop: 44k against 33k answers/s for aiohttp on one core here (README, "Speed")
         uvloop.run(server.run())

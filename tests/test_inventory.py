@@ -23,7 +23,7 @@ from preprov.events import (
 )
 from preprov.inventory.sqlite import PRUNE_CHUNK, SCHEMA, SCHEMA_VERSION, SQLiteStore
 from preprov.inventory.store import NOISE_BURST, Budget, Recorder, SchemaTooNew
-from serverproc import start_server
+from serverproc import ServerProc, start_server
 
 
 def served(mac: str, ts: float = 1.0, **kw: object) -> FileServed:
@@ -109,6 +109,16 @@ def test_kill_9_in_the_middle_of_writes_loses_nothing_served(tmp_path: Path) -> 
     store.close()
 
 
+def fetch(sp: ServerProc, mac: str) -> int:
+    """A phone's fetch of its own file: the status."""
+    conn = http.client.HTTPConnection("127.0.0.1", sp.port, timeout=5)
+    ua = f"Panasonic_KX-HDV130/01.000 ({mac.lower()})"
+    conn.request("GET", f"/Config{mac}.cfg", headers={"User-Agent": ua})
+    status = conn.getresponse().status
+    conn.close()
+    return status
+
+
 def test_writer_process_killed_the_server_answers_and_loses_no_event(tmp_path: Path) -> None:
     """The group commits run in a writer process (inventory/writer.py). SIGKILLed, its
     commit in flight fails as "inventory unavailable": the server keeps answering
@@ -116,23 +126,14 @@ def test_writer_process_killed_the_server_answers_and_loses_no_event(tmp_path: P
     restart."""
     sp = start_server(tmp_path)
     try:
-
-        def fetch(mac: str) -> int:
-            conn = http.client.HTTPConnection("127.0.0.1", sp.port, timeout=5)
-            ua = f"Panasonic_KX-HDV130/01.000 ({mac.lower()})"
-            conn.request("GET", f"/Config{mac}.cfg", headers={"User-Agent": ua})
-            status = conn.getresponse().status
-            conn.close()
-            return status
-
-        assert fetch("0080F0A00000") == 200
+        assert fetch(sp, "0080F0A00000") == 200
         children = Path(f"/proc/{sp.proc.pid}/task/{sp.proc.pid}/children").read_text().split()
         writers = [int(c) for c in children
                    if b"preprov.inventory.writer" in Path(f"/proc/{c}/cmdline").read_bytes()]
         assert len(writers) == 1, children
         os.kill(writers[0], signal.SIGKILL)
         macs = [f"0080F0A0{i:04X}" for i in range(1, 41)]
-        assert [fetch(m) for m in macs] == [200] * 40
+        assert [fetch(sp, m) for m in macs] == [200] * 40
         sp.wait_event("inventory.recovered")
         status = Path(f"/proc/{sp.proc.pid}/task/{sp.proc.pid}/children").read_text().split()
         assert [c for c in status if c not in children], "no new writer process"
@@ -154,14 +155,6 @@ def test_a_failed_commit_keeps_its_events_until_the_database_takes_them(
     sp = start_server(tmp_path)
     path = sp.state_dir / "preprov.db"
 
-    def fetch(mac: str) -> int:
-        conn = http.client.HTTPConnection("127.0.0.1", sp.port, timeout=5)
-        ua = f"Panasonic_KX-HDV130/01.000 ({mac.lower()})"
-        conn.request("GET", f"/Config{mac}.cfg", headers={"User-Agent": ua})
-        status = conn.getresponse().status
-        conn.close()
-        return status
-
     def rename(a: str, b: str) -> None:
         db = sqlite3.connect(path, timeout=10)
         db.execute(f"ALTER TABLE {a} RENAME TO {b}")
@@ -170,7 +163,7 @@ def test_a_failed_commit_keeps_its_events_until_the_database_takes_them(
 
     macs = [f"0080F0B0{i:04X}" for i in range(6)]
     try:
-        assert fetch(macs[0]) == 200
+        assert fetch(sp, macs[0]) == 200
         deadline = time.monotonic() + 10  # the writer is up: it committed that one
         while time.monotonic() < deadline:
             db = sqlite3.connect(path, timeout=10)
@@ -180,7 +173,7 @@ def test_a_failed_commit_keeps_its_events_until_the_database_takes_them(
                 break
             time.sleep(0.05)
         rename("events", "events_away")
-        assert [fetch(m) for m in macs[1:]] == [200] * 5
+        assert [fetch(sp, m) for m in macs[1:]] == [200] * 5
         down = sp.wait_event("inventory.unavailable")
         assert "writer: OperationalError: no such table: events" in str(down["reason"]), down
         rename("events_away", "events")

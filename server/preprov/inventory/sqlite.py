@@ -378,7 +378,8 @@ class SQLiteStore:
         self.reads = Reads(self.db)
         self.rows = DeviceRows(server, boot_gap)
         self.shared = False  # other servers may write to this inventory
-        # commits in flight to the writer process: it commits one while the next comes
+        # group commits in flight to the writer process, which commits whatever has
+        # arrived in one transaction: the pipe (a MiB), not this, holds the loop back
         self.pipeline = 16
         # one SQLite inventory, one server: nobody else commits
         self.on_leases: Callable[[list[dict[str, Any]]], None] = lambda leases: None

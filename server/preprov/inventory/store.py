@@ -376,10 +376,10 @@ class Recorder:
     Events are written in one transaction (see FLUSH_MAX); callbacks registered
     with after_commit run once that transaction is committed (or failed), so an
     answer can wait for its event to be stored without a task or a future per
-    request. A store whose write is awaited has up to `store.pipeline`
-    transactions in flight (SQLite's writer process 2: it commits one while the
-    next travels to it, so the loop never waits for it; PostgreSQL 1); the events
-    of the turns meanwhile make the next one, so the group grows with the load.
+    request. A store whose write is awaited has up to `store.pipeline` writes
+    in flight (SQLite's writer process 16: it commits whatever has arrived in one
+    transaction, so the loop never waits for it; PostgreSQL 1); the events of
+    the turns meanwhile make the next one, so the group grows with the load.
 
     While the database cannot be reached (StoreUnavailable), files and PnP are
     answered and their events wait in memory (at most SPOOL_MAX, then the oldest

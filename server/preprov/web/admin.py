@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from ..server import Server
 
 T = TypeVar("T")
+READ_WAIT = 0.1  # seconds a read waits for the commit of what was answered before it
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -148,9 +149,10 @@ def make_admin_app(server: Server, metrics: Metrics, stream: Stream) -> web.Appl
 
     async def read(query: Callable[[Reads], T]) -> T:
         """A query in the reader's thread, once what was answered before it is committed
-        (an answer may leave before its event's commit: see inventory.writer)."""
-        with contextlib.suppress(Exception):  # a failed commit: read what there is
-            await server.bus.settled()
+        (an answer may leave before its event's commit: see inventory.writer), or after
+        READ_WAIT at most (a commit held up, by a WAL checkpoint say): then as it is."""
+        with contextlib.suppress(Exception):  # a failed or slow commit: read what there is
+            await asyncio.wait_for(server.bus.settled(), READ_WAIT)
         return cast(T, await store().read(query))
 
     async def read_json(query: Callable[[Reads], Any], headers: dict[str, str] | None = None,

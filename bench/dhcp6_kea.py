@@ -18,6 +18,8 @@ import argparse
 import json
 import os
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -86,6 +88,8 @@ def main() -> int:
     ap.add_argument("--clients", type=int, default=50000)
     ap.add_argument("--rates", default="2000,4000,5000,6000,7000,8000,9000,10000,12000,14000,16000")
     ap.add_argument("--only", choices=["preprov", "kea"])
+    ap.add_argument("--profile", metavar="FILE",
+                    help="py-spy samples preprov during its sweep (collapsed stacks)")
     ap.add_argument(
         "--multicast", action="store_true",
         help="perfdhcp as a client to ff02::1:2 (tops out near 4,500/s here for both servers);"
@@ -119,11 +123,21 @@ def main() -> int:
                      "--state-dir", str(work / "state")],
                     work / "preprov.log", b"\x00", timeout=3.0,
                 )  # fmt: skip
+                spy = None
+                if args.profile:
+                    spy = subprocess.Popen(
+                        [str(Path(sys.executable).parent / "py-spy"), "record", "--pid",
+                         str(pp.pid), "--format", "raw", "--output", args.profile],
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                    )  # fmt: skip
                 try:
                     best_pp, rows_pp = sweep(
                         client, target, rates, args.step, args.clients, "-6", extra
                     )
                 finally:
+                    if spy is not None:
+                        spy.send_signal(signal.SIGINT)
+                        spy.wait(30)
                     stop(pp)
             if args.only != "preprov":
                 print("kea-dhcp6 (memfile, persist on):", flush=True)

@@ -18,7 +18,15 @@ from scapy.layers.dhcp6 import (
 
 from preprov.config import Rule
 from preprov.dhcp6 import codec as c
-from preprov.dhcp6.server import Dhcp6Policy, Dhcp6Server, Leases6, Pool6, default_pool, mac_of_duid
+from preprov.dhcp6.server import (
+    Dhcp6Policy,
+    Dhcp6Server,
+    Leases6,
+    Pool6,
+    default_pool,
+    mac_of_duid,
+    text,
+)
 from preprov.events import (
     Dhcp6Answered,
     Dhcp6Ignored,
@@ -335,3 +343,12 @@ def test_rate_limit_per_source_not_for_relays() -> None:
     relay = c.encode(c.Relay(c.RELAY_FORW, 0, IFACE.ip, ipaddress.IPv6Address("fe80::9"),
                              [(c.RELAY_MSG, msg(c.SOLICIT, ia(1)))]))  # fmt: skip
     assert all(s.datagram_received(relay, ("fd00:1::99", 547), T).sends for _ in range(20))
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.integers(0, 2**128 - 1))
+def test_address_text_is_what_str_writes(n: int) -> None:
+    """The text of an address on the hot path (the C library's) is str()'s (RFC 5952)."""
+    for ip in (ipaddress.IPv6Address(n), ipaddress.IPv6Address(n & 0xFFFFFFFF),
+               ipaddress.IPv6Address(0xFFFF00000000 | (n & 0xFFFFFFFF))):  # fmt: skip
+        assert text(ip) == str(ip)

@@ -75,6 +75,8 @@ def test_api_reads_are_open_and_changes_need_the_token(tmp_path: Path) -> None:
         assert 'preprov_refusals_total{channel="http",kind="file.refused"} 1.0' in metrics
         assert 'preprov_devices{last_event="file.served"} 1.0' in metrics
         assert "preprov_leases_in_use" in metrics
+        # nothing waits for the writer once the answers are in: no lag
+        assert "preprov_inventory_commit_lag_seconds 0.0" in metrics
         # answer latency: the two phone requests were observed
         assert 'preprov_answer_seconds_count{channel="http"} 2.0' in metrics
     finally:

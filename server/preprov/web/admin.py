@@ -81,6 +81,9 @@ class Metrics:
         self.claims_lost = Gauge("preprov_lease_claims_lost", "Leases another server sharing the "
                                  "inventory bound first (answered with a NAK) since start",
                                  registry=self.registry)  # fmt: skip
+        self.commit_lag = Gauge("preprov_inventory_commit_lag_seconds", "How long the oldest "
+                                "group commit in flight has waited (0: none): the inventory's "
+                                "writer falling behind", registry=self.registry)  # fmt: skip
         self._children: dict[tuple[type, str], list[Callable[[], None]]] = {}
 
     def observer(self, channel: str) -> Callable[[float], None]:
@@ -250,6 +253,7 @@ def make_admin_app(server: Server, metrics: Metrics, stream: Stream) -> web.Appl
                 metrics.leases.labels(family).set(n)
         if server.recorder is not None:
             metrics.claims_lost.set(server.recorder.claims_lost)
+            metrics.commit_lag.set(server.recorder.lag())
         for channel, endpoints in (("dhcpv4", server.dhcp4), ("dhcpv6", server.dhcp6),
                                    ("sip-pnp", server.pnp)):  # fmt: skip
             metrics.stale.labels(channel).set(sum(ep.stale for ep in endpoints))
@@ -274,6 +278,7 @@ def make_admin_app(server: Server, metrics: Metrics, stream: Stream) -> web.Appl
             "refusals_not_stored": dict(rec.unsampled) if rec else {},
             "events_dropped_while_unavailable": rec.dropped if rec else 0,
             "lease_claims_lost": rec.claims_lost if rec else 0,
+            "inventory_commit_lag_seconds": round(rec.lag(), 4) if rec else 0.0,
         }  # fmt: skip
         return web.json_response(body)
 

@@ -1,21 +1,25 @@
 """The SQLite inventory's writer process.
 
-The server prepares each group commit on its event loop (the rows, as plain
-tuples) and hands it to this process, which runs the transaction and answers;
-the server awaits the answer as it awaits a PostgreSQL commit, so an answer
-still leaves only once its event is committed. SQLite's work (the statements,
-the B-trees, the WAL writes) took a fifth of the event loop's time under load;
-here it runs on another core. The process also runs the maintenance (the WAL's
-checkpoints, the pruning's plan) in a thread of its own.
+The server turns each group commit's events into plain records on its event
+loop and writes them to this process's input; here the device rows are
+prepared (`DeviceRows`, whose cache lives here) and whatever has arrived is
+committed in one transaction, each group answered in order. The server's
+Recorder calls an answer's callbacks once its records are in the pipe (from
+there they are committed even if the server is killed at once), a lease's
+once it is committed. SQLite's work took a fifth of the event loop's time
+under load; here it runs beside it. The process also runs the maintenance
+(the WAL's checkpoints, the pruning's plan) in a thread of its own.
 
-Written here rather than with multiprocessing: one pipe each way, a frame per
-commit (4-byte length, a pickle of plain tuples), nothing shared. The process
-ends when its input ends: when the server closes it, or exits for any reason
-(a kill -9 included), after the commit it is in. It ignores SIGINT and SIGTERM
-(a terminal's Ctrl-C reaches the whole process group; the server drains its
-events into it first, then closes it). If it dies, the commits in flight fail
-as "inventory unavailable" (the Recorder keeps their events and tries again
-every second) and the next commit starts a new one.
+Written here rather than with multiprocessing: one pipe each way (the input
+made by the server, a MiB), a frame per group commit (4-byte length, a pickle
+of plain tuples), nothing shared. The process ends when its input ends: when
+the server closes it, or exits for any reason (a kill -9 included), after
+committing what the pipe held. It ignores SIGINT and SIGTERM (a terminal's
+Ctrl-C reaches the whole process group; the server drains its events into it
+first, then closes it). If it dies, cannot start, or a commit fails (a full
+disk), the inventory is unavailable with the reason: the Recorder keeps the
+events and tries again every second, and the next write starts a new process
+if need be.
 """
 
 from __future__ import annotations

@@ -262,6 +262,28 @@ def test_no_addresses_left() -> None:
     )
 
 
+def test_a_nearly_full_pool_gives_back_expired_offers_not_other_clients_offers() -> None:
+    """Bound addresses everywhere but a few offers that expired, far apart: each new
+    client gets one of those at once, none takes back the offer another client is
+    about to request (the walk from the cursor alone crossed only bound addresses,
+    and at twice its rate the server answered 59-63 % of it)."""
+    first = ipaddress.IPv6Address("fd00:1::1:0")
+    pool = Pool6(IFACE.network, first, first + 2999)
+    leases = Leases6([pool])
+    for n in range(3000):
+        b = leases.allocate(f"c{n}", None, pool, None, T, 30.0)
+        assert b is not None
+        if n % 300:
+            leases.bind(b, T, 7200)
+    later = T + 40  # the ten offers never requested have expired
+    got = [leases.allocate(f"new{n}", None, pool, None, later, 30.0) for n in range(10)]
+    assert all(b is not None for b in got)
+    ips = [b.ip for b in got if b is not None]
+    assert len(set(ips)) == 10 and {int(ip) - int(first) for ip in ips} == set(range(0, 3000, 300))
+    for n, b in enumerate(got):  # each still holds its own
+        assert leases.current(f"new{n}", later) is b
+
+
 def test_relay_forw_nested_gets_relay_repl_with_interface_ids() -> None:
     far = Pool6(ipaddress.IPv6Network("fd00:9::/64"), ipaddress.IPv6Address("fd00:9::100"),
                 ipaddress.IPv6Address("fd00:9::1ff"))  # fmt: skip

@@ -39,8 +39,10 @@ class Offers(Generic[K, V]):
         else:
             self._by_ip.pop(ip, None)
 
-    def expire(self, now: float, by_ip: dict[K, V], by_client: dict[str, V]) -> None:
-        """Forget, from the table too, the offers that expired, oldest first."""
+    def expire(self, now: float, by_ip: dict[K, V], by_client: dict[str, V]) -> list[K]:
+        """Forget, from the table too, the offers that expired, oldest first; their
+        addresses (free again)."""
+        freed: list[K] = []
         while self._by_ip:
             ip, held = next(iter(self._by_ip.items()))
             if held.expires > now:
@@ -48,8 +50,10 @@ class Offers(Generic[K, V]):
             del self._by_ip[ip]
             if by_ip.get(ip) is held:
                 del by_ip[ip]
+                freed.append(ip)
             if by_client.get(held.client) is held:
                 del by_client[held.client]
+        return freed
 
     def take_back(
         self, client: str, fits: Callable[[K], bool], by_client: dict[str, V]

@@ -345,8 +345,8 @@ class TemplateRejected(Event):
 
 @dataclass(frozen=True, kw_only=True)
 class InventoryUnavailable(Event):
-    """The shared inventory's database cannot be reached: no lease is answered, files
-    and PnP are, their events wait in memory."""
+    """The inventory takes no commit (a shared database away, SQLite's writer process
+    failing): no lease is answered, files and PnP are, their events wait in memory."""
 
     kind: ClassVar[str] = "inventory.unavailable"
     level: ClassVar[str] = "error"

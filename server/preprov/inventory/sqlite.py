@@ -34,13 +34,13 @@ from .queries import (
 )
 from .store import (
     BOOT_GAP,
+    Batch,
     Budget,
     DeviceRows,
     Record,
     SchemaTooNew,
     StoreBusy,
     _stage_of,
-    mark_lost,
     records,
 )
 from .writer import WriterProcess
@@ -163,14 +163,6 @@ def connect(path: Path, synchronous: str, wal_limit: int) -> sqlite3.Connection:
     return db
 
 
-# One group commit's statements' parameters: CLAIM_LEASE's, the index of each
-# lease's event, the events' rows, the devices' UPSERT_DEVICE and UPDATE_DEVICE.
-Parts = tuple[
-    list[tuple[Any, ...]], list[int], list[tuple[float, str | None, str, str, str]],
-    list[dict[str, Any]], list[dict[str, Any]],
-]  # fmt: skip
-
-
 class Committer:
     """Writes group commits on one connection, and prunes within them what its
     maintenance (`plan_pruning`, `maintain`) planned. The server runs it in the
@@ -195,8 +187,7 @@ class Committer:
         first)."""
         batch = rows.prepare(recs, 1, datas)  # 1: the commit takes the cursor's value
         try:
-            lost, forgot = self.commit((batch.leases, batch.lease_events, batch.events,
-                                        batch.upserts, batch.updates))  # fmt: skip
+            lost, forgot = self.commit(batch)
         except BaseException:
             rows.restore(batch)
             raise
@@ -204,10 +195,10 @@ class Committer:
             rows.written.clear()
         return lost
 
-    def commit(self, parts: Parts) -> tuple[set[str], int]:
+    def commit(self, batch: Batch) -> tuple[set[str], int]:
         """One transaction: the addresses whose claims failed (another process on the
         same file bound them first), and how many devices it forgot."""
-        leases, lease_events, events, upserts, updates = parts
+        leases, upserts, updates = batch.leases, batch.upserts, batch.updates
         db = self.db
         try:
             db.execute("BEGIN IMMEDIATE")
@@ -227,8 +218,8 @@ class Committer:
                         db.execute(f"SELECT ip, client_id FROM leases WHERE ip IN ({marks})", ips)
                     )
                     lost = {x[0] for x in leases if held.get(x[0]) != x[1]}
-                    mark_lost(events, leases, lease_events, lost)
-            db.executemany(INSERT_EVENT, events)
+                    batch.lost(lost)
+            db.executemany(INSERT_EVENT, batch.events)
             if any(d["changed"] is not None for d in (*upserts, *updates)):
                 # the change cursor's next value, taken inside the write lock: in
                 # commit order, whichever connection commits

@@ -197,20 +197,13 @@ class Batch:
     prior: dict[str, tuple[tuple[object, ...], float, int] | None]  # for restore()
 
     def lost(self, ips: set[str]) -> None:
-        mark_lost(self.events, self.leases, self.lease_events, ips)
-
-
-def mark_lost(
-    events: list[tuple[float, str | None, str, str, str]], leases: list[tuple[Any, ...]],
-    lease_events: list[int], ips: set[str],
-) -> None:  # fmt: skip
-    """These claims failed: their events say so (state "lost"), not "bound"."""
-    for lease, i in zip(leases, lease_events, strict=True):
-        if lease[0] in ips:
-            ts, mac, kind, data, server = events[i]
-            d = orjson.loads(data)
-            d.update(state="lost", reason="bound by another server first")
-            events[i] = (ts, mac, kind, orjson.dumps(d).decode(), server)
+        """These claims failed: their events say so (state "lost"), not "bound"."""
+        for lease, i in zip(self.leases, self.lease_events, strict=True):
+            if lease[0] in ips:
+                ts, mac, kind, data, server = self.events[i]
+                d = orjson.loads(data)
+                d.update(state="lost", reason="bound by another server first")
+                self.events[i] = (ts, mac, kind, orjson.dumps(d).decode(), server)
 
 
 # One event as the inventory writes it, in plain values (it crosses a pipe to the

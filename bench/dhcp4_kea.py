@@ -88,8 +88,11 @@ def kea_config(work: Path) -> dict[str, object]:
     }  # fmt: skip
 
 
+PINNED = True  # --no-pin: the servers (and preprov's writer process) on any CPU
+
+
 def pin(cpu: int) -> list[str]:
-    return ["taskset", "-c", str(cpu)] if shutil.which("taskset") else []
+    return ["taskset", "-c", str(cpu)] if PINNED and shutil.which("taskset") else []
 
 
 def perfdhcp(
@@ -208,7 +211,11 @@ def main() -> int:
                     help="py-spy samples preprov during its sweep (collapsed stacks)")
     ap.add_argument("--log-level", choices=["info", "warning"], default="info",
                     help="preprov's log level (info, its default)")  # fmt: skip
+    ap.add_argument("--no-pin", action="store_true",
+                    help="no CPU pinning: servers and perfdhcp share both cores")
     args = ap.parse_args()
+    global PINNED
+    PINNED = not args.no_pin
     rates = [int(r) for r in args.rates.split(",")]
     why = netns_unavailable()
     if why:

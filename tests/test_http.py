@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -13,13 +14,16 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from conftest import UA
+from preprov.config import build_config
 from preprov.files.lint import lint
-from preprov.runtime import Runtime
-from preprov.web.httpd import MAX_PENDING, FileServerProtocol
+from preprov.ident import DeviceFacts, Directory
+from preprov.runtime import Runtime, build_runtime
+from preprov.web.httpd import MAX_PENDING, FileServer, FileServerProtocol
 from serverproc import ServerProc, start_server
 
 pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
@@ -414,3 +418,90 @@ def test_an_edit_that_does_not_compile_is_kept_out(tmp_path: Path) -> None:
         assert "the last good version is" in str(ev["reason"])
     finally:
         assert sp.stop() == 0
+
+
+class _Bus:
+    """A bus whose commits come at once, keeping what was emitted."""
+
+    def __init__(self) -> None:
+        self.events: list[Any] = []
+
+    def emit(self, event: object) -> None:
+        self.events.append(event)
+
+    def after_settled(self, callback: Callable[[BaseException | None], None]) -> None:
+        callback(None)
+
+
+def test_a_repeated_request_reuses_its_answer_until_what_it_depends_on_changes(
+    tmp_path: Path,
+) -> None:
+    """The answers' reuse (files.service.Answers): the same bytes and a fresh event for
+    each request; a new answer once the device's facts, the runtime or the template
+    change; never a refusal's or an authenticated one."""
+    t = tmp_path / "t"
+    t.mkdir()
+    (t / "hello-{MODEL}.txt").write_text("rule {{ rule }}\n")
+    (t / "secret-{MODEL}.txt").write_text("secret {{ rule }}\n")
+
+    def runtime(**extra: Any) -> Runtime:
+        rules = [{"name": "lab", "url": "http://198.18.0.9/hello-{MODEL}.txt",
+                  "match": {"vendor_class": ["LAB"]}},
+                 {"name": "rest", "url": "http://198.18.0.1/hello-{MODEL}.txt"}]  # fmt: skip
+        data = {"files": {"templates": str(t)}, "server": {"address": "198.18.0.1"},
+                "rules": rules, **extra}  # fmt: skip
+        rt = build_runtime(build_config(data), None, secret=b"k" * 32)
+        for site in rt.sites:
+            site.rules.known = site.rules6.known = directory.known
+        return rt
+
+    directory = Directory()
+    rt = runtime()
+    bus = _Bus()
+    server = FileServer(lambda: rt, bus, lambda _m: False,  # type: ignore[arg-type]
+                        version=lambda: directory.version)  # fmt: skip
+    answers = server.answers
+    assert answers is not None
+
+    def get(path: str, ua: str = UA, extra: str = "") -> bytes:
+        proto = FileServerProtocol(lambda: rt, bus, lambda _m: False, set(),  # type: ignore[arg-type]
+                                   answers=answers)  # fmt: skip
+        tr = _Transport()
+        proto.connection_made(tr)  # type: ignore[arg-type]
+        proto.data_received(f"GET {path} HTTP/1.1\r\nUser-Agent: {ua}\r\n{extra}\r\n".encode())
+        return b"".join(tr.written)
+
+    first = get("/hello-KX-HDV130.txt")
+    again = get("/hello-KX-HDV130.txt")
+    assert first.endswith(b"\r\n\r\nrule rest\n") and again == first
+    assert answers.reused == 1
+    one, two = bus.events[-2:]
+    assert one.fields() == two.fields() and one.kind == two.kind == "file.served"
+    assert two.ts > one.ts  # each request is an event of its own, with its own time
+    # the device's DHCP request told its option 60: the next answer follows the lab rule
+    directory.learn("0080F0C571EB", DeviceFacts(vendor_class="LAB phone"))
+    assert get("/hello-KX-HDV130.txt").endswith(b"\r\n\r\nrule lab\n")
+    assert answers.reused == 1
+    assert get("/hello-KX-HDV130.txt").endswith(b"\r\n\r\nrule lab\n")
+    assert answers.reused == 2
+    # another User-Agent is another request: its own answer
+    other = "Panasonic_KX-HDV130/01.000 (0080f0c571ec)"
+    assert get("/hello-KX-HDV130.txt", other).endswith(b"\r\n\r\nrule rest\n")
+    # a reload (a new runtime) and a template edited on disk: answered afresh
+    rt = runtime()
+    assert get("/hello-KX-HDV130.txt").endswith(b"\r\n\r\nrule lab\n")
+    assert answers.reused == 2
+    (t / "hello-{MODEL}.txt").write_text("edited {{ rule }}\n")
+    time.sleep(1.1)  # the template's next check on disk is due (templates.STAT_INTERVAL)
+    assert get("/hello-KX-HDV130.txt").endswith(b"\r\n\r\nedited lab\n")
+    # refusals are answered afresh each time (404: no such template)
+    for _ in range(2):
+        assert get("/nothing.txt").startswith(b"HTTP/1.1 404")
+    # behind credentials: never reused (a digest nonce is the server's to renew)
+    rt = runtime(rules=[{"name": "auth", "url": "http://u:p@198.18.0.1/secret-{MODEL}.txt"}])
+    basic = "Authorization: Basic " + base64.b64encode(b"u:p").decode() + "\r\n"
+    before = answers.reused
+    for _ in range(2):
+        assert get("/secret-KX-HDV130.txt", extra=basic).endswith(b"secret auth\n")
+        assert get("/secret-KX-HDV130.txt").startswith(b"HTTP/1.1 401")
+    assert answers.reused == before

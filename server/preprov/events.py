@@ -33,6 +33,15 @@ class Event:
             object.__setattr__(self, "_fields", cached)
         return cached
 
+    def again(self) -> Event:
+        """The same event, happening now (a repeated request's answer, reused): a copy
+        of its fields with a new time, sharing the computed fields() dict."""
+        copy = object.__new__(type(self))
+        d = copy.__dict__
+        d.update(self.__dict__)
+        d["ts"] = time.time()
+        return copy
+
 
 @dataclass(frozen=True, kw_only=True)
 class DeviceEvent(Event):

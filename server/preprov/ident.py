@@ -131,6 +131,7 @@ class Directory:
         self.max_entries = max_entries
         self._by_address: OrderedDict[str, str] = OrderedDict()
         self._facts: OrderedDict[str, DeviceFacts] = OrderedDict()
+        self.version = 0  # counts the changes of what known() and holder() answer
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, (Dhcp4Lease, Dhcp6Lease)):
@@ -138,6 +139,7 @@ class Directory:
                 self.bind(event.ip, event.mac)
             elif self._by_address.get(event.ip) == event.mac:
                 del self._by_address[event.ip]
+                self.version += 1
             return
         if not isinstance(event, (PnpSubscribe, FileServed, Dhcp4Answered)) or not event.mac:
             return
@@ -190,6 +192,7 @@ class Directory:
         new = facts if old is None else facts.merged(old)
         if new != old:  # mostly it is what the device said before: no new record
             self._facts[mac] = new
+            self.version += 1
         self._facts.move_to_end(mac)
         if len(self._facts) > self.max_entries:
             self._facts.popitem(last=False)
@@ -198,7 +201,9 @@ class Directory:
         return self._facts.get(mac, NO_FACTS) if mac else NO_FACTS
 
     def bind(self, address: str, mac: str) -> None:
-        self._by_address[address] = mac
+        if self._by_address.get(address) != mac:
+            self._by_address[address] = mac
+            self.version += 1
         self._by_address.move_to_end(address)
         if len(self._by_address) > self.max_entries:
             self._by_address.popitem(last=False)

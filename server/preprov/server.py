@@ -360,9 +360,11 @@ class Server:
                 self.directory.bind(x["ip"], x["mac"])
         services = []
         if config.http.enabled:
+            recorder, directory = self.recorder, self.directory
             self.http = FileServer(
-                self.current, self.bus, self.recorder.registered, self.observer("http"),
-                self.directory.holder,
+                self.current, self.bus, recorder.registered, self.observer("http"),
+                directory.holder,
+                version=lambda: (directory.version, recorder.registered_version),
             )  # fmt: skip
             for addr in listen_addresses(rt):
                 await self.http.listen(addr, config.http.port)

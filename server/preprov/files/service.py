@@ -23,7 +23,14 @@ from ..ident import DeviceFacts, facts_from_user_agent, from_vendor
 from ..macros import mac_colon, url_dir
 from ..rules import Decision
 from ..runtime import Runtime, base_url
-from .templates import Entry, Resolved, TemplateError, UnsafePath, check_request_path
+from .templates import (
+    STAT_INTERVAL,
+    Entry,
+    Resolved,
+    TemplateError,
+    UnsafePath,
+    check_request_path,
+)
 
 
 # Not frozen, with slots: built for every request (a frozen dataclass's __init__
@@ -54,6 +61,47 @@ class FileAnswer:
     stream: Callable[[], BinaryIO] | None = None
     offset: int = 0
     length: int = 0
+    # until when (time.monotonic()) the same request gets this same answer, as long as
+    # the runtime and what the server knows of devices do not change (Answers); 0: never
+    reusable_until: float = 0.0
+    wire: object = None  # the transport's encoding of it, kept with it when reused
+
+
+class Answers:
+    """The answers of repeated requests, reused (a phone polling its file, a lab's
+    script): the same request line, headers, source and local address get the answer
+    fetch gave, with a fresh event, as long as nothing fetch decided on changed: the
+    same runtime (a reload makes a new one), the same `version()` of what the server
+    knows of devices (their facts, the addresses they hold, the registered ones), and
+    the template not due for its next check on disk (fetch sets reusable_until: an
+    edit is seen as soon as without reuse). Only plain 200 and 304 answers of files
+    rendered or held in memory are reused: no refusal (its reason may be about time
+    or counts), no streamed file, nothing behind authentication (nonces change).
+    At most `size` answers, the oldest dropped first."""
+
+    def __init__(self, version: Callable[[], object], size: int = 8192) -> None:
+        self.version = version
+        self.size = size
+        self._kept: dict[tuple[object, ...], tuple[FileAnswer, Runtime, object]] = {}
+        self.reused = 0
+
+    def get(self, key: tuple[object, ...], rt: Runtime, now: float) -> FileAnswer | None:
+        kept = self._kept.get(key)
+        if kept is None:
+            return None
+        answer, was_rt, version = kept
+        if was_rt is rt and now < answer.reusable_until and version == self.version():
+            self.reused += 1
+            return answer
+        del self._kept[key]
+        return None
+
+    def put(self, key: tuple[object, ...], rt: Runtime, answer: FileAnswer) -> None:
+        if answer.reusable_until <= 0.0:
+            return
+        if len(self._kept) >= self.size:
+            del self._kept[next(iter(self._kept))]
+        self._kept[key] = (answer, rt, self.version())
 
 
 def whole_body(answer: FileAnswer) -> bytes:
@@ -244,7 +292,11 @@ def fetch(
         fwver=facts.fwver, vendor=facts.vendor, path=path_for_event, template=entry.name,
         rule=decision.rule, size=len(body) if status == 200 else 0, status=status,
     )  # fmt: skip
-    return FileAnswer(status, body if status == 200 else b"", ev, ctype, headers)
+    # the same request gets the same answer until the template's next check on disk
+    # (Answers), unless credentials were asked for
+    until = 0.0 if creds is not None or trusted else entry.checked + STAT_INTERVAL
+    return FileAnswer(status, body if status == 200 else b"", ev, ctype, headers,
+                      reusable_until=until)  # fmt: skip
 
 
 def _redirect(

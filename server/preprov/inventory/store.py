@@ -396,6 +396,7 @@ class Recorder:
         self._since = 0.0
         self._seen = 0
         self._registered: set[str] = store.registered()
+        self.registered_version = 0  # counts the additions to the registered set
         self._busy_since: float | None = None
         self.busy_retries = 0
         self.failures = 0
@@ -442,10 +443,13 @@ class Recorder:
         if mac not in self._registered:
             self.store.add_device(mac, time.time())
             self._registered.add(mac)
+            self.registered_version += 1
 
     def registered_elsewhere(self, mac: str) -> None:
         """Another server sharing the inventory registered it."""
-        self._registered.add(mac)
+        if mac not in self._registered:
+            self._registered.add(mac)
+            self.registered_version += 1
 
     def after_commit(self, callback: Callback, claims: bool = False) -> None:
         """Call back once every event received so far is committed (at once if none

@@ -34,7 +34,7 @@ from typing import BinaryIO, cast
 import httptools
 
 from ..events import EventBus, RequestIgnored, RequestMalformed
-from ..files.service import FileRequest, fetch
+from ..files.service import Answers, FileAnswer, FileRequest, fetch
 from ..runtime import Runtime
 
 MAX_HEAD = 16 * 1024
@@ -87,6 +87,23 @@ def response_bytes(
     return b"\r\n".join(lines) + b"\r\n\r\n" + (b"" if head else body)
 
 
+def _wire(answer: FileAnswer, keep_alive: bool, version: str, head: bool) -> bytes:
+    """The answer's bytes on the wire; a reused answer keeps them for the second they
+    were made in (its Date header)."""
+    date = _date()
+    kept = answer.wire
+    if isinstance(kept, tuple) and kept[0] is date and kept[1] == (keep_alive, version, head):
+        return cast(bytes, kept[2])
+    wire = response_bytes(
+        answer.status, answer.body, answer.content_type, answer.headers, keep_alive,
+        head=head, version=version,
+        length=answer.length if answer.stream is not None or answer.status == 206 else None,
+    )  # fmt: skip
+    if answer.reusable_until:
+        answer.wire = (date, (keep_alive, version, head), wire)
+    return wire
+
+
 class FileServerProtocol(asyncio.Protocol):
     def __init__(
         self,
@@ -98,8 +115,10 @@ class FileServerProtocol(asyncio.Protocol):
         observe: Callable[[float], None] | None = None,
         holder: Callable[[str | None], str | None] = lambda _a: None,
         limits: ConnectionLimits | None = None,
+        answers: Answers | None = None,
     ) -> None:
         self.runtime = runtime
+        self.answers = answers
         self.holder = holder
         self.limits = limits or ConnectionLimits()
         self._admitted = False
@@ -226,33 +245,40 @@ class FileServerProtocol(asyncio.Protocol):
     def on_message_complete(self) -> None:
         method = self.parser.get_method().decode("latin-1")
         keep_alive = self.parser.should_keep_alive()
-        version = self.parser.get_http_version()
-        req = FileRequest(
-            channel=self.channel,
-            client=self.peer,
-            raw_path=self._url.decode("latin-1"),
-            method=method,
-            user_agent=self._ua,
-            authorization=self._auth,
-            local=self.local,
-            if_none_match=self._inm,
-            range=self._range,
-            body=b"".join(self._body) if self._body else None,
-        )
+        version = "1.0" if self.parser.get_http_version() == "1.0" else "1.1"
+        rt = self.runtime()
+        key = (self._url, method, self._ua, self._auth, self._inm, self._range, self.peer,
+               self.local, self.channel)  # fmt: skip
+        answer = None if self._body or self.answers is None else self.answers.get(
+            key, rt, time.monotonic())  # fmt: skip
+        if answer is not None:
+            event = answer.event.again()  # a repeated request: its answer, happening now
+        else:
+            req = FileRequest(
+                channel=self.channel,
+                client=self.peer,
+                raw_path=self._url.decode("latin-1"),
+                method=method,
+                user_agent=self._ua,
+                authorization=self._auth,
+                local=self.local,
+                if_none_match=self._inm,
+                range=self._range,
+                body=b"".join(self._body) if self._body else None,
+            )
+            answer = fetch(rt, req, self.registered, holder=self.holder)
+            event = answer.event
+            if self.answers is not None and not self._body:
+                self.answers.put(key, rt, answer)
         self._body = []
-        answer = fetch(self.runtime(), req, self.registered, holder=self.holder)
         head = method == "HEAD"
-        wire = response_bytes(
-            answer.status, answer.body, answer.content_type, answer.headers, keep_alive,
-            head=head, version="1.0" if version == "1.0" else "1.1",
-            length=answer.length if answer.stream is not None or answer.status == 206 else None,
-        )  # fmt: skip
+        wire = _wire(answer, keep_alive, version, head)
         data: bytes | _Stream = wire
         if answer.stream is not None and not head:
             data = _Stream(wire, answer.stream, answer.offset, answer.length)
         cell: list[bytes | _Stream | None] = [None]
         self._slots.append(cell)
-        self.bus.emit(answer.event)
+        self.bus.emit(event)
         # The answer leaves only once its event is stored: nothing served is
         # missing from the inventory after a kill -9.
         started = time.monotonic()
@@ -426,8 +452,12 @@ class FileServer:
         registered: Callable[[str], bool],
         observe: Callable[[float], None] | None = None,
         holder: Callable[[str | None], str | None] = lambda _a: None,
+        version: Callable[[], object] | None = None,
     ) -> None:
         self.runtime = runtime
+        # repeated requests reuse their answer while `version()` (what the server knows
+        # of devices) is unchanged; without it, every request is answered afresh
+        self.answers = Answers(version) if version is not None else None
         self.bus = bus
         self.registered = registered
         self.observe = observe
@@ -445,6 +475,7 @@ class FileServer:
             lambda: FileServerProtocol(
                 self.runtime, self.bus, self.registered, self.connections, channel,
                 observe=self.observe, holder=self.holder, limits=self.limits,
+                answers=self.answers,
             ),
             host, port, reuse_address=True, backlog=1024, ssl=ssl,
         )  # fmt: skip

@@ -44,6 +44,13 @@ def served(mac: str, ts: float = 1.0, **kw: object) -> FileServed:
     return FileServed(**base)  # type: ignore[arg-type]
 
 
+def writer_pids(sp: ServerProc) -> list[int]:
+    """The server's inventory writer processes (inventory/writer.py)."""
+    children = Path(f"/proc/{sp.proc.pid}/task/{sp.proc.pid}/children").read_text().split()
+    return [int(c) for c in children
+            if b"preprov.inventory.writer" in Path(f"/proc/{c}/cmdline").read_bytes()]
+
+
 def test_kill_9_in_the_middle_of_writes_loses_nothing_served(tmp_path: Path) -> None:
     sp = start_server(tmp_path)
     answered: list[str] = []
@@ -76,12 +83,18 @@ def test_kill_9_in_the_middle_of_writes_loses_nothing_served(tmp_path: Path) -> 
     deadline = time.monotonic() + 20
     while len(answered) < 300 and time.monotonic() < deadline:
         time.sleep(0.01)
+    writers = writer_pids(sp)
     sp.proc.send_signal(signal.SIGKILL)
     sp.proc.wait()
     stop.set()
     for t in threads:
         t.join()
     assert len(answered) >= 300, "the server answered too few requests before the kill"
+    # an answer left once its event was in the writer's pipe: the writer, orphaned,
+    # commits what it was handed, then sees the pipe's end and exits
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{w}").exists() for w in writers) and time.monotonic() < deadline:
+        time.sleep(0.02)
 
     db = sqlite3.connect(sp.state_dir / "preprov.db")
     assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
@@ -128,8 +141,7 @@ def test_writer_process_killed_the_server_answers_and_loses_no_event(tmp_path: P
     try:
         assert fetch(sp, "0080F0A00000") == 200
         children = Path(f"/proc/{sp.proc.pid}/task/{sp.proc.pid}/children").read_text().split()
-        writers = [int(c) for c in children
-                   if b"preprov.inventory.writer" in Path(f"/proc/{c}/cmdline").read_bytes()]
+        writers = writer_pids(sp)
         assert len(writers) == 1, children
         os.kill(writers[0], signal.SIGKILL)
         macs = [f"0080F0A0{i:04X}" for i in range(1, 41)]

@@ -514,3 +514,21 @@ def test_an_answer_without_a_url_is_a_warning_with_the_reason() -> None:
     out = s.datagram_received(msg(DHCPMessageType.DHCPDISCOVER, mac="0080f0000002"),
                               ("0.0.0.0", 68), T)  # fmt: skip
     assert not [e for e in out.events if isinstance(e, Dhcp4Unprovisioned)]
+
+
+def test_answers_options_follow_a_reload_and_each_clients_own_list() -> None:
+    """The options of answers are kept encoded per subnet, rule, vendor and asked list:
+    a new policy (a reload) is in the next answer, and each list gets its own."""
+    s = server(lease_time=3600)
+    first = reply(s.datagram_received(msg(DHCPMessageType.DHCPDISCOVER), ("0.0.0.0", 68), T))
+    assert opt(first, 51) == (3600).to_bytes(4, "big") and opt(first, 160) is not None
+    other = "0080f0c571ec"
+    bare = reply(s.datagram_received(msg(DHCPMessageType.DHCPDISCOVER, other, prl=bytes([1, 3])),
+                                     ("0.0.0.0", 68), T))  # fmt: skip
+    assert opt(bare, 160) is None and opt(bare, 1) is not None
+    rules = RuleSet([Rule(name="e", url="http://198.18.0.9:8080/{MODEL}.cfg")],
+                    {"server": "198.18.0.1", "http_port": "8080"})  # fmt: skip
+    s.policy = Dhcp4Policy(server_ip=SERVER, rules=rules, local=s.policy.local, lease_time=600)
+    again = reply(s.datagram_received(msg(DHCPMessageType.DHCPDISCOVER), ("0.0.0.0", 68), T + 1))
+    assert opt(again, 51) == (600).to_bytes(4, "big")
+    assert opt(again, 160) == b"http://198.18.0.9:8080"

@@ -106,23 +106,33 @@ def decode(data: bytes) -> Packet:
 
 def encode(p: Packet, max_size: int = 576) -> bytes:
     """`max_size` budgets the whole IP datagram, as option 57 does (RFC 2132 §9.10)."""
+    return assemble(p, encode_options(p.options), max_size)
+
+
+def encode_options(options: dict[int, bytes]) -> bytes:
+    """Options on the wire, without the end option: a value over 255 octets is split."""
     opts = bytearray()
-    for code, value in p.options.items():
+    for code, value in options.items():
         if not value:
             opts += bytes((code, 0))
         for i in range(0, len(value), 255):
             part = value[i : i + 255]
             opts += bytes((code, len(part)))
             opts += part
-    opts.append(255)
+    return bytes(opts)
+
+
+def assemble(p: Packet, options: bytes, max_size: int = 576) -> bytes:
+    """The message, its options already encoded (encode_options) in place of p.options:
+    the server keeps the options of its answers encoded, and adds what is the client's."""
     budget = max_size - IP_UDP - HEADER.size - 4
-    if len(opts) > budget:
-        raise Overflow(f"the options need {len(opts)} octets, {budget} fit")
+    if len(options) + 1 > budget:
+        raise Overflow(f"the options need {len(options) + 1} octets, {budget} fit")
     head = HEADER.pack(
         p.op, p.htype, len(p.chaddr), p.hops, p.xid, min(p.secs, 65535), p.flags, p.ciaddr,
         p.yiaddr, p.siaddr, p.giaddr, p.chaddr.ljust(16, b"\x00"), b"", b"",
     )  # fmt: skip
-    out = head + MAGIC + opts
+    out = head + MAGIC + options + b"\xff"
     if len(out) < MIN_SIZE:
         out += bytes(MIN_SIZE - len(out))
     return out

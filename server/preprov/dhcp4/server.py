@@ -39,7 +39,17 @@ from ..ident import DeviceFacts
 from ..macros import url_dir
 from ..rules import Decision, RuleSet
 from ..safety import AllowList
-from .codec import BOOTREPLY, BOOTREQUEST, BROADCAST_FLAG, ZERO4, CodecError, Overflow, Packet
+from .codec import (
+    BOOTREPLY,
+    BOOTREQUEST,
+    BROADCAST_FLAG,
+    ZERO4,
+    CodecError,
+    Overflow,
+    Packet,
+    assemble,
+    encode_options,
+)
 from .codec import decode as decode_packet
 from .codec import encode as encode_packet
 from .leases import IPv4, Lease, LeaseTable, NoAddress, Subnet
@@ -48,6 +58,7 @@ CHANNEL = "dhcpv4"
 SERVER_PORT = 67
 CLIENT_PORT = 68
 BROADCAST = "255.255.255.255"
+BLOCKS_MAX = 4096  # answers' option blocks kept (per subnet, rule, vendor, asked list)
 
 
 class DHCPMessageType(IntEnum):
@@ -138,6 +149,8 @@ class Dhcp4Server:
         self._policy = policy
         # per rule and vendor: the provisioning options of the rule URL
         self._provisioning: dict[tuple[str, str], dict[int, bytes]] = {}
+        # an answer's options but option 82, encoded (_reply)
+        self._blocks: dict[tuple[object, ...], tuple[bytes, tuple[int, ...], str | None]] = {}
 
     def datagram_received(self, data: bytes, source: Addr, now: float) -> Output:
         out = Output()
@@ -411,44 +424,26 @@ class Dhcp4Server:
             facts.network,
             facts.relay,
         )
-        o: dict[int, bytes] = {MSG_TYPE: bytes((mtype,)), SERVER_ID: p.server_ip.packed}
-        if not inform:
-            o[LEASE_TIME] = p.lease_time.to_bytes(4, "big")
-            o[T1] = (p.lease_time // 2).to_bytes(4, "big")
-            o[T2] = (p.lease_time * 7 // 8).to_bytes(4, "big")
-        o[MASK] = subnet.network.netmask.packed
-        if subnet.router is not None:
-            o[ROUTER] = subnet.router.packed
-        if subnet.dns:
-            o[DNS] = b"".join(d.packed for d in subnet.dns)
-        prl = set(raw_option(req, PRL) or b"")
+        prl_raw = raw_option(req, PRL) or b""
         decision = p.rules.decide(facts)
-        note = None
-        sent_prov: list[int] = []
+        maker = vendors.by_name(facts.vendor) if decision is not None else None
+        # the answer's options but the client's own (option 82): the same for every
+        # client of a subnet, rule and vendor asking for the same list, encoded once
+        key = (mtype, subnet.label, subnet.router, subnet.dns, decision.rule if decision else None,
+               maker.key if maker else "", prl_raw)  # fmt: skip
+        block = self._blocks.get(key)
+        if block is None:
+            block = self._options(subnet, mtype, inform, decision, maker, set(prl_raw))
+            if len(self._blocks) >= BLOCKS_MAX:  # a flood of made-up lists: start again
+                self._blocks.clear()
+            self._blocks[key] = block
+        options, codes, note = block
         if decision is None:
             note = p.rules.explain(facts)
-        else:
-            # the options in the form the phone's vendor reads (Panasonic: dhcp4.options)
-            maker = vendors.by_name(facts.vendor)
-            forms: Mapping[int, str] = (
-                p.vendor_forms.get(maker.key, maker.dhcp4) if maker is not None else {}
-            ) or panasonic_forms(p.options)
-            key = (decision.rule, maker.key if maker else "")
-            values = self._provisioning.get(key)
-            if values is None:
-                values = self._provisioning[key] = provisioning_options(decision, forms)
-            codes = tuple(forms)
-            wanted = prl | set(p.options.always_send)
-            for code in codes:
-                if code in values and code in wanted:
-                    o[code] = values[code]
-                    sent_prov.append(code)
-            if codes and not prl & set(codes):
-                asked = ", ".join(str(c) for c in sorted(codes))
-                note = f"the client asked for none of options {asked}"
         relay_info = raw_option(req, RELAY_INFO)
         if relay_info is not None and req.giaddr != ZERO4:
-            o[RELAY_INFO] = relay_info  # echoed: RFC 3046 §2.2
+            options += encode_options({RELAY_INFO: relay_info})  # echoed: RFC 3046 §2.2
+            codes = tuple(sorted((*codes, RELAY_INFO)))
         max_size = 576
         raw = raw_option(req, MAX_SIZE)
         if raw is not None and len(raw) == 2:
@@ -464,10 +459,9 @@ class Dhcp4Server:
             siaddr=p.server_ip.packed,
             giaddr=req.giaddr,
             chaddr=req.chaddr,
-            options=o,
         )
         try:
-            wire = encode_packet(rep, max_size)
+            wire = assemble(rep, options, max_size)
         except Overflow as e:
             out.events.append(
                 Dhcp4Refused(
@@ -488,7 +482,7 @@ class Dhcp4Server:
                 xid=f"{req.xid:08x}",
                 ip=ip_s if ip else None,
                 to=f"{dest[0]}:{dest[1]}",
-                options=tuple(sorted(o)),
+                options=codes,
                 url=decision.url if decision else None,
                 rule=decision.rule if decision else None,
                 note=note,
@@ -501,6 +495,43 @@ class Dhcp4Server:
         if note is not None:
             out.events.append(Dhcp4Unprovisioned(**_dev(facts, ip_s), message=mtype.name,
                                                  reason=note))  # fmt: skip
+
+    def _options(
+        self, subnet: Subnet, mtype: DHCPMessageType, inform: bool, decision: Decision | None,
+        maker: vendors.Vendor | None, prl: set[int],
+    ) -> tuple[bytes, tuple[int, ...], str | None]:  # fmt: skip
+        """An answer's options, encoded; their codes; why a phone of the rule's gets no
+        provisioning option (None: it does, or no rule matched)."""
+        p = self.policy
+        o: dict[int, bytes] = {MSG_TYPE: bytes((mtype,)), SERVER_ID: p.server_ip.packed}
+        if not inform:
+            o[LEASE_TIME] = p.lease_time.to_bytes(4, "big")
+            o[T1] = (p.lease_time // 2).to_bytes(4, "big")
+            o[T2] = (p.lease_time * 7 // 8).to_bytes(4, "big")
+        o[MASK] = subnet.network.netmask.packed
+        if subnet.router is not None:
+            o[ROUTER] = subnet.router.packed
+        if subnet.dns:
+            o[DNS] = b"".join(d.packed for d in subnet.dns)
+        note = None
+        if decision is not None:
+            # the options in the form the phone's vendor reads (Panasonic: dhcp4.options)
+            forms: Mapping[int, str] = (
+                p.vendor_forms.get(maker.key, maker.dhcp4) if maker is not None else {}
+            ) or panasonic_forms(p.options)
+            key = (decision.rule, maker.key if maker else "")
+            values = self._provisioning.get(key)
+            if values is None:
+                values = self._provisioning[key] = provisioning_options(decision, forms)
+            codes = tuple(forms)
+            wanted = prl | set(p.options.always_send)
+            for code in codes:
+                if code in values and code in wanted:
+                    o[code] = values[code]
+            if codes and not prl & set(codes):
+                asked = ", ".join(str(c) for c in sorted(codes))
+                note = f"the client asked for none of options {asked}"
+        return encode_options(o), tuple(sorted(o)), note
 
     def _nak(
         self, req: Packet, facts: DeviceFacts, ip: IPv4 | None, reason: str, out: Output

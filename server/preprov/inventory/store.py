@@ -370,7 +370,7 @@ class Recorder:
     with after_commit run once that transaction is committed (or failed), so an
     answer can wait for its event to be stored without a task or a future per
     request. A store whose write is awaited has up to `store.pipeline` writes
-    in flight (SQLite's writer process 64: it commits whatever has arrived in one
+    in flight (SQLite's writer process 16: it commits whatever has arrived in one
     transaction, so the loop never waits for it; PostgreSQL 1); the events of
     the turns meanwhile make the next one, so the group grows with the load.
 

@@ -28,6 +28,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE))
 
+import dhcp4_kea  # noqa: E402
 from dhcp4_kea import pin, start_and_wait, stop, sweep  # noqa: E402
 from preprov.lab import Lab, netns_unavailable  # noqa: E402
 
@@ -97,7 +98,10 @@ def main() -> int:
         help="perfdhcp as a client to ff02::1:2;"
         " default: as a relay (-A1), unicast to the server's address",
     )  # fmt: skip
+    ap.add_argument("--no-pin", action="store_true",
+                    help="no CPU pinning: servers and perfdhcp share both cores")
     args = ap.parse_args()
+    dhcp4_kea.PINNED = not args.no_pin
     rates = [int(r) for r in args.rates.split(",")]
     why = netns_unavailable()
     if why:

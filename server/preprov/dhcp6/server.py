@@ -11,6 +11,7 @@ from the rules under a configurable enterprise number and sub-option
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
 from collections import deque
@@ -225,6 +226,12 @@ def mac_of_duid(duid: bytes) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=1024)
+def _option17(enterprise: int, suboption: int, url: str) -> bytes:
+    """Option 17's value carrying a rule's URL: the same bytes for every phone of it."""
+    return c.vendor_opts(enterprise, [(suboption, url.encode())])
+
+
 class Dhcp6Server:
     def __init__(self, policy: Dhcp6Policy, leases: Leases6) -> None:
         self.policy = policy
@@ -291,11 +298,9 @@ class Dhcp6Server:
                                     opts))  # fmt: skip
         if not self.policy.dry_run:
             out.sends.append(Send(wire, source))
-        for i, ev in enumerate(out.events):
-            if isinstance(ev, Dhcp6Answered):
-                out.events[i] = Dhcp6Answered(
-                    **{**ev.fields(), "to": f"[{source[0]}]:{source[1]}", "relayed": len(relays)}
-                )
+        for ev in out.events:
+            if isinstance(ev, Dhcp6Answered):  # not emitted yet: where it went completes it
+                ev.to, ev.relayed = f"[{source[0]}]:{source[1]}", len(relays)
         if any(isinstance(ev, Dhcp6Lease) and ev.state == "bound" for ev in out.events):
             out.if_lost = lambda ips: self._lost(ips, dev)
 
@@ -409,8 +414,8 @@ class Dhcp6Server:
             if decision is None:
                 note = p.rules.explain(facts)
             elif c.VENDOR_OPTS in oro or p.always_send:
-                options.append((c.VENDOR_OPTS, c.vendor_opts(
-                    p.enterprise, [(p.suboption, decision.url.encode())])))  # fmt: skip
+                options.append((c.VENDOR_OPTS, _option17(p.enterprise, p.suboption,
+                                                         decision.url)))  # fmt: skip
                 url, rule = decision.url, decision.rule
             else:
                 note = "the client's ORO does not ask for option 17"

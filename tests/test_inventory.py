@@ -3,6 +3,7 @@ contract both backends keep is in test_store_contract.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import os
 import signal
@@ -341,3 +342,34 @@ def test_each_boot_starts_again_and_a_batch_counts_only_later_boots(tmp_path: Pa
         store.write([PnpSubscribe(**sub, call_id="again", ts=1110.0)])
         assert store.reads.status()[0]["boots"] == 2
         store.close()
+
+
+async def test_the_wal_starts_again_under_steady_writes(tmp_path: Path) -> None:
+    """Under steady group commits a checkpoint from another connection never completes
+    (the writer appends while it copies), so the WAL would never start again from
+    its beginning and would hold everything written (1 GB once). The writer process
+    finishes each checkpoint itself between two commits: the WAL starts again (its
+    header's checkpoint sequence number moves) while the writes stream in, and holds
+    a fraction of what went through it."""
+    budget = Budget(max_bytes=16 << 20)  # the WAL's share: 2 MiB
+    store = SQLiteStore(tmp_path / "p.db", writer_process=True, budget=budget)
+    await store.open()
+    wal = tmp_path / "p.db-wal"
+    biggest, starts = 0, set()
+    try:
+        for round_ in range(80):  # 8 group commits in flight at a time, as under load
+            writes = [store.write([served(f"0080F000{i % 1000:04X}", ts=time.time(),
+                                          path=f"/{round_}/{n}")
+                                   for i in range(n * 50, n * 50 + 50)])
+                      for n in range(8)]  # fmt: skip
+            await asyncio.gather(*writes)  # type: ignore[arg-type]
+            with open(wal, "rb") as f:
+                head = f.read(16)
+            starts.add(head[12:16])  # the checkpoint sequence number (WAL header)
+            biggest = max(biggest, wal.stat().st_size)
+        (events,) = store.db.execute("SELECT count(*) FROM events").fetchone()
+    finally:
+        await store.aclose()
+    assert events == 80 * 8 * 50
+    print(f"WAL started {len(starts)} times, at most {biggest >> 10} KiB")
+    assert len(starts) >= 3, "the WAL never started again under steady writes"

@@ -20,7 +20,9 @@ import pytest
 
 from conftest import UA
 from preprov.config import build_config
+from preprov.events import FileServed
 from preprov.files.lint import lint
+from preprov.files.service import Answers, FileAnswer
 from preprov.ident import DeviceFacts, Directory
 from preprov.runtime import Runtime, build_runtime
 from preprov.web.httpd import MAX_PENDING, FileServer, FileServerProtocol
@@ -505,3 +507,26 @@ def test_a_repeated_request_reuses_its_answer_until_what_it_depends_on_changes(
         assert get("/secret-KX-HDV130.txt", extra=basic).endswith(b"secret auth\n")
         assert get("/secret-KX-HDV130.txt").startswith(b"HTTP/1.1 401")
     assert answers.reused == before
+
+
+def test_the_reused_answers_are_bounded_in_count_and_bytes(
+    make_runtime: Callable[..., Runtime],
+) -> None:
+    rt = make_runtime()
+    answers = Answers(lambda: 0, size=10, max_bytes=64 * 4096)
+
+    def answer(n: int) -> FileAnswer:
+        ev = FileServed(channel="http", path="/x", template="x", rule="d", size=n)
+        return FileAnswer(200, b"x" * n, ev, reusable_until=float("inf"))
+
+    for i in range(100):
+        answers.put(("small", i), rt, answer(100))
+    assert len(answers._kept) == 10 and answers.get(("small", 99), rt, 0.0) is not None
+    assert answers.get(("small", 0), rt, 0.0) is None  # the oldest went first
+    answers = Answers(lambda: 0, size=1000, max_bytes=64 * 4096)
+    for i in range(100):
+        answers.put(("big", i), rt, answer(2000))
+    assert 0 < len(answers._kept) < 100 and answers.bytes <= answers.max_bytes
+    assert answers.bytes == sum(c for *_, c in answers._kept.values())
+    answers.put(("huge",), rt, answer(8000))  # over a 64th of the budget: not kept
+    assert answers.get(("huge",), rt, 0.0) is None

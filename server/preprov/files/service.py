@@ -77,31 +77,44 @@ class Answers:
     edit is seen as soon as without reuse). Only plain 200 and 304 answers of files
     rendered or held in memory are reused: no refusal (its reason may be about time
     or counts), no streamed file, nothing behind authentication (nonces change).
-    At most `size` answers, the oldest dropped first."""
+    At most `size` answers and `max_bytes` (each counted twice: its body and its
+    encoding on the wire), the oldest dropped first; a body over a 64th of that is
+    not kept."""
 
-    def __init__(self, version: Callable[[], object], size: int = 8192) -> None:
+    def __init__(
+        self, version: Callable[[], object], size: int = 8192, max_bytes: int = 32 << 20
+    ) -> None:
         self.version = version
         self.size = size
-        self._kept: dict[tuple[object, ...], tuple[FileAnswer, Runtime, object]] = {}
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._kept: dict[tuple[object, ...], tuple[FileAnswer, Runtime, object, int]] = {}
         self.reused = 0
 
     def get(self, key: tuple[object, ...], rt: Runtime, now: float) -> FileAnswer | None:
         kept = self._kept.get(key)
         if kept is None:
             return None
-        answer, was_rt, version = kept
+        answer, was_rt, version, cost = kept
         if was_rt is rt and now < answer.reusable_until and version == self.version():
             self.reused += 1
             return answer
         del self._kept[key]
+        self.bytes -= cost
         return None
 
     def put(self, key: tuple[object, ...], rt: Runtime, answer: FileAnswer) -> None:
-        if answer.reusable_until <= 0.0:
+        cost = 2 * len(answer.body) + 512
+        if answer.reusable_until <= 0.0 or cost > self.max_bytes // 64:
             return
-        if len(self._kept) >= self.size:
-            del self._kept[next(iter(self._kept))]
-        self._kept[key] = (answer, rt, self.version())
+        old = self._kept.pop(key, None)
+        if old is not None:
+            self.bytes -= old[3]
+        while self._kept and (len(self._kept) >= self.size
+                              or self.bytes + cost > self.max_bytes):  # fmt: skip
+            self.bytes -= self._kept.pop(next(iter(self._kept)))[3]
+        self._kept[key] = (answer, rt, self.version(), cost)
+        self.bytes += cost
 
 
 def whole_body(answer: FileAnswer) -> bytes:

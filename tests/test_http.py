@@ -525,7 +525,7 @@ def test_the_reused_answers_are_bounded_in_count_and_bytes(
     assert answers.get(("small", 0), rt, 0.0) is None  # the oldest went first
     answers = Answers(lambda: 0, size=1000, max_bytes=64 * 4096)
     for i in range(100):
-        answers.put(("big", i), rt, answer(2000))
+        answers.put(("big", i), rt, answer(1500))
     assert 0 < len(answers._kept) < 100 and answers.bytes <= answers.max_bytes
     assert answers.bytes == sum(c for *_, c in answers._kept.values())
     answers.put(("huge",), rt, answer(8000))  # over a 64th of the budget: not kept

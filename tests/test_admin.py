@@ -79,6 +79,14 @@ def test_api_reads_are_open_and_changes_need_the_token(tmp_path: Path) -> None:
         assert "preprov_inventory_commit_lag_seconds 0.0" in metrics
         # answer latency: the two phone requests were observed
         assert 'preprov_answer_seconds_count{channel="http"} 2.0' in metrics
+        assert "preprov_http_answers_reused 0.0" in metrics
+        # the same request again (after the reload, a new runtime: decided afresh), then
+        # once more: that answer reused, with an event of its own all the same
+        assert fetch_as_phone(sp, "/Config0080F0C571EB.cfg") == 200
+        assert fetch_as_phone(sp, "/Config0080F0C571EB.cfg") == 200
+        metrics = call(admin + "/metrics")[1].decode()
+        assert "preprov_http_answers_reused 1.0" in metrics
+        assert 'preprov_events_total{channel="http",kind="file.served"} 3.0' in metrics
     finally:
         assert sp.stop() == 0
 

@@ -84,6 +84,9 @@ class Metrics:
         self.commit_lag = Gauge("preprov_inventory_commit_lag_seconds", "How long the oldest "
                                 "group commit in flight has waited (0: none): the inventory's "
                                 "writer falling behind", registry=self.registry)  # fmt: skip
+        self.reused = Gauge("preprov_http_answers_reused", "HTTP answers of repeated requests "
+                            "reused since start (files.service.Answers)",
+                            registry=self.registry)  # fmt: skip
         self._children: dict[tuple[type, str], list[Callable[[], None]]] = {}
 
     def observer(self, channel: str) -> Callable[[float], None]:
@@ -257,6 +260,8 @@ def make_admin_app(server: Server, metrics: Metrics, stream: Stream) -> web.Appl
         for channel, endpoints in (("dhcpv4", server.dhcp4), ("dhcpv6", server.dhcp6),
                                    ("sip-pnp", server.pnp)):  # fmt: skip
             metrics.stale.labels(channel).set(sum(ep.stale for ep in endpoints))
+        if server.http is not None and server.http.answers is not None:
+            metrics.reused.set(server.http.answers.reused)
         return web.Response(body=generate_latest(metrics.registry),
                             headers={"Content-Type": CONTENT_TYPE_LATEST})  # fmt: skip
 

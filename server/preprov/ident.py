@@ -145,9 +145,15 @@ class Directory:
             return
         mac = event.mac
         known = self._facts.get(mac)
-        if (known is not None and isinstance(event, (PnpSubscribe, FileServed))
-                and event.model in (None, known.model) and event.fwver in (None, known.fwver)
-                and event.vendor in (None, known.vendor)):  # fmt: skip
+        if known is not None and (
+            (isinstance(event, (PnpSubscribe, FileServed))
+             and event.model in (None, known.model) and event.fwver in (None, known.fwver)
+             and event.vendor in (None, known.vendor))
+            or (isinstance(event, Dhcp4Answered)
+                and event.vendor_class in (None, "", known.vendor_class)
+                and event.relay in (None, "", known.relay)
+                and event.network in (None, "", known.network))
+        ):  # fmt: skip
             self._facts.move_to_end(mac)  # what it says on every request: nothing new
         else:
             self.learn(mac, told_by(event.kind, event.fields()))

@@ -8,7 +8,9 @@ to about 20,000 came from the inventory and log changes around it. It does
 only what phones need: GET and HEAD, keep-alive and pipelining, answers in
 order, and each answer leaves once its event is committed to the inventory
 (no task or future per request: a callback of the group commit). Everything a
-request means is decided by files.service.fetch, as for any other transport.
+request means is decided by files.service.fetch, as for any other transport; a
+repeated request reuses the answer it was given while nothing it was decided on
+changed (files.service.Answers).
 
 Limits: request line and headers 16 KiB (431), body 64 KiB (413); a request
 head must arrive within http.head_timeout seconds of its first byte, or of the

@@ -398,18 +398,6 @@ def is_refusal(event: Event) -> bool:
 Subscriber = Callable[[Event], None]
 
 
-class Counts:
-    """Events counted by kind (and by channel where they have one)."""
-
-    def __init__(self) -> None:
-        self.by_kind: dict[str, int] = {}
-
-    def __call__(self, event: Event) -> None:
-        channel = getattr(event, "channel", None)
-        key = f"{event.kind}/{channel}" if channel else event.kind
-        self.by_kind[key] = self.by_kind.get(key, 0) + 1
-
-
 class ClaimsLost(Exception):
     """What a durable sink tells a caller whose events claim leases: committed, but
     these addresses were claimed by another server sharing the inventory first."""

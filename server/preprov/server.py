@@ -30,7 +30,6 @@ from .dhcp6.transport import Dhcp6Endpoint
 from .events import (
     ConfigRejected,
     ConfigReloaded,
-    Counts,
     EventBus,
     InventoryRecovered,
     InventoryUnavailable,
@@ -274,8 +273,6 @@ class Server:
     def __init__(self, load: Loader) -> None:
         self.load = load
         self.bus = EventBus()
-        self.counts = Counts()
-        self.bus.subscribe(self.counts)
         self.runtime: Runtime | None = None
         self.store: Store | None = None
         self.recorder: Recorder | None = None

@@ -74,6 +74,11 @@ class DHCPMessageType(IntEnum):
     DHCPINFORM = 8
 
 
+# the types as plain names: an enum member's attribute and its .name go through
+# descriptors, seven times per packet on the hot path
+OFFER, ACK, NAK = DHCPMessageType.DHCPOFFER, DHCPMessageType.DHCPACK, DHCPMessageType.DHCPNAK
+NAMES = {t: t.name for t in DHCPMessageType}
+
 # option codes (RFC 2132)
 MASK, ROUTER, DNS, HOSTNAME, REQUESTED_IP, LEASE_TIME = 1, 3, 6, 12, 50, 51
 MSG_TYPE, SERVER_ID, PRL, MAX_SIZE, T1, T2, VENDOR_CLASS, CLIENT_ID = 53, 54, 55, 57, 58, 59, 60, 61
@@ -139,6 +144,13 @@ class Dhcp4Server:
     def __init__(self, policy: Dhcp4Policy, leases: LeaseTable) -> None:
         self.leases = leases
         self.policy = policy
+        self._handlers = {
+            DHCPMessageType.DHCPDISCOVER: self._discover,
+            DHCPMessageType.DHCPREQUEST: self._request,
+            DHCPMessageType.DHCPDECLINE: self._decline,
+            DHCPMessageType.DHCPRELEASE: self._release,
+            DHCPMessageType.DHCPINFORM: self._inform,
+        }
 
     @property
     def policy(self) -> Dhcp4Policy:
@@ -198,7 +210,7 @@ class Dhcp4Server:
         facts = DeviceFacts(mac=mac, model=said.model if said else None,
                             vendor=said.vendor if said else None, vendor_class=vclass,
                             relay=giaddr_s).with_vendor_from_oui()  # fmt: skip
-        name = mtype.name
+        name = NAMES[mtype]
         dev = _dev(facts, inet_ntoa(req.ciaddr) if req.ciaddr != ZERO4 else None)
         # 3. allow-list (for a lab sharing its segment with another DHCP server)
         why = p.allow.why_not(mac, giaddr_s or source[0])
@@ -216,13 +228,7 @@ class Dhcp4Server:
         facts = DeviceFacts(mac, facts.model, None, facts.vendor, None, vclass, subnet.label,
                             facts.relay)  # fmt: skip
         # 5. the message
-        handler = {
-            DHCPMessageType.DHCPDISCOVER: self._discover,
-            DHCPMessageType.DHCPREQUEST: self._request,
-            DHCPMessageType.DHCPDECLINE: self._decline,
-            DHCPMessageType.DHCPRELEASE: self._release,
-            DHCPMessageType.DHCPINFORM: self._inform,
-        }.get(mtype)
+        handler = self._handlers.get(mtype)
         if handler is None:
             out.events.append(
                 Dhcp4Ignored(**dev, reason=f"{name} is not for a server", request=name)
@@ -249,7 +255,7 @@ class Dhcp4Server:
                 Dhcp4Refused(**_dev(facts, None), reason=str(e), request="DHCPDISCOVER")
             )
             return
-        self._reply(req, facts, subnet, DHCPMessageType.DHCPOFFER, lease.ip, now, out)
+        self._reply(req, facts, subnet, OFFER, lease.ip, now, out)
 
     def _request(
         self,
@@ -318,7 +324,7 @@ class Dhcp4Server:
                     return
         lease = self.leases.bind(client, mac, ip, now, p.lease_time, _text(req, HOSTNAME))
         out.events.append(_lease_event(facts, lease, client))
-        self._reply(req, facts, subnet, DHCPMessageType.DHCPACK, lease.ip, now, out)
+        self._reply(req, facts, subnet, ACK, lease.ip, now, out)
         out.if_lost = lambda ips: self._lost(req, facts, lease)
 
     def _lost(self, req: Packet, facts: DeviceFacts, lease: Lease) -> Output:
@@ -397,7 +403,7 @@ class Dhcp4Server:
         out: Output,
     ) -> None:
         # options, and no lease (RFC 2131 §4.3.5)
-        self._reply(req, facts, subnet, DHCPMessageType.DHCPACK, None, now, out)
+        self._reply(req, facts, subnet, ACK, None, now, out)
 
     # -- answers ---------------------------------------------------------------
 
@@ -466,8 +472,8 @@ class Dhcp4Server:
             out.events.append(
                 Dhcp4Refused(
                     **_dev(facts, ip_s if ip else None),
-                    request=name.name if name else None,
-                    reason=f"the {mtype.name} does not fit in {max_size} octets: {e}",
+                    request=NAMES[name] if name else None,
+                    reason=f"the {NAMES[mtype]} does not fit in {max_size} octets: {e}",
                 )
             )
             return
@@ -477,8 +483,8 @@ class Dhcp4Server:
         out.events.append(
             Dhcp4Answered(
                 **_dev(facts, ip_s),
-                message=mtype.name,
-                request=name.name if name else "?",
+                message=NAMES[mtype],
+                request=NAMES[name] if name else "?",
                 xid=f"{req.xid:08x}",
                 ip=ip_s if ip else None,
                 to=f"{dest[0]}:{dest[1]}",
@@ -493,7 +499,7 @@ class Dhcp4Server:
             )
         )
         if note is not None:
-            out.events.append(Dhcp4Unprovisioned(**_dev(facts, ip_s), message=mtype.name,
+            out.events.append(Dhcp4Unprovisioned(**_dev(facts, ip_s), message=NAMES[mtype],
                                                  reason=note))  # fmt: skip
 
     def _options(
@@ -537,7 +543,7 @@ class Dhcp4Server:
         self, req: Packet, facts: DeviceFacts, ip: IPv4 | None, reason: str, out: Output
     ) -> None:
         nak = {
-            MSG_TYPE: bytes((DHCPMessageType.DHCPNAK,)),
+            MSG_TYPE: bytes((NAK,)),
             SERVER_ID: self.policy.server_ip.packed,
             56: reason.encode()[:250],  # option 56: message
         }

@@ -269,6 +269,18 @@ def test_inform_gets_options_and_no_lease() -> None:
     assert opt(ack, 51) is None and opt(ack, 160) == b"http://198.18.0.1:8080"
     assert out.sends[0].addr == ("198.18.0.77", 68)
     assert not any(isinstance(e, Dhcp4Lease) for e in out.events)
+    # an INFORM's ACK and a lease's ACK, same subnet, rule and asked list: each its own
+    s = server()
+    dora(s)
+    inform = reply(s.datagram_received(msg(DHCPMessageType.DHCPINFORM, ciaddr="198.18.0.77"),
+                                       ("198.18.0.77", 68), T))  # fmt: skip
+    assert opt(inform, 51) is None
+    other = "0080f0c571ec"
+    offer = reply(s.datagram_received(msg(DHCPMessageType.DHCPDISCOVER, other), ("0.0.0.0", 68), T))
+    ack = reply(s.datagram_received(
+        msg(DHCPMessageType.DHCPREQUEST, other, o54=SERVER.packed, o50=offer.yiaddr.packed),
+        ("0.0.0.0", 68), T))  # fmt: skip
+    assert opt(ack, 53) == b"\x05" and opt(ack, 51) is not None
 
 
 def test_options_only_when_asked_unless_always_sent() -> None:

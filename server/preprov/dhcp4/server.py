@@ -162,7 +162,9 @@ class Dhcp4Server:
         # per rule and vendor: the provisioning options of the rule URL
         self._provisioning: dict[tuple[str, str], dict[int, bytes]] = {}
         # an answer's options but option 82, encoded (_reply)
-        self._blocks: dict[tuple[object, ...], tuple[bytes, tuple[int, ...], str | None]] = {}
+        self._blocks: dict[
+            tuple[object, ...], tuple[Subnet, bytes, tuple[int, ...], str | None]
+        ] = {}
 
     def datagram_received(self, data: bytes, source: Addr, now: float) -> Output:
         out = Output()
@@ -435,15 +437,16 @@ class Dhcp4Server:
         maker = vendors.by_name(facts.vendor) if decision is not None else None
         # the answer's options but the client's own (option 82): the same for every
         # client of a subnet, rule and vendor asking for the same list, encoded once
-        key = (mtype, subnet.label, subnet.router, subnet.dns, decision.rule if decision else None,
+        # (the subnet by identity: its addresses hash slowly; kept to rule out a reused id)
+        key = (mtype, inform, id(subnet), decision.rule if decision else None,
                maker.key if maker else "", prl_raw)  # fmt: skip
         block = self._blocks.get(key)
-        if block is None:
-            block = self._options(subnet, mtype, inform, decision, maker, set(prl_raw))
+        if block is None or block[0] is not subnet:
+            block = (subnet, *self._options(subnet, mtype, inform, decision, maker, set(prl_raw)))
             if len(self._blocks) >= BLOCKS_MAX:  # a flood of made-up lists: start again
                 self._blocks.clear()
             self._blocks[key] = block
-        options, codes, note = block
+        _, options, codes, note = block
         if decision is None:
             note = p.rules.explain(facts)
         relay_info = raw_option(req, RELAY_INFO)

@@ -69,6 +69,7 @@ def from_user_agent(user_agent: str | None) -> VendorFacts | None:
     return hit[1] if hit else None
 
 
+@functools.lru_cache(maxsize=1024)  # a lab's phones send a few dozen distinct ones
 def from_vendor_class(raw: bytes | None) -> VendorFacts | None:
     """Vendor and model from DHCP option 60 (binary for Poly, NUL-terminated for Cisco)."""
     hit = _first(lambda v: v.parse_vendor_class(raw)) if raw else None

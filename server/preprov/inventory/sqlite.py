@@ -305,17 +305,19 @@ class Committer:
         holding older pages stops it short without waiting: tried again next turn."""
         self.checkpoint_due = False
         db = self.db
-        wal = Path(f"{self.path}-wal")
-        outgrown = wal.exists() and wal.stat().st_size > self.budget.wal_limit
-        mode = "TRUNCATE" if outgrown else "PASSIVE"
-        (patience,) = db.execute("PRAGMA busy_timeout").fetchone()
-        db.execute("PRAGMA busy_timeout=0")
-        try:
-            db.execute(f"PRAGMA wal_checkpoint({mode})").fetchall()
-        except sqlite3.OperationalError:
-            pass  # busy: next turn
-        finally:
-            db.execute(f"PRAGMA busy_timeout={int(patience)}")
+        # Called after a commit: whatever fails here (busy, the WAL's size unreadable)
+        # is left to the next turn, never reported as that commit's failure (the server
+        # would then write its events again).
+        with contextlib.suppress(sqlite3.Error, OSError):
+            wal = Path(f"{self.path}-wal")
+            outgrown = wal.exists() and wal.stat().st_size > self.budget.wal_limit
+            mode = "TRUNCATE" if outgrown else "PASSIVE"
+            (patience,) = db.execute("PRAGMA busy_timeout").fetchone()
+            db.execute("PRAGMA busy_timeout=0")
+            try:
+                db.execute(f"PRAGMA wal_checkpoint({mode})").fetchall()
+            finally:
+                db.execute(f"PRAGMA busy_timeout={int(patience)}")
 
     def plan_pruning(self, db: sqlite3.Connection, now: float) -> None:
         """Decide what the writer prunes (prune_below, forget): reads only, in the

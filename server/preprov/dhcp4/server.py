@@ -159,8 +159,6 @@ class Dhcp4Server:
     @policy.setter
     def policy(self, policy: Dhcp4Policy) -> None:
         self._policy = policy
-        # per rule and vendor: the provisioning options of the rule URL
-        self._provisioning: dict[tuple[str, str], dict[int, bytes]] = {}
         # an answer's options but option 82, encoded (_reply)
         self._blocks: dict[
             tuple[object, ...], tuple[Subnet, bytes, tuple[int, ...], str | None]
@@ -528,10 +526,7 @@ class Dhcp4Server:
             forms: Mapping[int, str] = (
                 p.vendor_forms.get(maker.key, maker.dhcp4) if maker is not None else {}
             ) or panasonic_forms(p.options)
-            key = (decision.rule, maker.key if maker else "")
-            values = self._provisioning.get(key)
-            if values is None:
-                values = self._provisioning[key] = provisioning_options(decision, forms)
+            values = provisioning_options(decision, forms)
             codes = tuple(forms)
             wanted = prl | set(p.options.always_send)
             for code in codes:

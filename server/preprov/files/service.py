@@ -65,7 +65,9 @@ class FileAnswer:
     # until when (time.monotonic()) the same request gets this same answer, as long as
     # the runtime and what the server knows of devices do not change (Answers); 0: never
     reusable_until: float = 0.0
-    wire: object = None  # the transport's encoding of it, kept with it when reused
+    # the transport's encoding of it, kept with it when reused: (Date header's value,
+    # (keep-alive, HTTP version, HEAD), the bytes)
+    wire: tuple[bytes, tuple[bool, str, bool], bytes] | None = None
 
 
 class Answers:

@@ -360,8 +360,9 @@ class SQLiteStore:
     nears its share of `max_bytes`, or past `max_events` or `max_age`; devices
     not registered and without a bound lease are forgotten after `max_age`;
     leases are never pruned. With `writer_process` (the server) the group commits
-    and the maintenance (the WAL checkpointed every second and truncated when it
-    outgrows its share, the pruning planned) run in the writer process; without
+    and the maintenance (the WAL checkpointed every 0.1 s, the writer finishing each
+    checkpoint between two commits, truncated when it outgrows its share; the
+    pruning planned) run in the writer process; without
     it (the CLI, the tests) the commits run in the caller and nothing is
     maintained in the background.
     """

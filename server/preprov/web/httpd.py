@@ -95,8 +95,8 @@ def _wire(answer: FileAnswer, keep_alive: bool, version: str, head: bool) -> byt
     were made in (its Date header)."""
     date = _date()
     kept = answer.wire
-    if isinstance(kept, tuple) and kept[0] is date and kept[1] == (keep_alive, version, head):
-        return cast(bytes, kept[2])
+    if kept is not None and kept[0] is date and kept[1] == (keep_alive, version, head):
+        return kept[2]
     wire = response_bytes(
         answer.status, answer.body, answer.content_type, answer.headers, keep_alive,
         head=head, version=version,

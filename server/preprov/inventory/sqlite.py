@@ -31,6 +31,7 @@ from .queries import (
     UPSERT_DEVICE,
     Device,
     Reads,
+    numbered,
 )
 from .store import (
     BOOT_GAP,
@@ -149,9 +150,9 @@ PLAN_EVERY = 50  # checkpoints: the pruning is planned every 5 s
 FORGET_PLAN = 5000  # devices chosen to forget per plan, at most
 FORGET_CHUNK = 500  # devices forgotten per group commit
 PRUNE_CHUNK = 2000  # events deleted at most per group commit, while over the budget
-_UPSERT = UPSERT_DEVICE.format(changed=":changed")
+_UPSERT, _upsert_args = numbered(UPSERT_DEVICE.format(changed=":changed"))
 _CLAIM_MANY = CLAIM_LEASE.replace("RETURNING ip", "")
-_UPDATE = UPDATE_DEVICE.format(changed=":changed")
+_UPDATE, _update_args = numbered(UPDATE_DEVICE.format(changed=":changed"))
 NEXT_CHANGED = "SELECT coalesce(max(changed), 0) + 1 FROM devices"
 
 
@@ -232,9 +233,9 @@ class Committer:
                 for d in (*upserts, *updates):
                     if d["changed"] is not None:
                         d["changed"] = changed
-            db.executemany(_UPSERT, upserts)
+            db.executemany(_UPSERT, map(_upsert_args, upserts))
             if updates:
-                db.executemany(_UPDATE, updates)
+                db.executemany(_UPDATE, map(_update_args, updates))
             pruned, forgot = self._prune(db)
             db.execute("COMMIT")
         except BaseException:

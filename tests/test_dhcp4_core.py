@@ -298,6 +298,13 @@ def test_options_only_when_asked_unless_always_sent() -> None:
     )
     assert opt(offer, 160) == b"http://198.18.0.1:8080" and opt(offer, 66) == b"198.18.0.1"
     assert opt(offer, 159) is None
+    # always sent to a client that asked for none of them: provisioned, no warning
+    out = always.datagram_received(
+        msg(DHCPMessageType.DHCPDISCOVER, prl=bytes([1, 3])), ("0.0.0.0", 68), T
+    )
+    assert opt(reply(out), 160) == b"http://198.18.0.1:8080" and opt(reply(out), 66) is None
+    assert [e.kind for e in out.events] == ["dhcp4.answered"]
+    assert out.events[0].note is None  # type: ignore[attr-defined]
 
 
 def test_long_option_is_split_and_a_reply_that_cannot_fit_is_refused() -> None:

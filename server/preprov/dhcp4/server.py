@@ -532,7 +532,9 @@ class Dhcp4Server:
             for code in codes:
                 if code in values and code in wanted:
                     o[code] = values[code]
-            if codes and not prl & set(codes):
+            if codes and not any(code in o for code in codes):
+                # none sent: the client asked for none and dhcp4.options.always_send
+                # names none (an answer with an always-sent URL is no warning)
                 asked = ", ".join(str(c) for c in sorted(codes))
                 note = f"the client asked for none of options {asked}"
         return encode_options(o), tuple(sorted(o)), note

@@ -13,9 +13,15 @@ seconds each, from --clients distinct MACs. A rate is sustained when both
 DISCOVER-OFFER and REQUEST-ACK drop at most 2.5 %. Prints the highest rate each
 sustains and the ratio.
 
+Each rate's line also gives the CPU the server (preprov: with its writer process)
+and perfdhcp took, in % of one core: on a 2-core machine the load generator's
+share is the servers' loss. perfdhcp receives in a second thread by default
+(`-g multi` on more than one CPU); `--perfdhcp-threads single` runs it in one.
+
 Then preprov's resident memory with 100,000 bound leases loaded from its store.
 
     ./run bench dhcp4_kea [--step 5] [--clients 50000] [--rates 1000,2000,...] [--log-level]
+                          [--no-pin] [--perfdhcp-threads single|multi]
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import ipaddress
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import sqlite3
@@ -89,6 +96,9 @@ def kea_config(work: Path) -> dict[str, object]:
 
 
 PINNED = True  # --no-pin: the servers (and preprov's writer process) on any CPU
+# --perfdhcp-threads: perfdhcp's -g (None: its own default, "multi" on more than one CPU,
+# where a second thread receives; it then takes a core's worth more of a 2-core machine)
+PERFDHCP_THREADS: str | None = None
 
 
 def pin(cpu: int) -> list[str]:
@@ -99,47 +109,89 @@ def perfdhcp(
     client: Host, server: str, rate: int, seconds: int, clients: int, family: str = "-4",
     extra: tuple[str, ...] = (),
 ) -> dict[str, float]:  # fmt: skip
+    threads = ("-g", PERFDHCP_THREADS) if PERFDHCP_THREADS else ()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.monotonic()
     r = subprocess.run(
-        [*client.prefix(), *pin(1), "perfdhcp", family, *extra, "-r", str(rate),
+        [*client.prefix(), *pin(1), "perfdhcp", family, *threads, *extra, "-r", str(rate),
          "-R", str(clients), "-p", str(seconds), "-l", "eth0", server],
         capture_output=True, text=True, timeout=seconds + 60,
     )  # fmt: skip
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # perfdhcp's CPU (the netns and taskset prefixes exec it: it is the child reaped)
+    spent = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    load_cpu = 100 * spent / (time.monotonic() - started)
     out = r.stdout
     achieved = re.search(r"Rate: ([\d.]+) 4-way exchanges/second", out)
     drops = [float(x) for x in re.findall(r"drops ratio: ([\d.]+) %", out)]
     sent = [int(x) for x in re.findall(r"sent packets: (\d+)", out)]
     if not achieved or len(drops) < 2:
-        return {"rate": rate, "achieved": 0.0, "drops_do": 100.0, "drops_ra": 100.0, "sent": 0}
+        return {"rate": rate, "achieved": 0.0, "drops_do": 100.0, "drops_ra": 100.0, "sent": 0,
+                "perfdhcp_cpu": load_cpu}  # fmt: skip
     return {"rate": rate, "achieved": float(achieved.group(1)), "drops_do": drops[0],
-            "drops_ra": drops[1], "sent": sent[0] if sent else 0}  # fmt: skip
+            "drops_ra": drops[1], "sent": sent[0] if sent else 0,
+            "perfdhcp_cpu": load_cpu}  # fmt: skip
+
+
+def cpu_ticks(pid: int | None) -> int:
+    """CPU time (clock ticks) of a process and its children (preprov's writer)."""
+    if pid is None:
+        return 0
+    total = 0
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        for p in (pid, *map(int, children)):
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    except OSError:
+        pass
+    return total
+
+
+def server_step(
+    pid: int | None, client: Host, server: str, rate: int, seconds: int, clients: int,
+    family: str, extra: tuple[str, ...],
+) -> dict[str, float]:  # fmt: skip
+    """One perfdhcp run, with the server's CPU (its processes, % of one core) meanwhile."""
+    t0, w0 = cpu_ticks(pid), time.monotonic()
+    row = perfdhcp(client, server, rate, seconds, clients, family, extra)
+    hz = os.sysconf("SC_CLK_TCK")
+    row["server_cpu"] = 100 * (cpu_ticks(pid) - t0) / hz / (time.monotonic() - w0)
+    return row
 
 
 def sweep(
     client: Host, server: str, rates: list[int], step: int, clients: int, family: str = "-4",
-    extra: tuple[str, ...] = (),
+    extra: tuple[str, ...] = (), pid: int | None = None,
 ) -> tuple[int, list[dict[str, float]]]:  # fmt: skip
+    """`pid`: the server's, for its CPU share at each rate (beside perfdhcp's)."""
     best = 0
     rows = []
+
+    def cpu(row: dict[str, float]) -> str:
+        return (f"CPU: server {row['server_cpu']:.0f} %, perfdhcp {row['perfdhcp_cpu']:.0f} % "
+                "of a core")  # fmt: skip
+
     for rate in rates:
-        row = perfdhcp(client, server, rate, step, clients, family, extra)
+        row = server_step(pid, client, server, rate, step, clients, family, extra)
         rows.append(row)
         ok = row["drops_do"] <= 2.5 and row["drops_ra"] <= 2.5 and row["achieved"] >= 0.95 * rate
         verdict = "ok" if ok else "NOT sustained"
         print(
             f"  rate {rate:>6}/s: achieved {row['achieved']:>8.0f}/s, "
-            f"drops DO {row['drops_do']:.2f} %, RA {row['drops_ra']:.2f} %  {verdict}",
+            f"drops DO {row['drops_do']:.2f} %, RA {row['drops_ra']:.2f} %  {verdict}; {cpu(row)}",
             flush=True,
         )
         if not ok:
             break
         best = rate
     if best:  # steady past capacity: twice the sustained rate, what is still answered
-        row = perfdhcp(client, server, 2 * best, step, clients, family, extra)
+        row = server_step(pid, client, server, 2 * best, step, clients, family, extra)
         row["overload"] = 1.0
         rows.append(row)
         print(f"  overload: offered {2 * best}/s (twice the sustained rate), answered "
               f"{row['achieved']:.0f}/s = {100 * row['achieved'] / best:.0f} % of the sustained "
-              f"rate (target >= 90 %)", flush=True)  # fmt: skip
+              f"rate (target >= 90 %); {cpu(row)}", flush=True)  # fmt: skip
     return best, rows
 
 
@@ -199,6 +251,12 @@ def rss_mib(pid: int) -> float:
     return total / 1024
 
 
+def add_threads_option(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--perfdhcp-threads", choices=["single", "multi"],
+                    help="perfdhcp's -g (default: its own, multi on more than one CPU; "
+                         "single leaves the servers more of a 2-core machine)")  # fmt: skip
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--step", type=int, default=5, help="seconds at each rate")
@@ -213,9 +271,11 @@ def main() -> int:
                     help="preprov's log level (info, its default)")  # fmt: skip
     ap.add_argument("--no-pin", action="store_true",
                     help="no CPU pinning: servers and perfdhcp share both cores")
+    add_threads_option(ap)
     args = ap.parse_args()
-    global PINNED
+    global PINNED, PERFDHCP_THREADS
     PINNED = not args.no_pin
+    PERFDHCP_THREADS = args.perfdhcp_threads
     rates = [int(r) for r in args.rates.split(",")]
     why = netns_unavailable()
     if why:
@@ -248,7 +308,8 @@ def main() -> int:
                              "--duration", str(args.step * len(rates))],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                         )  # fmt: skip
-                    best_pp, rows_pp = sweep(client, server_ip, rates, args.step, args.clients)
+                    best_pp, rows_pp = sweep(client, server_ip, rates, args.step, args.clients,
+                                           pid=pp.pid)  # fmt: skip
                     if spy is not None:
                         spy.send_signal(signal.SIGINT)
                         spy.wait(30)
@@ -269,7 +330,8 @@ def main() -> int:
                 timeout=3.0,
             )
             try:
-                best_kea, rows_kea = sweep(client, server_ip, rates, args.step, args.clients)
+                best_kea, rows_kea = sweep(client, server_ip, rates, args.step, args.clients,
+                                           pid=kea.pid)  # fmt: skip
             finally:
                 stop(kea)
             # preprov started on a store of 100,000 bound leases: its resident memory

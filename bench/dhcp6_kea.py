@@ -8,8 +8,10 @@ preprov at its default level, with its per-source limit lifted (perfdhcp sends
 every client from one address). perfdhcp -6, pinned to CPU 1 in a client namespace, runs SOLICIT,
 ADVERTISE, REQUEST, REPLY exchanges from its link-local address to ff02::1:2
 at rising rates. A rate is sustained when both exchanges drop at most 2.5 %.
+Each rate's line gives the CPU the server and perfdhcp took (see dhcp4_kea).
 
     ./run bench dhcp6_kea [--step 5] [--clients 50000] [--rates ...] [--only preprov|kea]
+                          [--multicast] [--no-pin] [--perfdhcp-threads single|multi]
 """
 
 from __future__ import annotations
@@ -100,8 +102,10 @@ def main() -> int:
     )  # fmt: skip
     ap.add_argument("--no-pin", action="store_true",
                     help="no CPU pinning: servers and perfdhcp share both cores")
+    dhcp4_kea.add_threads_option(ap)
     args = ap.parse_args()
     dhcp4_kea.PINNED = not args.no_pin
+    dhcp4_kea.PERFDHCP_THREADS = args.perfdhcp_threads
     rates = [int(r) for r in args.rates.split(",")]
     why = netns_unavailable()
     if why:
@@ -138,7 +142,7 @@ def main() -> int:
                     )  # fmt: skip
                 try:
                     best_pp, rows_pp = sweep(
-                        client, target, rates, args.step, args.clients, "-6", extra
+                        client, target, rates, args.step, args.clients, "-6", extra, pp.pid
                     )
                 finally:
                     if spy is not None:
@@ -159,7 +163,7 @@ def main() -> int:
                 )
                 try:
                     best_kea, rows_kea = sweep(
-                        client, target, rates, args.step, args.clients, "-6", extra
+                        client, target, rates, args.step, args.clients, "-6", extra, kea.pid
                     )
                 finally:
                     stop(kea)

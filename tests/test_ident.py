@@ -126,3 +126,48 @@ def test_what_devices_told_is_remembered_after_a_restart(tmp_path: Path) -> None
         assert "option 60 '(none)'" in other.stdout  # a phone never seen: refused
     finally:
         assert sp.stop() == 0
+
+
+def test_the_directory_learns_from_each_kind_of_event_only_what_it_tells() -> None:
+    """What each event teaches the directory (docs/design.md §3): a bound lease its
+    address, a released one its loss; a SUBSCRIBE and a served file the model,
+    firmware and vendor, and the SUBSCRIBE its source; a DHCP answer option 60, the
+    relay and the subnet, and a DHCPINFORM its source; a refusal nothing."""
+    from preprov.events import Dhcp4Lease, Dhcp6Lease, PnpSubscribe
+
+    d = Directory()
+    m = MAC.upper()
+    d(Dhcp4Lease(channel="dhcpv4", mac=m, ip="198.18.0.9", client_id="c", state="bound",
+                 expires=1.0))  # fmt: skip
+    assert d.holder("198.18.0.9") == m
+    d(Dhcp4Lease(channel="dhcpv4", mac=m, ip="198.18.0.9", client_id="c", state="released",
+                 expires=1.0))  # fmt: skip
+    assert d.holder("198.18.0.9") is None
+    d(Dhcp6Lease(channel="dhcpv6", mac=m, ip="fd00::9", client_id="c", state="bound",
+                  expires=1.0))  # fmt: skip
+    assert d.holder("fd00::9") == m
+    d(Dhcp4Answered(channel="dhcpv4", client="198.18.0.7", mac=m, message="DHCPOFFER",
+                    request="DHCPDISCOVER", xid="1", vendor_class="Panasonic", relay="",
+                    network="198.18.0.0/24"))  # fmt: skip
+    assert d.holder("198.18.0.7") is None  # an offer's address is not the device's yet
+    assert (d.known(m).vendor_class, d.known(m).relay) == ("Panasonic", None)
+    d(Dhcp4Answered(channel="dhcpv4", client="198.18.0.8", mac=m, message="DHCPACK",
+                    request="DHCPINFORM", xid="2"))  # fmt: skip
+    assert d.holder("198.18.0.8") == m and d.known(m).network == "198.18.0.0/24"
+    d(PnpSubscribe(channel="pnp", client="198.18.0.10", mac=m, model="KX-HDV130",
+                   call_id="x"))  # fmt: skip
+    assert d.holder("198.18.0.10") == m and d.known(m).model == "KX-HDV130"
+    d(FileServed(channel="http", client="198.18.0.11", mac=m, fwver="1.2", path="/a",
+                 template="a", rule=None, size=1))  # fmt: skip
+    facts = d.known(m)
+    assert d.holder("198.18.0.11") is None and (facts.model, facts.fwver) == ("KX-HDV130", "1.2")
+    assert facts.vendor_class == "Panasonic"  # what a later event did not say is kept
+    version = d.version
+    d(FileRefused(channel="http", client="198.18.0.12", mac=m, model="KX-UT670", path="/b",
+                  status=403, reason="no"))  # fmt: skip
+    d(FileServed(channel="http", client="198.18.0.13", mac=m, model="KX-HDV130", path="/a",
+                 template="a", rule=None, size=1))  # fmt: skip
+    assert d.known(m).model == "KX-HDV130" and d.version == version  # nothing new
+    d(FileServed(channel="http", client="198.18.0.13", mac=None, model="KX-UT670", path="/a",
+                 template="a", rule=None, size=1))  # fmt: skip
+    assert d.version == version  # no MAC: nothing to learn

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import functools
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from . import vendors
 from .events import (
@@ -136,35 +137,54 @@ class Directory:
         self._by_address: OrderedDict[str, str] = OrderedDict()
         self._facts: OrderedDict[str, DeviceFacts] = OrderedDict()
         self.version = 0  # counts the changes of what known() and holder() answer
+        self._told: dict[type, Callable[[Any], None]] = {
+            Dhcp4Lease: self._lease, Dhcp6Lease: self._lease, PnpSubscribe: self._said,
+            FileServed: self._said, Dhcp4Answered: self._answered,
+        }  # fmt: skip
 
     def __call__(self, event: Event) -> None:
-        if isinstance(event, (Dhcp4Lease, Dhcp6Lease)):
-            if event.state == "bound" and event.mac:
-                self.bind(event.ip, event.mac)
-            elif self._by_address.get(event.ip) == event.mac:
-                del self._by_address[event.ip]
-                self.version += 1
-            return
-        if not isinstance(event, (PnpSubscribe, FileServed, Dhcp4Answered)) or not event.mac:
-            return
+        # by the event's type, looked up once: every event of the bus comes here
+        told = self._told.get(type(event))
+        if told is not None:
+            told(event)
+
+    def _lease(self, event: Dhcp4Lease | Dhcp6Lease) -> None:
+        if event.state == "bound" and event.mac:
+            self.bind(event.ip, event.mac)
+        elif self._by_address.get(event.ip) == event.mac:
+            del self._by_address[event.ip]
+            self.version += 1
+
+    def _said(self, event: PnpSubscribe | FileServed) -> None:
+        """Model, firmware and vendor; a SUBSCRIBE's source address."""
         mac = event.mac
+        if not mac:
+            return
         known = self._facts.get(mac)
-        if known is not None and (
-            (isinstance(event, (PnpSubscribe, FileServed))
-             and event.model in (None, known.model) and event.fwver in (None, known.fwver)
-             and event.vendor in (None, known.vendor))
-            or (isinstance(event, Dhcp4Answered)
-                and event.vendor_class in (None, "", known.vendor_class)
-                and event.relay in (None, "", known.relay)
-                and event.network in (None, "", known.network))
-        ):  # fmt: skip
+        if (known is not None and event.model in (None, known.model)
+                and event.fwver in (None, known.fwver) and event.vendor in (None, known.vendor)):
             self._facts.move_to_end(mac)  # what it says on every request: nothing new
         else:
-            self.learn(mac, told_by(event.kind, event.fields()))
-        if event.client and (
-            isinstance(event, PnpSubscribe)
-            or (isinstance(event, Dhcp4Answered) and event.request == "DHCPINFORM")
-        ):
+            self.learn(mac, DeviceFacts(model=event.model or None, fwver=event.fwver or None,
+                                        vendor=event.vendor or None))  # fmt: skip
+        if event.client and isinstance(event, PnpSubscribe):
+            self.bind(event.client, mac)
+
+    def _answered(self, event: Dhcp4Answered) -> None:
+        """Option 60, the relay and the subnet; a DHCPINFORM's source address."""
+        mac = event.mac
+        if not mac:
+            return
+        known = self._facts.get(mac)
+        if (known is not None and event.vendor_class in (None, "", known.vendor_class)
+                and event.relay in (None, "", known.relay)
+                and event.network in (None, "", known.network)):  # fmt: skip
+            self._facts.move_to_end(mac)
+        else:
+            self.learn(mac, DeviceFacts(vendor_class=event.vendor_class or None,
+                                        relay=event.relay or None,
+                                        network=event.network or None))  # fmt: skip
+        if event.client and event.request == "DHCPINFORM":
             self.bind(event.client, mac)
 
     def remember(self, history: list[tuple[str, str, dict[str, object]]]) -> int:

@@ -103,8 +103,10 @@ NO_FACTS = DeviceFacts()
 
 
 def told_by(kind: str, fields: Mapping[str, object]) -> DeviceFacts:
-    """What one event (live, or as stored) tells of its device: a DHCP answer its option
-    60, relay and subnet; a SUBSCRIBE or a served file its model, firmware and vendor."""
+    """What one event (as stored, or as another server told it) tells of its device: a
+    DHCP answer its option 60, relay and subnet; a SUBSCRIBE or a served file its model,
+    firmware and vendor. A live event's are read from its attributes, the same fields
+    (Directory._said, Directory._answered)."""
 
     def text(key: str) -> str | None:
         v = fields.get(key)
@@ -143,7 +145,8 @@ class Directory:
         }  # fmt: skip
 
     def __call__(self, event: Event) -> None:
-        # by the event's type, looked up once: every event of the bus comes here
+        # by the event's exact type (none derives from these), looked up once: every
+        # event of the bus comes here
         told = self._told.get(type(event))
         if told is not None:
             told(event)

@@ -171,3 +171,20 @@ def test_the_directory_learns_from_each_kind_of_event_only_what_it_tells() -> No
     d(FileServed(channel="http", client="198.18.0.13", mac=None, model="KX-UT670", path="/a",
                  template="a", rule=None, size=1))  # fmt: skip
     assert d.version == version  # no MAC: nothing to learn
+
+
+def test_the_directory_hears_every_event_class_that_teaches() -> None:
+    """The directory dispatches by an event's exact type: a class deriving from one it
+    learns from would be passed over without a word. None may."""
+    from preprov.events import Event
+
+    taught = set(Directory()._told)
+    seen: list[type] = []
+    todo: list[type] = [Event]
+    while todo:
+        cls = todo.pop()
+        seen.append(cls)
+        todo.extend(cls.__subclasses__())
+    assert len(seen) > 20
+    for cls in seen:
+        assert not any(issubclass(cls, t) and cls is not t for t in taught), cls

@@ -156,7 +156,8 @@ def server_step(
     t0, w0 = cpu_ticks(pid), time.monotonic()
     row = perfdhcp(client, server, rate, seconds, clients, family, extra)
     hz = os.sysconf("SC_CLK_TCK")
-    row["server_cpu"] = 100 * (cpu_ticks(pid) - t0) / hz / (time.monotonic() - w0)
+    if pid is not None:
+        row["server_cpu"] = 100 * (cpu_ticks(pid) - t0) / hz / (time.monotonic() - w0)
     return row
 
 
@@ -169,8 +170,8 @@ def sweep(
     rows = []
 
     def cpu(row: dict[str, float]) -> str:
-        return (f"CPU: server {row['server_cpu']:.0f} %, perfdhcp {row['perfdhcp_cpu']:.0f} % "
-                "of a core")  # fmt: skip
+        server = f"server {row['server_cpu']:.0f} %, " if "server_cpu" in row else ""
+        return f"CPU: {server}perfdhcp {row['perfdhcp_cpu']:.0f} % of a core"
 
     for rate in rates:
         row = server_step(pid, client, server, rate, step, clients, family, extra)

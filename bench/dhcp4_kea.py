@@ -27,6 +27,7 @@ Then preprov's resident memory with 100,000 bound leases loaded from its store.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ipaddress
 import json
 import os
@@ -39,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -252,6 +254,24 @@ def rss_mib(pid: int) -> float:
     return total / 1024
 
 
+@contextlib.contextmanager
+def profiled(pid: int, out: str | None) -> Iterator[None]:
+    """py-spy samples the process meanwhile (`--profile FILE`: collapsed stacks)."""
+    if not out:
+        yield
+        return
+    spy = subprocess.Popen(
+        [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid),
+         "--format", "raw", "--output", out],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        yield
+    finally:
+        spy.send_signal(signal.SIGINT)
+        spy.wait(30)
+
+
 def add_threads_option(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--perfdhcp-threads", choices=["single", "multi"],
                     help="perfdhcp's -g (default: its own, multi on more than one CPU; "
@@ -301,19 +321,9 @@ def main() -> int:
             try:
                 best_pp, rows_pp = (0, [])
                 if args.only != "kea":
-                    spy = None
-                    if args.profile:
-                        spy = subprocess.Popen(
-                            [str(Path(sys.executable).parent / "py-spy"), "record", "--pid",
-                             str(pp.pid), "--format", "raw", "--output", args.profile,
-                             "--duration", str(args.step * len(rates))],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                        )  # fmt: skip
-                    best_pp, rows_pp = sweep(client, server_ip, rates, args.step, args.clients,
-                                           pid=pp.pid)  # fmt: skip
-                    if spy is not None:
-                        spy.send_signal(signal.SIGINT)
-                        spy.wait(30)
+                    with profiled(pp.pid, args.profile):
+                        best_pp, rows_pp = sweep(client, server_ip, rates, args.step,
+                                                 args.clients, pid=pp.pid)  # fmt: skip
             finally:
                 stop(pp)
             if args.only == "preprov":

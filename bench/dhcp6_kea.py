@@ -20,8 +20,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -31,7 +29,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE))
 
 import dhcp4_kea  # noqa: E402
-from dhcp4_kea import pin, start_and_wait, stop, sweep  # noqa: E402
+from dhcp4_kea import pin, profiled, start_and_wait, stop, sweep  # noqa: E402
 from preprov.lab import Lab, netns_unavailable  # noqa: E402
 
 LIFETIME = 3600
@@ -133,21 +131,12 @@ def main() -> int:
                      "--state-dir", str(work / "state")],
                     work / "preprov.log", b"\x00", timeout=3.0,
                 )  # fmt: skip
-                spy = None
-                if args.profile:
-                    spy = subprocess.Popen(
-                        [str(Path(sys.executable).parent / "py-spy"), "record", "--pid",
-                         str(pp.pid), "--format", "raw", "--output", args.profile],
-                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                    )  # fmt: skip
                 try:
-                    best_pp, rows_pp = sweep(
-                        client, target, rates, args.step, args.clients, "-6", extra, pp.pid
-                    )
+                    with profiled(pp.pid, args.profile):
+                        best_pp, rows_pp = sweep(
+                            client, target, rates, args.step, args.clients, "-6", extra, pp.pid
+                        )
                 finally:
-                    if spy is not None:
-                        spy.send_signal(signal.SIGINT)
-                        spy.wait(30)
                     stop(pp)
             if args.only != "preprov":
                 print("kea-dhcp6 (memfile, persist on):", flush=True)

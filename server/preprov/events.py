@@ -34,7 +34,7 @@ class Event:
         if cached is None:
             cached = self.__dict__.copy()  # the dataclass fields, in their order
             del cached["ts"]
-            object.__setattr__(self, "_fields", cached)
+            self.__dict__["_fields"] = cached
         return cached
 
     def again(self) -> Event:

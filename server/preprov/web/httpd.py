@@ -6,10 +6,10 @@ be the larger part of the cost of a request: the same file path answered
 one on one core, in the same benchmark (README, "Speed"); the rest of the gain
 to about 20,000 came from the inventory and log changes around it. It does
 only what phones need: GET and HEAD, keep-alive and pipelining, answers in
-order, and each answer leaves once its event is in the inventory's writer process
-(from there it is committed even if the server is killed; without a writer process,
-once committed) (no task or future per request: a callback of the group commit). Everything a
-request means is decided by files.service.fetch, as for any other transport; a
+order, and each answer leaves once its event is in the inventory's writer process,
+from where it is committed even if the server is killed (without a writer process:
+once committed); no task or future per request, a callback of the group commit.
+Everything a request means is decided by files.service.fetch, as for any other transport; a
 repeated request reuses the answer it was given while nothing it was decided on
 changed (files.service.Answers).
 

@@ -29,7 +29,11 @@ NO_FACTS: DeviceFacts  # the empty facts, defined below the class
 MEANINGLESS_VENDORS = {"", "oem", "unknown"}
 
 
-@dataclass(frozen=True)
+# Not frozen, and slotted: several are built for every DHCP packet (0.8 µs frozen
+# against 0.2 µs), and the directory keeps one per device. Treated as values all
+# the same: nothing assigns to a field once built (the lru_cache and the directory
+# share them).
+@dataclass(slots=True)
 class DeviceFacts:
     mac: str | None = None  # 12 upper-case hex digits
     model: str | None = None
@@ -52,7 +56,7 @@ class DeviceFacts:
                 and (self.fwver or not other.fwver) and (self.vendor or not other.vendor)
                 and (self.ip or not other.ip) and (self.vendor_class or not other.vendor_class)
                 and (self.network or not other.network) and (self.relay or not other.relay)):
-            return self  # other adds nothing: no new (frozen, so costly) object  # fmt: skip
+            return self  # other adds nothing: no new object  # fmt: skip
         return DeviceFacts(
             mac=self.mac or other.mac,
             model=self.model or other.model,

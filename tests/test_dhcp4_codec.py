@@ -98,3 +98,22 @@ def test_refusals() -> None:
         assert "fit" in str(e)
     else:
         raise AssertionError("400 octets of options fit in 576")
+
+
+def test_parts_of_a_code_are_joined_into_bytes() -> None:
+    """RFC 3396: a code that comes again continues its value, in the options, the file
+    and sname fields (option 52); the value is bytes like every other, whatever the
+    number of parts (a datagram of 20,000 one-octet parts is one 20,000-octet value)."""
+    head = bytes([1, 1, 6]) + bytes(233)
+    magic = b"\x63\x82\x53\x63"
+    parts = bytes([53, 1, 1, 60, 2, 65, 66, 12, 1, 104, 60, 1, 67])
+    p = decode(head + magic + parts + b"\xff")
+    assert p.options == {53: b"\x01", 60: b"ABC", 12: b"h"}
+    assert all(type(v) is bytes for v in p.options.values())
+    many = decode(head + magic + bytes([53, 1, 1]) + bytes([43, 1, 7]) * 20_000 + b"\xff")
+    assert many.options[43] == bytes([7]) * 20_000 and type(many.options[43]) is bytes
+    # option 52 = 1: the file field holds options too, continuing those of the options field
+    file = bytes([60, 1, 68, 255]).ljust(128, b"\x00")
+    head52 = bytes([1, 1, 6]) + bytes(105) + file
+    p52 = decode(head52 + magic + bytes([53, 1, 1, 52, 1, 1, 60, 1, 65, 255]))
+    assert p52.options[60] == b"AD" and type(p52.options[60]) is bytes

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
+from typing import cast
 
 MAGIC = b"\x63\x82\x53\x63"
 HEADER = struct.Struct("!BBBBIHH4s4s4s4s16s64s128s")  # 236 octets
@@ -55,12 +56,16 @@ class Packet:
         return bool(self.flags & BROADCAST_FLAG)
 
 
-def _walk(buf: bytes, into: dict[int, bytearray]) -> None:
+def _walk(buf: bytes, into: dict[int, bytes | bytearray]) -> bool:
+    """The options of `buf` into `into`; True when a code came again (its parts are
+    then joined in a bytearray: bytes + bytes would copy quadratically, a packet of
+    one-octet parts of one code took tens of milliseconds)."""
     i, n = 0, len(buf)
+    joined = False
     while i < n:
         code = buf[i]
         if code == 255:
-            return
+            return joined
         if code == 0:
             i += 1
             continue
@@ -72,10 +77,14 @@ def _walk(buf: bytes, into: dict[int, bytearray]) -> None:
             raise CodecError(f"option {code} says {ln} octets, {n - i - 2} remain")
         got = into.get(code)
         if got is None:
-            into[code] = bytearray(buf[i + 2 : end])
-        else:
-            got += buf[i + 2 : end]  # RFC 3396: the parts are concatenated
+            into[code] = buf[i + 2 : end]
+        else:  # RFC 3396: the parts are concatenated
+            if type(got) is bytes:
+                got = into[code] = bytearray(got)
+            got += buf[i + 2 : end]
+            joined = True
         i = end
+    return joined
 
 
 def decode(data: bytes) -> Packet:
@@ -89,18 +98,20 @@ def decode(data: bytes) -> Packet:
         raise CodecError(f"op {op} is neither request nor reply")
     if hlen > 16:
         raise CodecError(f"hlen {hlen} over 16")
-    raw: dict[int, bytearray] = {}
-    _walk(data[240:], raw)
+    raw: dict[int, bytes | bytearray] = {}
+    joined = _walk(data[240:], raw)
     overload = raw.get(52)
     if overload and len(overload) == 1:
         if overload[0] & 1:
-            _walk(file, raw)
+            joined = _walk(file, raw) or joined
         if overload[0] & 2:
-            _walk(sname, raw)
+            joined = _walk(sname, raw) or joined
+    # bytes all, unless joined
+    options = {k: bytes(v) for k, v in raw.items()} if joined else cast(dict[int, bytes], raw)
     return Packet(
         op=op, xid=xid, chaddr=chaddr[:hlen], flags=flags, ciaddr=ciaddr, yiaddr=yiaddr,
         siaddr=siaddr, giaddr=giaddr, htype=htype, hops=hops, secs=secs,
-        options={k: bytes(v) for k, v in raw.items()},
+        options=options,
     )  # fmt: skip
 
 

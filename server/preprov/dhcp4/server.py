@@ -205,11 +205,14 @@ class Dhcp4Server:
         vclass = _text(req, VENDOR_CLASS)
         giaddr = IPv4(req.giaddr) if req.giaddr != ZERO4 else None
         giaddr_s = inet_ntoa(req.giaddr) if giaddr else None
+        # the subnet: the relay's, chosen by giaddr, or the interface's own (stage 4)
+        subnet = self.leases.subnet_of(giaddr) if giaddr else p.local
         # option 60 in its vendor's form (binary for Poly, NUL-terminated for Cisco)
         said = vendors.from_vendor_class(raw_option(req, VENDOR_CLASS))
-        facts = DeviceFacts(mac=mac, model=said.model if said else None,
-                            vendor=said.vendor if said else None, vendor_class=vclass,
-                            relay=giaddr_s).with_vendor_from_oui()  # fmt: skip
+        facts = DeviceFacts(mac, said.model if said else None, None,
+                            said.vendor if said else None, None, vclass,
+                            subnet.label if subnet else None, giaddr_s)  # fmt: skip
+        facts = facts.with_vendor_from_oui()
         name = NAMES[mtype]
         dev = _dev(facts, inet_ntoa(req.ciaddr) if req.ciaddr != ZERO4 else None)
         # 3. allow-list (for a lab sharing its segment with another DHCP server)
@@ -217,16 +220,13 @@ class Dhcp4Server:
         if why:
             out.events.append(Dhcp4Refused(**dev, reason=why, request=name))
             return
-        # 4. subnet: the relay's, chosen by giaddr, or the interface's own
-        subnet = self.leases.subnet_of(giaddr) if giaddr else p.local
+        # 4. a subnet to answer from
         if subnet is None:
             where = f"relay {giaddr}" if giaddr else "this interface"
             out.events.append(
                 Dhcp4Refused(**dev, reason=f"no subnet configured for {where}", request=name)
             )
             return
-        facts = DeviceFacts(mac, facts.model, None, facts.vendor, None, vclass, subnet.label,
-                            facts.relay)  # fmt: skip
         # 5. the message
         handler = self._handlers.get(mtype)
         if handler is None:

@@ -125,25 +125,42 @@ class DatagramReader:
     def _readable(self) -> None:
         assert self.stale_after is not None
         now = time.time()
+        sock = self.sock
         batch: list[tuple[bytes, Addr]] = []
         waited = 0.0  # how long the first datagram of the batch was queued
-        for _ in range(BATCH):
+        read = 0
+        # The queue is in the order of arrival: the oldest first, each with its receive
+        # time, until one is fresh enough; those behind it are fresher still and are read
+        # without theirs (recvfrom: no control message to build and look through).
+        while read < BATCH:
+            read += 1
             try:
-                data, ancillary, _flags, addr = self.sock.recvmsg(65536, self._space)
+                data, ancillary, _flags, addr = sock.recvmsg(65536, self._space)
             except (BlockingIOError, InterruptedError):
+                read = BATCH
                 break
             except OSError:
                 continue  # an ICMP error queued on the socket: the next datagram
+            age = 0.0
             for level, kind, value in ancillary:
                 if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
                     sec, nsec = _STAMP.unpack_from(value)
                     age = now - (sec + nsec / 1e9)
-                    if age > self.stale_after:
-                        self.stale += 1
-                        break
-                    waited = waited or age
-            else:
-                batch.append((data, (str(addr[0]), int(addr[1]))))
+            if age > self.stale_after:
+                self.stale += 1
+                continue
+            waited = age
+            batch.append((data, (addr[0], addr[1])))
+            break
+        while read < BATCH:
+            read += 1
+            try:
+                data, addr = sock.recvfrom(65536)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                continue
+            batch.append((data, (addr[0], addr[1])))
         if self.shed is not None and batch and (
             (len(batch) == BATCH and waited > SHED_AFTER) or self.lag() > SHED_AFTER
         ):

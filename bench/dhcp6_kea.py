@@ -89,7 +89,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--step", type=int, default=5, help="seconds at each rate")
     ap.add_argument("--clients", type=int, default=50000)
-    ap.add_argument("--rates", default="2000,4000,5000,6000,7000,8000,9000,10000,12000,14000,16000")
+    ap.add_argument("--rates", default=dhcp4_kea.RATES)
     ap.add_argument("--only", choices=["preprov", "kea"])
     ap.add_argument("--profile", metavar="FILE",
                     help="py-spy samples preprov during its sweep (collapsed stacks)")

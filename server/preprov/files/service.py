@@ -125,8 +125,8 @@ class Answers:
 
 
 def whole_body(answer: FileAnswer) -> bytes:
-    """The bytes of an answer, read from disk when it is streamed (for TFTP, whose
-    transfer resends blocks from memory, and for `preprov render`)."""
+    """The bytes of an answer, read from disk when it is streamed (`preprov render`;
+    TFTP reads a streamed answer block by block, tftp/transport.OpenFiles)."""
     if answer.stream is None:
         return answer.body
     with answer.stream() as f:

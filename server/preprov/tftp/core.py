@@ -20,6 +20,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 from urllib.parse import quote
 
 from ..datagrams import Addr, Output, Send
@@ -81,16 +82,61 @@ def error_packet(code: int, message: str) -> bytes:
     return struct.pack("!HH", ERROR, code) + message.encode("ascii", "replace")[:200] + b"\x00"
 
 
+class Source(Protocol):
+    """A file's bytes as a transfer reads them, block by block: a large file is read
+    from disk as it is sent (the adapter's), never held whole (issue: fifty phones
+    fetching a 30 MB firmware held fifty copies)."""
+
+    size: int
+
+    def read(self, offset: int, n: int) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
+class Memory:
+    """A file already in memory (a rendered template, a small raw file)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.size = len(data)
+
+    def read(self, offset: int, n: int) -> bytes:
+        return self.data[offset : offset + n]
+
+    def close(self) -> None:
+        pass
+
+
+def netascii(data: bytes) -> bytes:
+    """Line ends as netascii wants them (RFC 764): CRLF, whatever the file had."""
+    return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+CHUNK = 64 * 1024  # octets read at once from a source converted to netascii on the way
+
+
 class Transfer:
-    """One file going out, block by block, each resent until acknowledged."""
+    """One file going out, block by block, each resent until acknowledged. The blocks go
+    out in order (the next only once the last is acknowledged), so a source is read
+    once, front to back: a file in memory converted to netascii whole, a file read from
+    disk as it goes, in netascii converted chunk by chunk (its size then unknown ahead:
+    no tsize is offered)."""
 
     def __init__(
-        self, body: bytes, request: ReadRequest, blksize_max: int = BLKSIZE_MAX,
+        self, body: bytes | Source, request: ReadRequest, blksize_max: int = BLKSIZE_MAX,
         timeout: float = 1.0, retries: int = 5,
     ) -> None:  # fmt: skip
-        if request.mode == "netascii":
-            body = body.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-        self.body = body
+        convert = request.mode == "netascii"
+        if isinstance(body, bytes):
+            body = Memory(netascii(body) if convert else body)
+            convert = False
+        self.source = body
+        self.convert = convert  # netascii, chunk by chunk
+        self.size: int | None = None if convert else body.size  # octets sent in all
+        self._read = 0  # octets of the source read so far
+        self._pending = bytearray()  # converted octets not yet sent
+        self._cr = b""  # a CR that ended a chunk: its LF may start the next
         self.blksize = DEFAULT_BLKSIZE
         self.timeout = timeout
         self.retries = retries
@@ -100,17 +146,29 @@ class Transfer:
             size = max(8, min(int(opts["blksize"]), blksize_max))
             self.blksize = size
             self.accepted["blksize"] = str(size)
-        if "tsize" in opts:
-            self.accepted["tsize"] = str(len(body))  # RFC 2349: the size of a file read
+        if "tsize" in opts and self.size is not None:
+            self.accepted["tsize"] = str(self.size)  # RFC 2349: the size of a file read
         if "timeout" in opts and opts["timeout"].isdigit() and 1 <= int(opts["timeout"]) <= 255:
             self.timeout = float(opts["timeout"])
             self.accepted["timeout"] = opts["timeout"]
         self.block = 0  # the block last sent (0: the OACK)
+        self.final = False  # the block last sent is the last one (shorter than blksize)
         self.tries = 0
         self.done = False
         self.acked = False  # the last block was acknowledged
         self.last = b""
-        self.blocks = len(body) // self.blksize + 1  # a last block shorter than blksize
+
+    @property
+    def blocks(self) -> int | None:
+        """How many blocks the file takes (a last one shorter than blksize), when known."""
+        return None if self.size is None else self.size // self.blksize + 1
+
+    @property
+    def body(self) -> bytes:
+        """The whole of what is sent (tests; reads the source again)."""
+        if self.convert:
+            return netascii(self.source.read(0, self.source.size))
+        return self.source.read(0, self.source.size)
 
     def start(self) -> bytes:
         if self.accepted:
@@ -123,9 +181,28 @@ class Transfer:
     def _data(self, n: int) -> bytes:
         self.block = n
         self.tries = 0
-        chunk = self.body[(n - 1) * self.blksize : n * self.blksize]
+        chunk = self._next_chunk()
+        self.final = len(chunk) < self.blksize
         self.last = struct.pack("!HH", DATA, n & 0xFFFF) + chunk
         return self.last
+
+    def _next_chunk(self) -> bytes:
+        src, n = self.source, self.blksize
+        if not self.convert:
+            chunk = src.read(self._read, n)
+            self._read += len(chunk)
+            return chunk
+        pending = self._pending
+        while len(pending) < n and (self._read < src.size or self._cr):
+            raw = self._cr + src.read(self._read, CHUNK)
+            self._read += len(raw) - len(self._cr)
+            self._cr = b""
+            if raw.endswith(b"\r") and self._read < src.size:
+                raw, self._cr = raw[:-1], b"\r"  # the next chunk may begin with its LF
+            pending += netascii(raw)
+        chunk = bytes(pending[:n])
+        del pending[:n]
+        return chunk
 
     def on_packet(self, data: bytes) -> bytes | None:
         """The next packet to send, or None (nothing to send, or the transfer is over)."""
@@ -137,7 +214,7 @@ class Transfer:
             return None
         if op != ACK or n != self.block & 0xFFFF:
             return None  # a duplicate ACK: not answered (Sorcerer's Apprentice, RFC 1123)
-        if self.block == self.blocks:
+        if self.final:
             self.done = self.acked = True
             return None
         return self._data(self.block + 1)
@@ -149,6 +226,9 @@ class Transfer:
             self.done = True
             return None
         return self.last
+
+    def close(self) -> None:
+        self.source.close()
 
 
 CHANNEL = "tftp"
@@ -179,11 +259,13 @@ class TftpPolicy:
 
 @dataclass(frozen=True)
 class FileAnswer:
-    """What files.service.fetch said of a request: the status, the bytes, the event."""
+    """What files.service.fetch said of a request: the status, the bytes, the event;
+    a large file's `source` (read as it is sent; body then empty)."""
 
     status: int
     body: bytes
     event: Event
+    source: Source | None = None
 
 
 Answer = Callable[[str, str], FileAnswer]  # (path as in a URL, client address)
@@ -269,7 +351,7 @@ class TftpServer:
             out.sends.append(Send(error_packet(code, answer.body.decode().strip()), source))
             return out
         # 5. the transfer, from a socket of its own (a new TID)
-        t = Transfer(answer.body, req, p.blksize_max, p.timeout, p.retries)
+        t = Transfer(answer.source or answer.body, req, p.blksize_max, p.timeout, p.retries)
         tid = self._next_tid
         self._next_tid += 1
         self.live[tid] = _Live(source, t, answer.event, now + t.timeout, started=now)
@@ -339,6 +421,7 @@ class TftpServer:
         else:
             self.per_source.pop(client, None)
         t = live.transfer
+        t.close()
         out.closed.append(tid)
         if t.acked and why is None:
             out.events.append(live.served)
@@ -348,7 +431,7 @@ class TftpServer:
             FileRefused(
                 channel=CHANNEL, client=client, mac=f.get("mac"), model=f.get("model"),
                 fwver=f.get("fwver"), vendor=f.get("vendor"), path=f.get("path", ""),
-                status=408, reason=f"TFTP transfer given up at block {t.block} of {t.blocks}"
+                status=408, reason=f"TFTP transfer given up at block {t.block} of {t.blocks or '?'}"
                 + (f": {why}" if why else ""),
             )
         )  # fmt: skip

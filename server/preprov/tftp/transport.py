@@ -14,9 +14,11 @@ every transfer from one timer and needs plain callbacks.
 
 from __future__ import annotations
 
+import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
+from typing import BinaryIO
 
 from ..datagrams import Addr, Output
 from ..endpoint import CoreTimer, DatagramReader, feed_core
@@ -24,11 +26,54 @@ from ..events import EventBus
 from ..files.service import FileRequest, fetch, whole_body
 from ..net import Interface, udp_socket
 from ..runtime import Runtime
-from .core import CHANNEL, FileAnswer, TftpPolicy, TftpServer
+from .core import CHANNEL, FileAnswer, Source, TftpPolicy, TftpServer
 
 
 def tftp_socket(iface: Interface, port: int, ipv6: bool = False) -> socket.socket:
     return udp_socket("::" if ipv6 else "0.0.0.0", port, iface.name)
+
+
+class OpenFiles:
+    """Large files being sent, each opened once whatever the number of transfers reading
+    it (read with pread: no shared position): the descriptors stay bounded by the
+    files, not by the transfers (a flood of requests for one firmware)."""
+
+    def __init__(self) -> None:
+        self._open: dict[Hashable, tuple[BinaryIO, int]] = {}  # key: file, transfers
+
+    def share(
+        self, key: Hashable, opener: Callable[[], BinaryIO], offset: int, length: int
+    ) -> Source:
+        held = self._open.get(key)
+        f = opener() if held is None else held[0]
+        self._open[key] = (f, 1 if held is None else held[1] + 1)
+        return _Shared(self, key, f.fileno(), offset, length)
+
+    def release(self, key: Hashable) -> None:
+        f, readers = self._open[key]
+        if readers > 1:
+            self._open[key] = (f, readers - 1)
+        else:
+            del self._open[key]
+            f.close()
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+
+class _Shared:
+    def __init__(self, files: OpenFiles, key: Hashable, fd: int, offset: int, size: int) -> None:
+        self.files, self.key, self.fd, self.offset, self.size = files, key, fd, offset, size
+        self.closed = False
+
+    def read(self, offset: int, n: int) -> bytes:
+        n = max(0, min(n, self.size - offset))
+        return os.pread(self.fd, n, self.offset + offset) if n else b""
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.files.release(self.key)
 
 
 class TftpEndpoint:
@@ -47,11 +92,18 @@ class TftpEndpoint:
         self.requests: DatagramReader | None = None  # the request port
         self.transfers: dict[int, DatagramReader] = {}  # a socket each, by transfer id
         self._timer = CoreTimer(self._on_timer)
+        self.files = OpenFiles()
 
     def _answer(self, path: str, client: str) -> FileAnswer:
-        """The same answer as over HTTP: templates, rules, device binding, inventory."""
+        """The same answer as over HTTP: templates, rules, device binding, inventory. A
+        large raw file (firmware) is read from disk as its blocks go out."""
         req = FileRequest(CHANNEL, client, path, local=self.local_ip)
         a = fetch(self.runtime(), req, self.registered, holder=self.holder)
+        if a.stream is not None and a.status == 200:
+            # the file: the template it came from, its size and edit time (the ETag)
+            key = (getattr(a.event, "template", path), dict(a.headers).get("ETag"))
+            source = self.files.share(key, a.stream, a.offset, a.length)
+            return FileAnswer(a.status, b"", a.event, source)
         return FileAnswer(a.status, whole_body(a), a.event)
 
     async def start(self, port: int) -> None:
@@ -119,6 +171,8 @@ class TftpEndpoint:
 
     def close(self) -> None:
         self._timer.cancel()
+        for live in self.core.live.values():
+            live.transfer.close()  # the files they read
         for tid in list(self.transfers):
             self._close(tid)
         if self.requests is not None:

@@ -465,3 +465,16 @@ def test_tftp_hpa_fetches_a_large_firmware_read_from_disk(
         assert peak - before < 12 * 1024, f"RSS grew {peak - before} KiB for 6 x 8 MB"
     finally:
         assert sp.stop() == 0
+
+
+def test_a_source_that_shrinks_ends_its_transfer() -> None:
+    """A file cut short on disk while it is sent (an edit): the transfer ends with what
+    there was, in either mode, instead of waiting for bytes that never come."""
+    from preprov.tftp.core import CHUNK
+
+    data = b"z\n" * (CHUNK // 2) + b"tail\r"  # a CR last: no LF will follow it
+    for mode in ("octet", "netascii"):
+        src = Counted(data)
+        src.size = 3 * len(data)  # what the file's size said when the transfer began
+        got = run_out(Transfer(src, ReadRequest("fw", mode)))
+        assert got == (data if mode == "octet" else netascii(data)), mode

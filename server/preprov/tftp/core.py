@@ -137,6 +137,7 @@ class Transfer:
         self._read = 0  # octets of the source read so far
         self._pending = bytearray()  # converted octets not yet sent
         self._cr = b""  # a CR that ended a chunk: its LF may start the next
+        self._eof = False  # the source read to its end
         self.blksize = DEFAULT_BLKSIZE
         self.timeout = timeout
         self.retries = retries
@@ -193,11 +194,13 @@ class Transfer:
             self._read += len(chunk)
             return chunk
         pending = self._pending
-        while len(pending) < n and (self._read < src.size or self._cr):
-            raw = self._cr + src.read(self._read, CHUNK)
-            self._read += len(raw) - len(self._cr)
-            self._cr = b""
-            if raw.endswith(b"\r") and self._read < src.size:
+        while len(pending) < n and not self._eof:
+            got = src.read(self._read, CHUNK)
+            self._read += len(got)
+            # the end: the size read, or nothing more to read (the file shrank on disk)
+            self._eof = not got or self._read >= src.size
+            raw, self._cr = self._cr + got, b""
+            if raw.endswith(b"\r") and not self._eof:
                 raw, self._cr = raw[:-1], b"\r"  # the next chunk may begin with its LF
             pending += netascii(raw)
         chunk = bytes(pending[:n])

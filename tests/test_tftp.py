@@ -89,8 +89,8 @@ def test_option_negotiation() -> None:
     assert oack == struct.pack("!H", OACK) + b"blksize\x001468\x00tsize\x003000\x00timeout\x003\x00"
     first = t.on_packet(ack(0))
     assert first is not None and len(first) == 4 + 1468 and t.timeout == 3.0
-    assert Transfer(b"z", ReadRequest("f", "netascii")).body == b"z"
-    assert Transfer(b"a\nb", ReadRequest("f", "netascii")).body == b"a\r\nb"
+    assert run_out(Transfer(b"z", ReadRequest("f", "netascii"))) == b"z"
+    assert run_out(Transfer(b"a\nb", ReadRequest("f", "netascii"))) == b"a\r\nb"
 
 
 class Counted:

@@ -164,13 +164,6 @@ class Transfer:
         """How many blocks the file takes (a last one shorter than blksize), when known."""
         return None if self.size is None else self.size // self.blksize + 1
 
-    @property
-    def body(self) -> bytes:
-        """The whole of what is sent (tests; reads the source again)."""
-        if self.convert:
-            return netascii(self.source.read(0, self.source.size))
-        return self.source.read(0, self.source.size)
-
     def start(self) -> bytes:
         if self.accepted:
             opts = b"".join(k.encode() + b"\x00" + v.encode() + b"\x00"

@@ -79,7 +79,8 @@ def message(mtype: DHCPMessageType, mac: str, xid: int, **opts: bytes) -> bytes:
     return bytes(m.encode())
 
 
-async def run(clients: int) -> float:
+def subscribed_bus() -> tuple[EventBus, Directory]:
+    """The bus with the server's subscribers, the inventory's Recorder on PipeOnlyStore."""
     bus = EventBus()
     bus.subscribe(Metrics())
     bus.subscribe(Stream())
@@ -87,6 +88,11 @@ async def run(clients: int) -> float:
     bus.subscribe(directory)
     bus.subscribe(LogSink("json", "warning"))  # its per-second summary line muted
     bus.subscribe_durable(Recorder(PipeOnlyStore()))  # type: ignore[arg-type]
+    return bus, directory
+
+
+async def run(clients: int) -> float:
+    bus, directory = subscribed_bus()
     rules = RuleSet([Rule(name="d", url="http://${server}:${http_port}/{MODEL}.cfg")],
                     {"server": str(SERVER), "http_port": "8080"})  # fmt: skip
     rules.known = directory.known

@@ -163,6 +163,8 @@ def test_solicit_advertise_request_reply() -> None:
     assert str(addr.address) == "fd00:1::1000" and (addr.preferred, addr.valid) == (3600, 7200)
     assert vendor_url(adv) == URL
     assert out.sends[0].addr == CLIENT and not any(isinstance(e, Dhcp6Lease) for e in out.events)
+    said = next(e for e in out.events if isinstance(e, Dhcp6Answered))
+    assert (said.message, said.to, said.relayed) == ("ADVERTISE", f"[{CLIENT[0]}]:546", 0)
     out = s.datagram_received(
         msg(c.REQUEST, (c.SERVERID, SERVER_DUID), ia(7, "fd00:1::1000")), CLIENT, T + 1
     )
@@ -304,6 +306,8 @@ def test_relay_forw_nested_gets_relay_repl_with_interface_ids() -> None:
     assert isinstance(rep, c.Message) and rep.msg_type == c.REPLY
     # the address comes from the innermost relay's link
     assert str(c.IaNa.decode(rep.get(c.IA_NA) or b"").addresses[0].address) == "fd00:9::100"
+    said = next(e for e in out.events if isinstance(e, Dhcp6Answered))
+    assert (said.to, said.relayed) == ("[fd00:1::9]:547", 2)  # the outer relay, two hops
 
 
 def test_mac_from_duid() -> None:

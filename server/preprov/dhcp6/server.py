@@ -82,6 +82,7 @@ def text(ip: IPv6) -> str:
     return socket.inet_ntop(socket.AF_INET6, ip.packed)
 
 
+_RELAY_FORW = bytes((c.RELAY_FORW,))  # a relayed message's first octet
 SCAN_MAX = 256  # addresses looked at for a SOLICIT before the oldest offer is taken
 FRESH_MAX = 16  # addresses never given looked at before one given back is reused
 
@@ -241,7 +242,7 @@ class Dhcp6Server:
         out = Output()
         client = source[0].split("%")[0]
         limiter = self.policy.limiter
-        if data[:1] != bytes((c.RELAY_FORW,)) and not limiter.allow(client, now):
+        if data[:1] != _RELAY_FORW and not limiter.allow(client, now):
             suppressed = limiter.report(client, now)
             if suppressed is not None:
                 out.events.append(
@@ -251,12 +252,13 @@ class Dhcp6Server:
                 )  # fmt: skip
             return out
         try:
-            self._receive(data, source, now, out)
+            self._receive(data, source, client, now, out)
         except c.CodecError as e:
             out.events.append(RequestMalformed(channel=CHANNEL, client=source[0], reason=str(e)))
         return out
 
-    def _receive(self, data: bytes, source: Addr, now: float, out: Output) -> None:
+    def _receive(self, data: bytes, source: Addr, client: str, now: float, out: Output) -> None:
+        """`client`: the source's address without its zone."""
         msg = c.decode(data)
         relays: list[c.Relay] = []
         while isinstance(msg, c.Relay):
@@ -272,19 +274,21 @@ class Dhcp6Server:
         duid = msg.get(c.CLIENTID)
         facts = DeviceFacts(mac=mac_of_duid(duid) if duid else None).with_vendor_from_oui()
         dev: DeviceFields = {
-            "channel": CHANNEL, "client": source[0].split("%")[0], "mac": facts.mac,
+            "channel": CHANNEL, "client": client, "mac": facts.mac,
             "model": None, "fwver": None, "vendor": facts.vendor,
         }  # fmt: skip
         name = c.NAMES[msg.msg_type]
-        why = self.policy.allow.why_not(facts.mac, source[0].split("%")[0])
+        why = self.policy.allow.why_not(facts.mac, client)
         if why:
             out.events.append(Dhcp6Ignored(**dev, reason=why, request=name))
             return
         # the link: the innermost relay's link-address, else this interface
         link = next((r.link_address for r in reversed(relays) if r.link_address != UNSPECIFIED),
-                    None)  # fmt: skip
+                    None) if relays else None  # fmt: skip
         pool = self.leases.pool_of(link) if link else self.policy.local
-        reply = self._answer(msg, duid, facts, dev, pool, now, out)
+        # where the answer goes, for its event: the request's source
+        to = f"[{source[0]}]:{source[1]}"
+        reply = self._answer(msg, duid, facts, dev, pool, now, out, to, len(relays))
         if reply is None:
             return
         wire = c.encode(reply)
@@ -298,9 +302,6 @@ class Dhcp6Server:
                                     opts))  # fmt: skip
         if not self.policy.dry_run:
             out.sends.append(Send(wire, source))
-        for ev in out.events:
-            if isinstance(ev, Dhcp6Answered):  # not emitted yet: where it went completes it
-                ev.to, ev.relayed = f"[{source[0]}]:{source[1]}", len(relays)
         if any(isinstance(ev, Dhcp6Lease) and ev.state == "bound" for ev in out.events):
             out.if_lost = lambda ips: self._lost(ips, dev)
 
@@ -321,7 +322,7 @@ class Dhcp6Server:
 
     def _answer(
         self, msg: c.Message, duid: bytes | None, facts: DeviceFacts, dev: DeviceFields,
-        pool: Pool6 | None, now: float, out: Output,
+        pool: Pool6 | None, now: float, out: Output, to: str = "", relayed: int = 0,
     ) -> c.Message | None:  # fmt: skip
         p = self.policy
         t = msg.msg_type
@@ -425,8 +426,8 @@ class Dhcp6Server:
             Dhcp6Answered(
                 **dev, message=c.NAMES[reply_type], request=name,
                 xid=f"{msg.transaction_id:06x}", ips=tuple(ips),
-                options=tuple(code for code, _ in options), url=url, rule=rule,
-                status=status, note=note, dry_run=p.dry_run,
+                options=tuple([code for code, _ in options]), url=url, rule=rule,
+                status=status, note=note, dry_run=p.dry_run, to=to, relayed=relayed,
             )
         )  # fmt: skip
         if note is not None and reply_type in (c.ADVERTISE, c.REPLY):

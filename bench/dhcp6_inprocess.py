@@ -11,16 +11,11 @@ link-local address of its own, option 17 always sent as the benchmark labs send 
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import gc
 import ipaddress
 import random
 import sys
-import time
 from pathlib import Path
-
-import uvloop
 
 from preprov.cli import GC_YOUNG
 from preprov.config import Rule
@@ -31,7 +26,7 @@ from preprov.rules import RuleSet
 from preprov.safety import RateLimiter
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dhcp4_inprocess import Sent, subscribed_bus
+from dhcp4_inprocess import Sent, main_of, subscribed_bus, timed
 
 BATCH = 64
 
@@ -64,12 +59,7 @@ async def run(clients: int) -> float:
     for start in range(0, clients, BATCH):
         batch = range(start, min(clients, start + BATCH))
         sent.data.clear()
-        t0 = time.process_time()
-        for i in batch:
-            ep.received(solicits[i], sources[i])
-        for _ in range(2):
-            await asyncio.sleep(0)
-        cpu += time.process_time() - t0
+        cpu += await timed(ep, [(solicits[i], sources[i]) for i in batch], 2)
         requests = []
         for i, advertise in zip(batch, sent.data, strict=True):
             request, _ = phones[i].datagram_received(advertise, "fe80::1", 0.0)
@@ -77,25 +67,14 @@ async def run(clients: int) -> float:
                 raise SystemExit(f"client {i} could not read its ADVERTISE")
             requests.append(request)
         sent.data.clear()
-        t0 = time.process_time()
-        for i, request in zip(batch, requests, strict=True):
-            ep.received(request, sources[i])
-        for _ in range(4):  # the REPLYs leave once their group commit is handed over
-            await asyncio.sleep(0)
-        cpu += time.process_time() - t0
+        cpu += await timed(ep, [(r, sources[i]) for i, r in zip(batch, requests, strict=True)], 4)
         if len(sent.data) != len(requests):
             raise SystemExit(f"{len(sent.data)} REPLYs for {len(requests)} REQUESTs")
     return cpu / clients
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--clients", type=int, default=20000)
-    args = ap.parse_args()
-    per = uvloop.run(run(args.clients))
-    print(f"{args.clients} DHCPv6 exchanges: {per * 1e6:.1f} µs of the event loop's CPU each "
-          "(no sockets, no SQLite: the loop's own share)")  # fmt: skip
-    return 0
+    return main_of(run, __doc__, "DHCPv6 exchanges")
 
 
 if __name__ == "__main__":

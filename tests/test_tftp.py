@@ -478,3 +478,50 @@ def test_a_source_that_shrinks_ends_its_transfer() -> None:
         src.size = 3 * len(data)  # what the file's size said when the transfer began
         got = run_out(Transfer(src, ReadRequest("fw", mode)))
         assert got == (data if mode == "octet" else netascii(data)), mode
+
+
+def test_large_files_opened_once_for_their_transfers_and_refused_when_gone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """OpenFiles: one descriptor per file whatever the number of transfers reading it,
+    closed with the last of them; a file that cannot be opened once fetch found it (removed
+    or swapped since) is refused with a reason, not an internal error."""
+    from preprov.events import EventBus, FileRefused
+    from preprov.files import service
+    from preprov.tftp import transport
+
+    blob = bytes(range(256)) * 8
+    path = tmp_path / "fw.bin"
+    path.write_bytes(blob)
+    opened: list[object] = []
+
+    def opener() -> object:
+        f = open(path, "rb")  # noqa: SIM115 (OpenFiles closes it)
+        opened.append(f)
+        return f
+
+    files = transport.OpenFiles()
+    a = files.share(("fw", '"1"'), opener, 100, 1000)  # type: ignore[arg-type]
+    b = files.share(("fw", '"1"'), opener, 100, 1000)  # type: ignore[arg-type]
+    assert len(opened) == 1 and len(files) == 1
+    assert a.read(0, 10) == blob[100:110] and b.read(990, 64) == blob[1090:1100]
+    a.close()
+    a.close()  # twice: counted once
+    assert not opened[0].closed  # type: ignore[attr-defined]
+    b.close()
+    assert opened[0].closed and len(files) == 0  # type: ignore[attr-defined]
+
+    served = FileServed(channel="tftp", client="198.18.0.2", mac="0080F0C571EB", path="/fw.bin",
+                        template="fw.bin", rule="default", size=len(blob))  # fmt: skip
+
+    def gone() -> object:
+        raise FileNotFoundError(2, "No such file or directory")
+
+    monkeypatch.setattr(transport, "fetch", lambda *a, **k: service.FileAnswer(
+        200, b"", served, "application/octet-stream", [("ETag", '"1"')], gone, 0, len(blob)))  # type: ignore[arg-type]  # fmt: skip
+    ep = transport.TftpEndpoint(None, "198.18.0.1", lambda: None, EventBus(),  # type: ignore[arg-type]
+                                lambda mac: False, TftpPolicy())  # fmt: skip
+    answer = ep._answer("/fw.bin", "198.18.0.2")
+    assert answer.status == 404 and answer.source is None and b"cannot be opened" in answer.body
+    assert isinstance(answer.event, FileRefused) and answer.event.mac == "0080F0C571EB"
+    assert len(ep.files) == 0

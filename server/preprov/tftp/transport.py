@@ -22,8 +22,9 @@ from typing import BinaryIO
 
 from ..datagrams import Addr, Output
 from ..endpoint import CoreTimer, DatagramReader, feed_core
-from ..events import EventBus
+from ..events import Event, EventBus, FileRefused
 from ..files.service import FileRequest, fetch, whole_body
+from ..files.templates import TemplateError
 from ..net import Interface, udp_socket
 from ..runtime import Runtime
 from .core import CHANNEL, FileAnswer, Source, TftpPolicy, TftpServer
@@ -76,6 +77,18 @@ class _Shared:
             self.files.release(self.key)
 
 
+def _unopened(served: Event, path: str, e: Exception) -> FileAnswer:
+    """A large file that could not be opened once fetch had found it: refused."""
+    f = served.fields()
+    status = 404 if isinstance(e, FileNotFoundError) else 500
+    why = f"{f.get('template') or path}: cannot be opened: {e}"
+    refused = FileRefused(channel=CHANNEL, client=f.get("client"), mac=f.get("mac"),
+                          model=f.get("model"), fwver=f.get("fwver"), vendor=f.get("vendor"),
+                          path=path, status=status, reason=why, template=f.get("template"),
+                          rule=f.get("rule"))  # fmt: skip
+    return FileAnswer(status, why.encode(), refused)
+
+
 class TftpEndpoint:
     def __init__(
         self, iface: Interface, local_ip: str, runtime: Callable[[], Runtime], bus: EventBus,
@@ -102,7 +115,10 @@ class TftpEndpoint:
         if a.stream is not None and a.status == 200:
             # the file: the template it came from, its size and edit time (the ETag)
             key = (getattr(a.event, "template", path), dict(a.headers).get("ETag"))
-            source = self.files.share(key, a.stream, a.offset, a.length)
+            try:
+                source = self.files.share(key, a.stream, a.offset, a.length)
+            except (OSError, TemplateError) as e:  # removed or swapped since it was looked at
+                return _unopened(a.event, path, e)
             return FileAnswer(a.status, b"", a.event, source)
         return FileAnswer(a.status, whole_body(a), a.event)
 

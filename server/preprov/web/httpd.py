@@ -38,6 +38,7 @@ import httptools
 
 from ..events import EventBus, RequestIgnored, RequestMalformed
 from ..files.service import Answers, FileAnswer, FileRequest, fetch
+from ..files.templates import TemplateError
 from ..runtime import Runtime
 
 MAX_HEAD = 16 * 1024
@@ -319,7 +320,7 @@ class FileServerProtocol(asyncio.Protocol):
                 self.transport.write(out.head)
                 try:
                     out.open()
-                except OSError:
+                except (OSError, TemplateError):  # removed, or swapped for a link, since
                     self._closing = True  # the head promised bytes that cannot come
                     self._slots.clear()
                     break

@@ -530,3 +530,39 @@ def test_the_reused_answers_are_bounded_in_count_and_bytes(
     assert answers.bytes == sum(c for *_, c in answers._kept.values())
     answers.put(("huge",), rt, answer(8000))  # over a 64th of the budget: not kept
     assert answers.get(("huge",), rt, 0.0) is None
+
+
+def open_files_limit(pid: int) -> tuple[int, int]:
+    line = next(x for x in Path(f"/proc/{pid}/limits").read_text().splitlines()
+                if x.startswith("Max open files"))  # fmt: skip
+    soft, hard = line.split()[3:5]
+    return int(soft), int(hard)
+
+
+def test_the_descriptor_limit_is_raised_to_what_the_caps_hold(tmp_path: Path) -> None:
+    """A soft limit of 1,024 (a systemd service's default) is below the server's own caps
+    (4,096 HTTP connections, 256 TFTP transfers): past it connections would fail with
+    EMFILE while the caps say there is room. The server raises its soft limit as far as
+    the hard limit allows, and says so at start when the hard limit is below its caps."""
+    if shutil.which("prlimit") is None:
+        pytest.skip("prlimit is not installed")
+    wanted = 4096 + 2 * 256 + 1024  # http.max_connections, 2 x tftp.max_transfers, spare
+    (tmp_path / "a").mkdir()
+    sp = start_server(tmp_path / "a", wrap=["prlimit", "--nofile=1024:16384", "--"])
+    try:
+        started = sp.wait_event("server.started")
+        assert open_files_limit(sp.proc.pid) == (wanted, 16384)
+        assert not any("descriptors" in str(n) for n in started.get("notes") or [])
+    finally:
+        assert sp.stop() == 0
+    (tmp_path / "b").mkdir()
+    sp = start_server(tmp_path / "b", wrap=["prlimit", "--nofile=1024:2048", "--"])
+    try:
+        started = sp.wait_event("server.started")
+        assert open_files_limit(sp.proc.pid) == (2048, 2048)
+        notes = [str(n) for n in started.get("notes") or []]
+        assert any(f"the hard limit is 2048, below the {wanted}" in n for n in notes), notes
+        assert curl("-s", "-o", "/dev/null", "-w", "%{http_code}",
+                    f"{sp.base}/KX-HDV130.cfg").stdout == b"200"  # fmt: skip
+    finally:
+        assert sp.stop() == 0

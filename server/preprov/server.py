@@ -9,6 +9,7 @@ import ctypes.util
 import gc
 import ipaddress
 import logging
+import resource
 import signal
 import socket
 import time
@@ -55,6 +56,35 @@ from .web.tls import server_context
 Loader = Callable[[], tuple[Config, str | None]]
 
 TRIM_EVERY = 30.0  # seconds
+DESCRIPTORS_SPARE = 1024  # beside the caps: listeners, the store, the writer's pipes, PnP
+
+
+def descriptors_wanted(config: Config) -> int:
+    """What the configured caps may hold open at once: HTTP(S) connections, TFTP
+    transfers (a socket each, and the large files they read), and the rest."""
+    http = config.http.max_connections if config.http.enabled else 0
+    tftp = 2 * config.tftp.max_transfers if config.tftp.enabled else 0
+    return http + tftp + DESCRIPTORS_SPARE
+
+
+def raise_descriptor_limit(wanted: int) -> str | None:
+    """The soft limit on open descriptors raised to `wanted`, as far as the hard limit
+    allows: a service's default soft limit (1024 under systemd and in most shells) is
+    below the server's own caps (4,096 HTTP connections, 256 TFTP transfers), and past
+    it new connections fail with EMFILE while the caps say there is room. A note when
+    the hard limit is lower than what the caps may use."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    infinite = resource.RLIM_INFINITY
+    target = wanted if hard == infinite else min(wanted, hard)
+    if soft != infinite and soft < target:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if hard != infinite and hard < wanted:
+        return (f"descriptors: the hard limit is {hard}, below the {wanted} the caps may hold "
+                "open (http.max_connections, 2 x tftp.max_transfers, 1024 more): past it new "
+                "connections and transfers are refused; raise it (LimitNOFILE=, ulimit -Hn) "
+                "or lower the caps")
+    return None
 REMEMBER_EVENTS = 100_000  # the latest events read again at start for the device directory
 
 
@@ -357,6 +387,7 @@ class Server:
             if x["state"] == "bound" and x["expires"] > now and x["mac"]:
                 self.directory.bind(x["ip"], x["mac"])
         services = []
+        limit_note = raise_descriptor_limit(descriptors_wanted(config))
         if config.http.enabled:
             recorder, directory = self.recorder, self.directory
             self.http = FileServer(
@@ -452,7 +483,7 @@ class Server:
                 templates=str(rt.templates.root),
                 state_dir=str(Path(state).resolve()),
                 config=file,
-                notes=(*notes, *self.warnings),
+                notes=(*notes, *([limit_note] if limit_note else []), *self.warnings),
             )
         )
         await self.bus.settled()

@@ -486,6 +486,8 @@ def test_large_files_opened_once_for_their_transfers_and_refused_when_gone(
     """OpenFiles: one descriptor per file whatever the number of transfers reading it,
     closed with the last of them; a file that cannot be opened once fetch found it (removed
     or swapped since) is refused with a reason, not an internal error."""
+    import os
+
     from preprov.events import EventBus, FileRefused
     from preprov.files import service
     from preprov.tftp import transport
@@ -501,15 +503,21 @@ def test_large_files_opened_once_for_their_transfers_and_refused_when_gone(
         return f
 
     files = transport.OpenFiles()
-    a = files.share(("fw", '"1"'), opener, 100, 1000)  # type: ignore[arg-type]
-    b = files.share(("fw", '"1"'), opener, 100, 1000)  # type: ignore[arg-type]
-    assert len(opened) == 1 and len(files) == 1
+    a = files.share(opener, 100, 1000)  # type: ignore[arg-type]
+    b = files.share(opener, 100, 1000)  # type: ignore[arg-type]
+    assert len(files) == 1 and opened[1].closed  # type: ignore[attr-defined]  # the same file
     assert a.read(0, 10) == blob[100:110] and b.read(990, 64) == blob[1090:1100]
     a.close()
     a.close()  # twice: counted once
     assert not opened[0].closed  # type: ignore[attr-defined]
+    edited = tmp_path / "fw.new"  # an edit as editors and copies make it: a new file
+    edited.write_bytes(blob[::-1])
+    os.replace(edited, path)  # read by new transfers; those under way keep the old one
+    c = files.share(opener, 0, 16)  # type: ignore[arg-type]
+    assert len(files) == 2 and c.read(0, 16) == blob[::-1][:16] and b.read(0, 4) == blob[100:104]
     b.close()
-    assert opened[0].closed and len(files) == 0  # type: ignore[attr-defined]
+    c.close()
+    assert opened[0].closed and opened[2].closed and len(files) == 0  # type: ignore[attr-defined]
 
     served = FileServed(channel="tftp", client="198.18.0.2", mac="0080F0C571EB", path="/fw.bin",
                         template="fw.bin", rule="default", size=len(blob))  # fmt: skip

@@ -35,19 +35,30 @@ def tftp_socket(iface: Interface, port: int, ipv6: bool = False) -> socket.socke
 
 
 class OpenFiles:
-    """Large files being sent, each opened once whatever the number of transfers reading
-    it (read with pread: no shared position): the descriptors stay bounded by the
-    files, not by the transfers (a flood of requests for one firmware)."""
+    """Large files being sent, each kept open once whatever the number of transfers
+    reading it (read with pread: no shared position): the descriptors stay bounded by
+    the files, not by the transfers (a flood of requests for one firmware). A file is
+    known by its inode, size and edit time: an edit, or a new template directory after
+    a reload, is another file."""
 
     def __init__(self) -> None:
         self._open: dict[Hashable, tuple[BinaryIO, int]] = {}  # key: file, transfers
 
-    def share(
-        self, key: Hashable, opener: Callable[[], BinaryIO], offset: int, length: int
-    ) -> Source:
+    def share(self, opener: Callable[[], BinaryIO], offset: int, length: int) -> Source:
+        f = opener()
+        try:
+            st = os.fstat(f.fileno())
+        except OSError:
+            f.close()
+            raise
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
         held = self._open.get(key)
-        f = opener() if held is None else held[0]
-        self._open[key] = (f, 1 if held is None else held[1] + 1)
+        if held is None:
+            self._open[key] = (f, 1)
+        else:
+            f.close()  # the same file is open already
+            f = held[0]
+            self._open[key] = (f, held[1] + 1)
         return _Shared(self, key, f.fileno(), offset, length)
 
     def release(self, key: Hashable) -> None:
@@ -113,10 +124,8 @@ class TftpEndpoint:
         req = FileRequest(CHANNEL, client, path, local=self.local_ip)
         a = fetch(self.runtime(), req, self.registered, holder=self.holder)
         if a.stream is not None and a.status == 200:
-            # the file: the template it came from, its size and edit time (the ETag)
-            key = (getattr(a.event, "template", path), dict(a.headers).get("ETag"))
             try:
-                source = self.files.share(key, a.stream, a.offset, a.length)
+                source = self.files.share(a.stream, a.offset, a.length)
             except (OSError, TemplateError) as e:  # removed or swapped since it was looked at
                 return _unopened(a.event, path, e)
             return FileAnswer(a.status, b"", a.event, source)

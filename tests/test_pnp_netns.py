@@ -52,6 +52,9 @@ def test_sipp_scenarios_against_zero_config(
         # {MODEL}.cfg, the others their vendor's folder of the bundled templates
         want = "{MODEL}.cfg" if scenario == "panasonic" else f"{scenario}/"
         assert run.urls == [f"http://{srv.ipv4.ip}:8080/{want}"]
+        # the phone's 200 to the NOTIFY is sipp's last step: it may exit before the server
+        # has read that 200 and logged it
+        sp.wait_event("pnp.notify-acked")
         acked = events(sp, "pnp.notify-acked")
         assert len(acked) == 1 and acked[0]["mac"] == mac and acked[0]["status"] == 200
         assert acked[0].get("model") == model

@@ -56,6 +56,7 @@ from .web.tls import server_context
 Loader = Callable[[], tuple[Config, str | None]]
 
 TRIM_EVERY = 30.0  # seconds
+REMEMBER_EVENTS = 100_000  # the latest events read again at start for the device directory
 DESCRIPTORS_SPARE = 1024  # beside the caps: listeners, the store, the writer's pipes, PnP
 
 
@@ -85,7 +86,6 @@ def raise_descriptor_limit(wanted: int) -> str | None:
                 "connections and transfers are refused; raise it (LimitNOFILE=, ulimit -Hn) "
                 "or lower the caps")
     return None
-REMEMBER_EVENTS = 100_000  # the latest events read again at start for the device directory
 
 
 def _malloc_trim() -> Callable[[], object] | None:

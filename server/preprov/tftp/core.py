@@ -267,6 +267,16 @@ class FileAnswer:
 Answer = Callable[[str, str], FileAnswer]  # (path as in a URL, client address)
 
 
+def refusal(served: Event, client: str, status: int, reason: str) -> FileRefused:
+    """A file that was to be sent and is not after all (a transfer given up, a large file
+    that could not be opened): its device, path, template and rule, as it was served."""
+    f = served.fields() if isinstance(served, FileServed) else {}
+    return FileRefused(channel=CHANNEL, client=client, mac=f.get("mac"), model=f.get("model"),
+                       fwver=f.get("fwver"), vendor=f.get("vendor"), path=f.get("path", ""),
+                       status=status, reason=reason, template=f.get("template"),
+                       rule=f.get("rule"))  # fmt: skip
+
+
 @dataclass
 class _Live:
     client: Addr
@@ -422,15 +432,8 @@ class TftpServer:
         if t.acked and why is None:
             out.events.append(live.served)
             return
-        f = live.served.fields() if isinstance(live.served, FileServed) else {}
-        out.events.append(
-            FileRefused(
-                channel=CHANNEL, client=client, mac=f.get("mac"), model=f.get("model"),
-                fwver=f.get("fwver"), vendor=f.get("vendor"), path=f.get("path", ""),
-                status=408, reason=f"TFTP transfer given up at block {t.block} of {t.blocks or '?'}"
-                + (f": {why}" if why else ""),
-            )
-        )  # fmt: skip
+        reason = f"TFTP transfer given up at block {t.block} of {t.blocks or '?'}"
+        out.events.append(refusal(live.served, client, 408, reason + (f": {why}" if why else "")))
 
     def _refill(self, received: int, now: float) -> None:
         elapsed = 0.0 if self._credit_at is None else max(0.0, now - self._credit_at)

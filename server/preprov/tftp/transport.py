@@ -22,12 +22,12 @@ from typing import BinaryIO
 
 from ..datagrams import Addr, Output
 from ..endpoint import CoreTimer, DatagramReader, feed_core
-from ..events import Event, EventBus, FileRefused
+from ..events import Event, EventBus
 from ..files.service import FileRequest, fetch, whole_body
 from ..files.templates import TemplateError
 from ..net import Interface, udp_socket
 from ..runtime import Runtime
-from .core import CHANNEL, FileAnswer, Source, TftpPolicy, TftpServer
+from .core import CHANNEL, FileAnswer, Source, TftpPolicy, TftpServer, refusal
 
 
 def tftp_socket(iface: Interface, port: int, ipv6: bool = False) -> socket.socket:
@@ -88,16 +88,11 @@ class _Shared:
             self.files.release(self.key)
 
 
-def _unopened(served: Event, path: str, e: Exception) -> FileAnswer:
+def _unopened(served: Event, client: str, path: str, e: Exception) -> FileAnswer:
     """A large file that could not be opened once fetch had found it: refused."""
-    f = served.fields()
     status = 404 if isinstance(e, FileNotFoundError) else 500
-    why = f"{f.get('template') or path}: cannot be opened: {e}"
-    refused = FileRefused(channel=CHANNEL, client=f.get("client"), mac=f.get("mac"),
-                          model=f.get("model"), fwver=f.get("fwver"), vendor=f.get("vendor"),
-                          path=path, status=status, reason=why, template=f.get("template"),
-                          rule=f.get("rule"))  # fmt: skip
-    return FileAnswer(status, why.encode(), refused)
+    why = f"{getattr(served, 'template', None) or path}: cannot be opened: {e}"
+    return FileAnswer(status, why.encode(), refusal(served, client, status, why))
 
 
 class TftpEndpoint:
@@ -127,7 +122,7 @@ class TftpEndpoint:
             try:
                 source = self.files.share(a.stream, a.offset, a.length)
             except (OSError, TemplateError) as e:  # removed or swapped since it was looked at
-                return _unopened(a.event, path, e)
+                return _unopened(a.event, client, path, e)
             return FileAnswer(a.status, b"", a.event, source)
         return FileAnswer(a.status, whole_body(a), a.event)
 
